@@ -1,0 +1,3 @@
+from lora_rl.cli import main
+
+main()

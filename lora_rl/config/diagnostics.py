@@ -1,0 +1,55 @@
+"""What validation reports: a located, rule-tagged diagnostic, and the error that carries them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a value came from. Lines and columns are 1-based."""
+
+    file: str
+    line: int
+    column: int
+    via: str | None = None
+    """How the value got into the recipe when it is not the recipe's own text, e.g.
+    "inherited through defaults:" or "override --set a.b=1"."""
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    rule: str
+    severity: Severity
+    message: str
+    path: KeyPath = ()
+    location: Location | None = None
+    fix: str | None = None
+
+    @property
+    def dotted_path(self) -> str:
+        return dotted(self.path)
+
+
+def dotted(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+@dataclass
+class RecipeError(Exception):
+    """Loading stopped before the recipe could be validated (I/O, YAML syntax, defaults, ...)."""
+
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "; ".join(d.message for d in self.diagnostics)

@@ -1,0 +1,87 @@
+"""`policy.generation`: how GRPO rollouts are sampled, and how LoRA weights reach the sampler."""
+
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from lora_rl.config.base import DType, PositiveInt, Section, compat
+
+
+class VllmConfig(Section):
+    """vLLM engine settings (NeMo RL names). Used when `generation.backend: vllm`."""
+
+    tensor_parallel_size: PositiveInt = 1
+    """vLLM tensor-parallel degree."""
+    pipeline_parallel_size: PositiveInt = 1
+    """vLLM pipeline-parallel degree."""
+    expert_parallel_size: PositiveInt = compat(1)
+    """vLLM expert parallelism."""
+    gpu_memory_utilization: float = Field(0.6, gt=0, le=1)
+    """Share of device memory vLLM may take (weights + KV cache)."""
+    max_model_len: PositiveInt | None = None
+    """Longest sequence vLLM serves; null means `policy.max_total_sequence_length`."""
+    precision: DType | None = None
+    """vLLM dtype; null means `policy.precision`."""
+    enforce_eager: bool = False
+    """Disable CUDA graphs (always eager on CPU)."""
+    kv_cache_memory_bytes: PositiveInt | None = None
+    """Explicit KV cache size; on CPU this avoids vLLM's memory probe."""
+    async_engine: bool = compat(False)
+    """vLLM's async engine."""
+    use_deep_gemm: bool = compat(False)
+    """DeepGEMM kernels."""
+    num_last_layers_in_bf16: int = compat(0)
+    """FP8 generation detail."""
+    load_format: str = compat("auto")
+    """vLLM weight load format."""
+    skip_tokenizer_init: bool = compat(False)
+    """Skip loading the tokenizer in vLLM."""
+    hf_overrides: dict[str, Any] | None = compat(None)
+    """Overrides applied to the HF config in vLLM."""
+
+
+class ColocatedResources(Section):
+    """Devices for a non-colocated generator."""
+
+    gpus_per_node: PositiveInt | None = None
+    """Devices per node given to generation."""
+    num_nodes: PositiveInt | None = None
+    """Nodes given to generation."""
+
+
+class ColocatedConfig(Section):
+    """Whether generation shares the training devices."""
+
+    enabled: bool = True
+    """Share devices with training (lora-rl only implements colocated generation)."""
+    resources: ColocatedResources = Field(default_factory=ColocatedResources)
+    """Devices for a separate generator."""
+
+
+class GenerationConfig(Section):
+    """Rollout sampling."""
+
+    backend: Literal["torch", "vllm"] = "torch"
+    """`torch`: lora-rl's native generator (KV cache, batched). `vllm`: the vllm extra."""
+    max_new_tokens: PositiveInt = 16
+    """Tokens sampled per response."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature; 0 is greedy."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    top_k: PositiveInt | None = None
+    """Sample only from the k likeliest tokens; null disables."""
+    stop_token_ids: list[int] | None = None
+    """Extra token ids that end a response (EOS always does)."""
+    stop_strings: list[str] | None = None
+    """Strings that end a response."""
+    lora_weight_sync: Literal["merge", "split"] = "merge"
+    """`merge`: LoRA folded into the base weights (in fp32) for generation — fastest.
+    `split`: the generator runs base + adapter unmerged — exact train/generate parity."""
+    model_name: str | None = compat(None)
+    """Generator model; always `policy.model_name` in lora-rl."""
+    vllm_cfg: VllmConfig = Field(default_factory=VllmConfig)
+    """vLLM engine settings."""
+    colocated: ColocatedConfig = Field(default_factory=ColocatedConfig)
+    """Device placement of the generator."""

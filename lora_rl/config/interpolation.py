@@ -1,0 +1,206 @@
+"""`${...}` interpolation, OmegaConf-compatible for what NeMo RL recipes use.
+
+`${a.b}` is an absolute key path, `${.x}` / `${..x}` are relative to the mapping holding the
+value, and `${name:arg,...}` calls a resolver (`mul`, `max`, `min`, `add`, `sub`, `div`,
+`oc.env`). A value that is exactly one interpolation keeps the referenced value's type; text
+around an interpolation makes a string.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Callable
+from functools import reduce
+from typing import Any
+
+import yaml
+
+from lora_rl.config.diagnostics import Diagnostic, KeyPath, RecipeError, dotted
+from lora_rl.config.yaml_source import SourceMap
+
+
+def _env(name: str, default: Any = None) -> Any:
+    value = os.environ.get(str(name))
+    if value is None:
+        if default is None:
+            raise ValueError(f"environment variable {name} is not set and has no default")
+        return default
+    return _scalar(value)
+
+
+RESOLVERS: dict[str, Callable[..., Any]] = {
+    "mul": lambda *a: reduce(operator.mul, a),
+    "add": lambda *a: sum(a),
+    "sub": lambda a, b: a - b,
+    "div": lambda a, b: a / b,
+    "max": lambda *a: max(a),
+    "min": lambda *a: min(a),
+    "oc.env": _env,
+}
+
+
+class _Ref:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+class _Call:
+    def __init__(self, name: str, args: list[list[Any]]) -> None:
+        self.name = name
+        self.args = args
+
+
+def _parse(text: str, start: int, stop_chars: str) -> tuple[list[Any], int]:
+    """Parse text into a list of str and _Ref/_Call parts, stopping at an unnested stop char."""
+    parts: list[Any] = []
+    buf = ""
+    i = start
+    while i < len(text):
+        if text.startswith("${", i):
+            if buf:
+                parts.append(buf)
+                buf = ""
+            node, i = _parse_interp(text, i + 2)
+            parts.append(node)
+            continue
+        if text[i] in stop_chars:
+            break
+        buf += text[i]
+        i += 1
+    if buf:
+        parts.append(buf)
+    return parts, i
+
+
+def _parse_interp(text: str, i: int) -> tuple[Any, int]:
+    head, j = _parse(text, i, ":}")
+    if j >= len(text):
+        raise ValueError(f"unclosed '${{' in {text!r}")
+    name = "".join(p for p in head if isinstance(p, str)).strip()
+    if text[j] == "}":
+        if not all(isinstance(p, str) for p in head) or not name:
+            raise ValueError(f"bad interpolation in {text!r}")
+        return _Ref(name), j + 1
+    args: list[list[Any]] = []
+    j += 1
+    while True:
+        arg, j = _parse(text, j, ",}")
+        if j >= len(text):
+            raise ValueError(f"unclosed '${{{name}:' in {text!r}")
+        if arg or text[j] == ",":
+            args.append(arg)
+        if text[j] == "}":
+            return _Call(name, args), j + 1
+        j += 1
+
+
+def _scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+class _Resolver:
+    def __init__(self, root: dict, positions: SourceMap) -> None:
+        self.root = root
+        self.positions = positions
+        self.active: list[KeyPath] = []
+
+    def resolve_tree(self, node: Any, path: KeyPath) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in list(items):
+            if isinstance(value, (dict, list)):
+                self.resolve_tree(value, path + (key,))
+            elif isinstance(value, str) and "${" in value:
+                node[key] = self.value_at(path + (key,))
+
+    def value_at(self, path: KeyPath) -> Any:
+        value = self._lookup(path)
+        if not (isinstance(value, str) and "${" in value):
+            return value
+        if path in self.active:
+            cycle = " -> ".join(dotted(p) for p in (*self.active, path))
+            raise _Fail(path, f"interpolation cycle: {cycle}")
+        self.active.append(path)
+        try:
+            parts, end = _parse(value, 0, "")
+            resolved = self._join(parts, path)
+        except ValueError as exc:
+            raise _Fail(path, str(exc)) from None
+        finally:
+            self.active.pop()
+        self._store(path, resolved)
+        return resolved
+
+    def _join(self, parts: list[Any], path: KeyPath) -> Any:
+        values = [self._evaluate(p, path) if not isinstance(p, str) else p for p in parts]
+        if len(values) == 1 and not isinstance(parts[0], str):
+            return values[0]
+        return "".join(str(v) for v in values)
+
+    def _evaluate(self, part: Any, path: KeyPath) -> Any:
+        if isinstance(part, _Ref):
+            return self.value_at(self._target(part.path, path))
+        resolver = RESOLVERS.get(part.name)
+        if resolver is None:
+            raise ValueError(f"unknown resolver '{part.name}' (known: {', '.join(RESOLVERS)})")
+        args = [self._argument(arg, path) for arg in part.args]
+        try:
+            return resolver(*args)
+        except (TypeError, ZeroDivisionError, ValueError) as exc:
+            raise ValueError(f"${{{part.name}:...}} with {args}: {exc}") from None
+
+    def _argument(self, arg: list[Any], path: KeyPath) -> Any:
+        if len(arg) == 1 and not isinstance(arg[0], str):
+            return self._evaluate(arg[0], path)
+        return _scalar(str(self._join(arg, path)).strip())
+
+    def _target(self, ref: str, path: KeyPath) -> KeyPath:
+        if ref.startswith("."):
+            depth = len(ref) - len(ref.lstrip("."))
+            base = path[: len(path) - depth]
+            rest = ref[depth:]
+        else:
+            base, rest = (), ref
+        target = base + tuple(int(p) if p.isdigit() else p for p in rest.split(".") if p)
+        try:
+            self._lookup(target)
+        except (KeyError, IndexError, TypeError):
+            raise ValueError(f"${{{ref}}} refers to {dotted(target) or 'the root'}, which is "
+                             "not set in the recipe") from None
+        return target
+
+    def _lookup(self, path: KeyPath) -> Any:
+        node: Any = self.root
+        for part in path:
+            node = node[part]
+        return node
+
+    def _store(self, path: KeyPath, value: Any) -> None:
+        node: Any = self.root
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+
+
+class _Fail(Exception):
+    def __init__(self, path: KeyPath, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def resolve_interpolations(data: dict, positions: SourceMap) -> None:
+    """Resolve every `${...}` in place. Raises RecipeError (LR008) naming the key and place."""
+    resolver = _Resolver(data, positions)
+    try:
+        resolver.resolve_tree(data, ())
+    except _Fail as fail:
+        where = positions.get(fail.path)
+        raise RecipeError([Diagnostic(
+            "LR008", "error", f"{dotted(fail.path)}: {fail.message}", fail.path,
+            where.value if where else None,
+            "interpolations look like ${policy.model_name} or ${mul:${a.b},2}",
+        )]) from None

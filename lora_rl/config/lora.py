@@ -1,0 +1,79 @@
+"""The two LoRA blocks: DTensor `policy.dtensor_cfg.lora_cfg` and Megatron `policy.megatron_cfg.peft`.
+
+Field names, defaults and choices follow NeMo RL (DTensor from NeMo Automodel, Megatron from
+Megatron-Bridge) so that its recipes load unchanged. Cross-field rules that need more than one
+field (target vs exclude, use_triton with TP>1, ...) live in `lora_rl.config.rules`.
+"""
+
+
+from typing import Literal
+
+from pydantic import Field
+
+from lora_rl.config.base import DType, Section
+
+LoraAInit = Literal["xavier", "uniform", "normal", "kaiming"]
+"""`xavier`: xavier-normal; `uniform`: kaiming-uniform(a=sqrt(5)) as PEFT; `normal`: N(0, 1/dim);
+`kaiming`: kaiming-normal."""
+
+DropoutPosition = Literal["pre", "post"]
+
+
+class DTensorLoraConfig(Section):
+    """LoRA on the DTensor (FSDP2 + tensor parallel) backend. Requires `dtensor_cfg._v2: true`."""
+
+    enabled: bool = False
+    """Train LoRA adapters instead of the full model."""
+    target_modules: list[str] = Field(default_factory=list)
+    """Module names to adapt: short HF names (`q_proj`) or full names with `*` wildcards
+    (`model.layers.*.self_attn.q_proj`). Must be empty while `match_all_linear` is true."""
+    exclude_modules: list[str] = Field(default_factory=list)
+    """Module names to leave alone. With `match_all_linear: false` and no `target_modules`, every
+    linear layer except these is adapted."""
+    match_all_linear: bool = True
+    """Adapt every linear layer of the decoder (not `lm_head`)."""
+    dim: int = Field(8, ge=1)
+    """LoRA rank r. Higher gives more capacity and more memory; typical 4-64."""
+    alpha: float = Field(32, gt=0)
+    """Scale numerator: the adapter output is multiplied by alpha / dim. Typical 16-64."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout probability on the LoRA branch."""
+    dropout_position: DropoutPosition = "post"
+    """`pre`: dropout on the LoRA input; `post`: on the LoRA branch output."""
+    lora_A_init: LoraAInit = "xavier"
+    """Initialisation of A (B always starts at zero, so training starts from the base model)."""
+    use_triton: bool = True
+    """Use the fused Triton LoRA kernel when CUDA is present (v2 path only, not with TP > 1).
+    On CPU the torch path runs regardless; `lora-rl explain` says which."""
+
+
+class MegatronPeftConfig(Section):
+    """LoRA on the Megatron Core backend (Megatron-Bridge semantics). Requires
+    `megatron_cfg.enabled: true` and `bridge_type: megatron-bridge`."""
+
+    enabled: bool = False
+    """Train LoRA adapters instead of the full model."""
+    target_modules: list[str] | None = Field(default_factory=list)
+    """Megatron module names: `linear_qkv`, `linear_proj`, `linear_fc1`, `linear_fc2`, or full
+    names with `*` wildcards (`*.layers.0.*.linear_qkv`). Empty means all four."""
+    exclude_modules: list[str] | None = Field(default_factory=list)
+    """Linear modules to leave alone; requires `target_modules` empty or null."""
+    dim: int = Field(32, ge=1)
+    """LoRA rank r."""
+    alpha: float = Field(32, gt=0)
+    """Scale numerator: the adapter output is multiplied by alpha / dim."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout probability on the LoRA branch."""
+    dropout_position: DropoutPosition = "pre"
+    """`pre`: dropout on the LoRA input; `post`: on the LoRA branch output."""
+    lora_A_init_method: LoraAInit = "xavier"
+    """Initialisation of A (`linear_in`)."""
+    lora_B_init_method: Literal["zero", "xavier", "uniform", "normal", "kaiming"] = "zero"
+    """Initialisation of B (`linear_out`); must be `zero` so step 0 equals the base model."""
+    a2a_experimental: bool = False
+    """Megatron-Bridge's experimental all-to-all for MoE expert LoRA; a no-op for dense models."""
+    lora_dtype: DType | None = None
+    """Adapter weight dtype; null follows the base layer. Required for quantized base weights."""
+
+
+AnyLoraConfig = DTensorLoraConfig | MegatronPeftConfig

@@ -1,0 +1,141 @@
+"""`policy.megatron_cfg`: the Megatron Core backend, with NeMo RL's key names."""
+
+
+from typing import Literal
+
+from pydantic import Field
+
+from lora_rl.config.base import DType, PositiveInt, Section, compat
+from lora_rl.config.lora import MegatronPeftConfig
+
+
+class MegatronOptimizerConfig(Section):
+    """Megatron's optimizer settings (NeMo RL names)."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    """Optimizer family."""
+    lr: float = Field(5.0e-6, gt=0)
+    """Peak learning rate."""
+    min_lr: float = Field(0.0, ge=0)
+    """Floor of the decayed learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """Decoupled weight decay."""
+    bf16: bool = compat(False)
+    """Keep optimizer params in bf16."""
+    fp16: bool = compat(False)
+    """Keep optimizer params in fp16."""
+    params_dtype: DType = "float32"
+    """Dtype of the main (master) parameters."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.999
+    """Adam beta2."""
+    adam_eps: float = Field(1.0e-8, gt=0)
+    """Adam epsilon."""
+    sgd_momentum: float = 0.9
+    """SGD momentum."""
+    use_distributed_optimizer: bool = compat(True)
+    """Shard optimizer state over data-parallel ranks."""
+    use_precision_aware_optimizer: bool = compat(False)
+    """Transformer Engine's precision-aware optimizer."""
+    clip_grad: float | None = Field(1.0, gt=0)
+    """Global gradient-norm clip; null disables."""
+    optimizer_cpu_offload: bool = compat(False)
+    """Offload optimizer state to CPU."""
+    optimizer_offload_fraction: float = compat(0.0)
+    """Share of optimizer state offloaded."""
+
+
+class MegatronSchedulerConfig(Section):
+    """Megatron's LR / weight-decay schedule (NeMo RL names)."""
+
+    start_weight_decay: float | None = compat(None)
+    """Weight decay at step 0."""
+    end_weight_decay: float | None = compat(None)
+    """Weight decay at the end."""
+    weight_decay_incr_style: Literal["constant", "linear", "cosine"] = compat("constant")
+    """How weight decay moves between start and end."""
+    lr_decay_style: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate decay after warm-up."""
+    lr_decay_iters: PositiveInt | None = None
+    """Steps over which the LR decays to `min_lr`; null means the whole run."""
+    lr_warmup_iters: int = Field(0, ge=0)
+    """Linear warm-up steps."""
+    lr_warmup_init: float = Field(0.0, ge=0)
+    """Learning rate at step 0 of warm-up."""
+
+
+class DistributedDataParallelConfig(Section):
+    """Megatron DDP settings; lora-rl's CPU path uses plain gradient all-reduce."""
+
+    grad_reduce_in_fp32: bool = compat(False)
+    """Reduce gradients in fp32."""
+    overlap_grad_reduce: bool = compat(True)
+    """Overlap gradient reduce with backward."""
+    overlap_param_gather: bool = compat(True)
+    """Overlap parameter all-gather with forward."""
+    average_in_collective: bool = compat(True)
+    """Average inside the collective."""
+    data_parallel_sharding_strategy: str = compat("optim_grads_params")
+    """Megatron-FSDP sharding strategy."""
+    use_custom_fsdp: bool = compat(False)
+    """Use Megatron-FSDP."""
+
+
+class MegatronConfig(Section):
+    """The Megatron Core backend (GPTModel, tensor/pipeline/data parallel)."""
+
+    enabled: bool = False
+    """Train on this backend. Exactly one of `dtensor_cfg.enabled` / `megatron_cfg.enabled`."""
+    bridge_type: Literal["megatron-bridge", "mbridge"] = "megatron-bridge"
+    """HF<->Megatron bridge (AReaL's key). Only megatron-bridge has a LoRA path."""
+    tensor_model_parallel_size: PositiveInt = 1
+    """Tensor-parallel degree."""
+    pipeline_model_parallel_size: PositiveInt = 1
+    """Pipeline-parallel degree (number of stages)."""
+    context_parallel_size: PositiveInt = 1
+    """Context-parallel degree; lora-rl implements only 1."""
+    expert_tensor_parallel_size: PositiveInt = compat(1)
+    """MoE expert tensor parallelism."""
+    expert_model_parallel_size: PositiveInt = compat(1)
+    """MoE expert parallelism."""
+    sequence_parallel: bool = compat(False)
+    """Megatron sequence parallelism."""
+    activation_checkpointing: bool = False
+    """Full activation recompute per layer."""
+    pipeline_dtype: DType | None = None
+    """Dtype of pipeline activations; null means `policy.precision`."""
+    num_layers_in_first_pipeline_stage: PositiveInt | None = compat(None)
+    """Uneven first stage."""
+    num_layers_in_last_pipeline_stage: PositiveInt | None = compat(None)
+    """Uneven last stage."""
+    empty_unused_memory_level: int = compat(0)
+    """CUDA cache emptying level."""
+    freeze_moe_router: bool = compat(False)
+    """Freeze MoE router weights."""
+    moe_router_dtype: str | None = compat(None)
+    """MoE router dtype."""
+    moe_router_load_balancing_type: str = compat("aux_loss")
+    """MoE load balancing."""
+    moe_router_bias_update_rate: float = compat(1.0e-3)
+    """MoE router bias update rate."""
+    moe_permute_fusion: bool = compat(False)
+    """Fused MoE permute."""
+    apply_rope_fusion: bool = compat(True)
+    """Fused RoPE kernel (CUDA only)."""
+    bias_activation_fusion: bool = compat(True)
+    """Fused bias + activation kernel (CUDA only)."""
+    defer_fp32_logits: bool | None = compat(None)
+    """Keep logits in low precision until the loss."""
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    """Environment variables set in every worker process."""
+    optimizer: MegatronOptimizerConfig = Field(default_factory=MegatronOptimizerConfig)
+    """Optimizer (Megatron names)."""
+    scheduler: MegatronSchedulerConfig = Field(default_factory=MegatronSchedulerConfig)
+    """LR schedule (Megatron names)."""
+    distributed_data_parallel_config: DistributedDataParallelConfig = Field(
+        default_factory=DistributedDataParallelConfig
+    )
+    """Data-parallel gradient handling."""
+    peft: MegatronPeftConfig = Field(default_factory=MegatronPeftConfig)
+    """LoRA on this backend."""

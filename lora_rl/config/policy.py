@@ -1,0 +1,166 @@
+"""`policy`: the model being trained, its backend (DTensor or Megatron Core) and its generator."""
+
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from lora_rl.config.base import DType, PositiveInt, Section, compat
+from lora_rl.config.generation import GenerationConfig
+from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
+from lora_rl.config.megatron import MegatronConfig
+
+
+class TokenizerConfig(Section):
+    """Tokenizer to load; defaults to the model's own."""
+
+    name: str | None = None
+    """Local path or name of the tokenizer; null means `policy.model_name`."""
+    chat_template: str | None = None
+    """Jinja chat template; null uses plain `prompt + response` concatenation (tiny tasks) or the
+    tokenizer's own template when it has one."""
+    chat_template_kwargs: dict[str, Any] | None = compat(None)
+    """Extra arguments to the chat template."""
+
+
+OptimizerName = Literal["torch.optim.AdamW", "torch.optim.Adam", "torch.optim.SGD"]
+
+
+class OptimizerKwargs(Section):
+    """Keyword arguments of the torch optimizer (typos here are caught like anywhere else)."""
+
+    lr: float = Field(5.0e-6, gt=0)
+    """Peak learning rate. LoRA typically wants 10-100x the full fine-tuning rate (1e-4..1e-3)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """Decoupled weight decay (AdamW) or L2 (Adam, SGD)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam moment decay rates."""
+    eps: float = Field(1.0e-8, gt=0)
+    """Adam denominator epsilon."""
+    momentum: float = Field(0.0, ge=0)
+    """SGD momentum (SGD only)."""
+    foreach: bool | None = None
+    """Use the multi-tensor implementation; null lets torch decide."""
+    fused: bool | None = compat(None)
+    """Fused CUDA kernels; ignored on CPU."""
+
+
+class OptimizerConfig(Section):
+    """Optimizer over the trainable parameters only (the LoRA adapters when LoRA is on)."""
+
+    name: OptimizerName = "torch.optim.AdamW"
+    """Import path of the torch optimizer class."""
+    kwargs: OptimizerKwargs = Field(default_factory=OptimizerKwargs)
+    """Arguments passed to the optimizer."""
+
+
+SchedulerName = Literal[
+    "torch.optim.lr_scheduler.LinearLR",
+    "torch.optim.lr_scheduler.ConstantLR",
+    "torch.optim.lr_scheduler.CosineAnnealingLR",
+]
+
+
+class SchedulerStep(Section):
+    """One torch LR scheduler; several in a list are chained with SequentialLR."""
+
+    name: SchedulerName
+    """Import path of the torch scheduler class."""
+    kwargs: dict[str, float | int] = Field(default_factory=dict)
+    """Arguments of the scheduler (e.g. start_factor, end_factor, total_iters, T_max, eta_min)."""
+
+
+class SchedulerMilestones(Section):
+    """Optimizer steps at which SequentialLR switches to the next scheduler in the list."""
+
+    milestones: list[PositiveInt]
+    """One milestone fewer than there are schedulers, increasing."""
+
+
+class DTensorConfig(Section):
+    """The PyTorch DTensor backend: FSDP2 data parallel plus tensor parallel."""
+
+    enabled: bool = True
+    """Train on this backend. Exactly one of `dtensor_cfg.enabled` / `megatron_cfg.enabled`."""
+    v2: bool = Field(False, alias="_v2")
+    """NeMo RL's DTensor v2 worker (Automodel). LoRA needs it; false by default as in NeMo RL."""
+    tensor_parallel_size: PositiveInt = 1
+    """Tensor-parallel degree; must divide attention heads, KV heads and hidden size."""
+    context_parallel_size: PositiveInt = 1
+    """Context-parallel degree; lora-rl implements only 1."""
+    sequence_parallel: bool = compat(False)
+    """Shard norm/dropout activations along the sequence under TP."""
+    activation_checkpointing: bool = False
+    """Recompute decoder-layer activations in backward: less memory, ~30% more compute."""
+    cpu_offload: bool = compat(False)
+    """Offload parameters to CPU (FSDP2 CPUOffloadPolicy)."""
+    custom_parallel_plan: str | None = compat(None)
+    """Import path of a custom TP plan."""
+    clear_cache_every_n_steps: int | None = compat(None)
+    """Empty the CUDA cache every n steps."""
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    """Environment variables set in every worker process."""
+    lora_cfg: DTensorLoraConfig = Field(default_factory=DTensorLoraConfig)
+    """LoRA on this backend."""
+
+
+class PolicyConfig(Section):
+    """The model being trained."""
+
+    model_name: str
+    """A local Hugging Face model directory, or `lora-rl/tiny-llama` for the embedded tiny
+    model (built locally on first use)."""
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    """Tokenizer settings."""
+    precision: DType = "bfloat16"
+    """Dtype of the base weights and compute. Use float32 on CPU."""
+    trust_remote_code: bool = False
+    """Run the model repository's own Python code when loading it. Only for sources you trust."""
+    init_adapter_path: str | None = None
+    """Start from an existing PEFT adapter directory (continued training, or GRPO from an SFT
+    adapter) instead of freshly initialised LoRA weights."""
+    train_global_batch_size: PositiveInt = 32
+    """Samples per optimizer step across all data-parallel ranks."""
+    train_micro_batch_size: PositiveInt = 1
+    """Samples per forward/backward on one rank; the rest is gradient accumulation."""
+    logprob_batch_size: PositiveInt | None = None
+    """Samples per forward when computing log-probabilities (DPO/GRPO); null means the micro
+    batch size."""
+    max_total_sequence_length: PositiveInt = 1024
+    """Longest prompt + response, in tokens."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this; null disables clipping."""
+    make_sequence_length_divisible_by: PositiveInt | None = compat(None)
+    """Pad sequence lengths to a multiple of this."""
+    refit_buffer_size_gb: float | None = compat(None)
+    """Weight-refit buffer for a separate generation engine."""
+    dynamic_batching: dict[str, Any] | None = compat(None)
+    """NeMo RL's token-budget micro-batching."""
+    sequence_packing: dict[str, Any] | None = compat(None)
+    """NeMo RL's sequence packing."""
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    """DTensor optimizer (Megatron uses `megatron_cfg.optimizer`)."""
+    scheduler: list[SchedulerStep | SchedulerMilestones] | None = None
+    """LR schedule: one scheduler, or several with a trailing `milestones` entry; null is constant."""
+    dtensor_cfg: DTensorConfig = Field(default_factory=DTensorConfig)
+    """DTensor (FSDP2 + TP) backend."""
+    megatron_cfg: MegatronConfig = Field(default_factory=MegatronConfig)
+    """Megatron Core backend."""
+    generation: GenerationConfig | None = None
+    """Rollout generation (GRPO; optional elsewhere)."""
+
+    @property
+    def lora_enabled(self) -> bool:
+        if self.megatron_cfg.enabled:
+            return self.megatron_cfg.peft.enabled
+        return self.dtensor_cfg.lora_cfg.enabled
+
+    @property
+    def active_lora(self) -> DTensorLoraConfig | MegatronPeftConfig | None:
+        """The LoRA block of the backend that runs, when it is enabled."""
+        block = self.megatron_cfg.peft if self.megatron_cfg.enabled else self.dtensor_cfg.lora_cfg
+        return block if block.enabled else None
+
+    @property
+    def backend(self) -> Literal["dtensor", "megatron"]:
+        return "megatron" if self.megatron_cfg.enabled else "dtensor"

@@ -1,0 +1,168 @@
+"""The recipe sections around the policy: data, loss, reward env, logging, checkpoints, cluster."""
+
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from lora_rl.config.base import NonNegativeInt, PositiveInt, Section, compat
+
+BUILTIN_DATASETS = ("tiny-arithmetic",)
+BUILTIN_REWARDS = ("exact_match", "format", "exact_match_and_format")
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+class DataConfig(Section):
+    """Training and validation data: a built-in data set or local JSONL files."""
+
+    dataset_name: str | None = None
+    """`tiny-arithmetic` (built in, made locally) or a name for your own records; with
+    `train_data_path` set, only a label."""
+    train_data_path: str | None = None
+    """JSONL file of training records (path relative to the working directory)."""
+    val_data_path: str | None = None
+    """JSONL file of validation records."""
+    prompt_key: str = "prompt"
+    """Record field holding the prompt."""
+    response_key: str = "response"
+    """Record field holding the SFT response."""
+    chosen_key: str = "chosen"
+    """Record field holding the preferred DPO response."""
+    rejected_key: str = "rejected"
+    """Record field holding the dispreferred DPO response."""
+    answer_key: str = "answer"
+    """Record field holding the GRPO reference answer."""
+    max_input_seq_length: PositiveInt | None = None
+    """Longest tokenized prompt; null means `policy.max_total_sequence_length`."""
+    on_overlong: Literal["error", "skip", "truncate"] = "error"
+    """What to do with a record longer than the limits: stop with its file:line, skip it (the
+    count is reported), or truncate it."""
+    add_bos: bool = True
+    """Prepend the BOS token."""
+    add_eos: bool = True
+    """Append EOS to responses, so the model learns to stop."""
+    shuffle: bool = True
+    """Shuffle training records each epoch (seeded)."""
+    add_generation_prompt: bool = compat(False)
+    """Chat-template generation prompt."""
+    num_workers: NonNegativeInt = compat(1)
+    """Data-loader worker processes."""
+    prompt_file: str | None = compat(None)
+    """NeMo RL prompt template file."""
+    system_prompt_file: str | None = compat(None)
+    """NeMo RL system prompt file."""
+
+
+class LossFnConfig(Section):
+    """GRPO policy loss (NeMo RL's ClippedPGLossFn names)."""
+
+    reference_policy_kl_penalty: float = Field(0.01, ge=0)
+    """Weight of the KL(policy || reference) penalty; 0 disables it."""
+    ratio_clip_min: float = Field(0.2, ge=0)
+    """Lower clip epsilon of the importance ratio: clip at 1 - ratio_clip_min."""
+    ratio_clip_max: float = Field(0.2, ge=0)
+    """Upper clip epsilon: clip at 1 + ratio_clip_max."""
+    ratio_clip_c: float | None = Field(None, gt=1)
+    """Dual-clip constant c > 1 for negative advantages; null disables."""
+    token_level_loss: bool = True
+    """Average the loss over all tokens of the batch (true) or per sequence then over
+    sequences (false)."""
+    use_on_policy_kl_approximation: bool = compat(False)
+    """Importance-weighted KL estimate."""
+    use_importance_sampling_correction: bool = compat(False)
+    """Correct for generator/trainer mismatch."""
+    sequence_level_importance_ratios: bool = compat(False)
+    """GSPO-style sequence ratios."""
+
+
+class EnvConfig(Section):
+    """Reward for GRPO rollouts."""
+
+    reward: str = "exact_match"
+    """Built-in (`exact_match`, `format`, `exact_match_and_format`) or a function by import
+    path `package.module:function` taking (prompts, responses, answers) -> list[float]. It is
+    imported only at run time, never by `validate`."""
+    reward_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments passed to the reward function."""
+    math: dict[str, Any] | None = compat(None)
+    """NeMo RL's math environment workers."""
+
+    @field_validator("reward")
+    @classmethod
+    def _known_or_import_path(cls, value: str) -> str:
+        if value in BUILTIN_REWARDS or _IMPORT_PATH.match(value):
+            return value
+        raise ValueError(
+            f"'{value}' is neither a built-in reward ({', '.join(BUILTIN_REWARDS)}) nor an "
+            "import path like 'my_pkg.rewards:score'"
+        )
+
+
+class LoggerConfig(Section):
+    """Where metrics go."""
+
+    log_dir: str = "logs"
+    """Run directory for metrics.jsonl (and TensorBoard events)."""
+    tensorboard_enabled: bool = False
+    """Also write TensorBoard events (needs the tensorboard package)."""
+    progress_bar: bool = True
+    """Show a progress bar with loss and ETA on the terminal."""
+    wandb_enabled: bool = compat(False)
+    """Weights & Biases logging."""
+    mlflow_enabled: bool = compat(False)
+    """MLflow logging."""
+    swanlab_enabled: bool = compat(False)
+    """SwanLab logging."""
+    monitor_gpus: bool = compat(False)
+    """GPU utilisation monitoring."""
+    num_val_samples_to_print: NonNegativeInt = compat(0)
+    """Validation samples printed to the terminal."""
+    wandb: dict[str, Any] | None = compat(None)
+    """Weights & Biases settings."""
+    tensorboard: dict[str, Any] | None = compat(None)
+    """TensorBoard settings (events go to `log_dir`)."""
+    mlflow: dict[str, Any] | None = compat(None)
+    """MLflow settings."""
+    swanlab: dict[str, Any] | None = compat(None)
+    """SwanLab settings."""
+    gpu_monitoring: dict[str, Any] | None = compat(None)
+    """GPU monitoring settings."""
+
+
+class CheckpointingConfig(Section):
+    """Adapter (or full) checkpoints with optimizer, scheduler, RNG and data position."""
+
+    enabled: bool = True
+    """Write checkpoints (and resume from the latest one)."""
+    checkpoint_dir: str = "results/run"
+    """Directory of `step_N/` checkpoints."""
+    save_period: PositiveInt = 10
+    """Checkpoint every this many steps (and at the end)."""
+    keep_top_k: PositiveInt | None = 3
+    """Checkpoints kept; ranked by `metric_name` when it is logged, else the newest. Null keeps
+    all."""
+    metric_name: str | None = None
+    """Metric ranking the checkpoints, e.g. `val_loss`; null keeps the newest."""
+    higher_is_better: bool = False
+    """Rank direction of `metric_name`."""
+    checkpoint_must_save_by: str | None = compat(None)
+    """Wall-clock deadline for a final save."""
+    model_save_format: str | None = compat(None)
+    """Weights format (always safetensors in lora-rl)."""
+    save_consolidated: bool = compat(False)
+    """Write a consolidated HF checkpoint too (use `lora-rl export`)."""
+
+
+class ClusterConfig(Section):
+    """Processes to start: num_nodes x gpus_per_node ranks (one per device; CPU runs use one
+    process per 'device')."""
+
+    num_nodes: PositiveInt = 1
+    """Nodes."""
+    gpus_per_node: PositiveInt = 1
+    """Devices (on CPU: processes) per node."""
+
+    @property
+    def world_size(self) -> int:
+        return self.num_nodes * self.gpus_per_node

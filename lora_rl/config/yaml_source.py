@@ -1,0 +1,174 @@
+"""Read one YAML file into plain Python values plus the source position of every key and value.
+
+PyYAML's composer gives nodes with marks; walking them ourselves (instead of `safe_load`) keeps
+positions, rejects duplicate keys (PyYAML silently keeps the last) and bounds alias expansion, so
+a "billion laughs" document is an error instead of an out-of-memory kill.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import re
+
+import yaml
+
+from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location, RecipeError
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_BINARY_TAG = "tag:yaml.org,2002:binary"
+_PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-5` as a float, as OmegaConf (and so NeMo RL) does; YAML 1.1
+    alone requires a dot (`1.0e-5`) and would hand the string "1e-5" to the schema."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Where a mapping key and its value are written (the key is None for list items)."""
+
+    key: Location | None
+    value: Location
+
+    @property
+    def best(self) -> Location:
+        return self.key or self.value
+
+
+SourceMap = dict[KeyPath, Positions]
+
+
+def _fail(rule: str, message: str, location: Location | None, fix: str | None = None) -> RecipeError:
+    return RecipeError([Diagnostic(rule, "error", message, (), location, fix)])
+
+
+def _location(mark: Any, file: str, via: str | None = None) -> Location:
+    return Location(file, mark.line + 1, mark.column + 1, via)
+
+
+def read_text(path: Path) -> str:
+    """Read a recipe file, turning every I/O problem into a RecipeError (rule LR010)."""
+    shown = str(path)
+    if path.is_dir():
+        raise _fail("LR010", f"{shown} is a directory, not a recipe file", None, "pass a .yaml file")
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise _fail("LR010", f"{shown} is {size} bytes; recipes are limited to "
+                        f"{MAX_FILE_BYTES} bytes", None)
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise _fail("LR010", f"{shown}: no such file", None, "check the path") from None
+    except OSError as exc:
+        raise _fail("LR010", f"{shown}: cannot read ({exc.strerror})", None) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise _fail("LR004", f"not UTF-8 text (byte 0x{raw[exc.start]:02x})",
+                    Location(shown, line, 1), "save the recipe as UTF-8") from None
+
+
+def parse_yaml(text: str, file: str, via: str | None = None) -> tuple[Any, SourceMap]:
+    """Parse one YAML document into (value, positions). Raises RecipeError."""
+    loader = RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        walker = _Walker(loader, file, via)
+        value = walker.build(node, (), 0)
+        return value, walker.positions
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = _location(mark, file, via) if mark else Location(file, 1, 1, via)
+        problem = exc.problem or str(exc)
+        if exc.context and "expected a single document" in exc.context:
+            problem = "a recipe is one YAML document, but this file has several ('---')"
+        raise _fail("LR004", f"YAML syntax: {problem}", where, _syntax_hint(problem)) from None
+    except yaml.YAMLError as exc:
+        raise _fail("LR004", f"YAML syntax: {exc}", Location(file, 1, 1, via)) from None
+    except RecursionError:
+        raise _fail("LR009", f"nesting deeper than the parser can follow (limit {MAX_DEPTH})",
+                    Location(file, 1, 1, via)) from None
+    finally:
+        loader.dispose()
+
+
+def _syntax_hint(problem: str) -> str | None:
+    if "\\t" in problem or "tab" in problem:
+        return "indent with spaces; YAML does not allow tabs"
+    if "mapping values are not allowed" in problem:
+        return "put a space after ':' and check the indentation of the line"
+    return None
+
+
+class _Walker:
+    def __init__(self, loader: RecipeLoader, file: str, via: str | None) -> None:
+        self.loader = loader
+        self.file = file
+        self.via = via
+        self.positions: SourceMap = {}
+        self.count = 0
+
+    def build(self, node: yaml.Node, path: KeyPath, depth: int) -> Any:
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise _fail("LR009", f"the document expands to more than {MAX_VALUES} values "
+                        "(an alias/anchor bomb?)", self._loc(node), "remove the repeated aliases")
+        if depth > MAX_DEPTH:
+            raise _fail("LR009", f"values nested deeper than {MAX_DEPTH} levels", self._loc(node))
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+            raise _fail("LR004", f"tag '{node.tag}' is not allowed in a recipe (safe YAML only)",
+                        self._loc(node), "remove the '!!' tag")
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, depth)
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for index, child in enumerate(node.value):
+                self.positions[path + (index,)] = Positions(None, self._loc(child))
+                items.append(self.build(child, path + (index,), depth + 1))
+            return items
+        if node.tag == _TIMESTAMP_TAG:
+            return node.value  # a date-looking string is text in a recipe, not a datetime
+        if node.tag == _BINARY_TAG:
+            raise _fail("LR004", "binary (!!binary) values are not allowed in a recipe",
+                        self._loc(node))
+        return self.loader.construct_object(node, deep=True)
+
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath, depth: int) -> dict[str, Any]:
+        self.loader.flatten_mapping(node)  # resolves YAML merge keys (<<: *anchor)
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = self.loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                if isinstance(key, (int, float, bool)) or key is None:
+                    key = str(key) if key is not None else "null"
+                else:
+                    raise _fail("LR004", "mapping keys must be plain names",
+                                self._loc(key_node))
+            if key in out:
+                first = self.positions[path + (key,)].best
+                raise _fail("LR005", f"duplicate key '{key}' (first written at line "
+                            f"{first.line})", self._loc(key_node),
+                            "keep one of the two; YAML would silently use the last")
+            self.positions[path + (key,)] = Positions(self._loc(key_node), self._loc(value_node))
+            out[key] = self.build(value_node, path + (key,), depth + 1)
+        return out
+
+    def _loc(self, node: yaml.Node) -> Location:
+        return _location(node.start_mark, self.file, self.via)

@@ -1,0 +1,106 @@
+"""`lora-rl explain`: what a valid recipe will do, in derived numbers, before anything runs."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from rich.console import Console
+from rich.table import Table
+
+from lora_rl.config.recipe import RecipeConfig
+from lora_rl.config.rules import layout
+from lora_rl.config.validate import ValidationResult
+
+
+def _cuda_available() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
+    lora = cfg.policy.active_lora
+    if lora is None:
+        return [("LoRA", "off: full fine-tuning of every parameter")]
+    block = "policy.megatron_cfg.peft" if cfg.policy.megatron_cfg.enabled \
+        else "policy.dtensor_cfg.lora_cfg"
+    rows = [("LoRA block", block), ("rank / alpha", f"{lora.dim} / {lora.alpha:g}"),
+            ("scale alpha/dim", f"{lora.alpha / lora.dim:g}"),
+            ("dropout", f"{lora.dropout:g} ({lora.dropout_position})")]
+    if cfg.policy.megatron_cfg.enabled:
+        peft = cfg.policy.megatron_cfg.peft
+        rows.append(("targets", ", ".join(peft.target_modules or []) or
+                     "all four: linear_qkv, linear_proj, linear_fc1, linear_fc2"))
+        if peft.exclude_modules:
+            rows.append(("excluded", ", ".join(peft.exclude_modules)))
+        rows.append(("A / B init", f"{peft.lora_A_init_method} / {peft.lora_B_init_method}"))
+        rows.append(("adapter dtype", peft.lora_dtype or "follows the base layer"))
+    else:
+        dt_lora = cfg.policy.dtensor_cfg.lora_cfg
+        targets = "every linear layer except lm_head" if dt_lora.match_all_linear else \
+            ", ".join(dt_lora.target_modules) or "every linear layer except the excluded"
+        rows.append(("targets", targets))
+        if dt_lora.exclude_modules:
+            rows.append(("excluded", ", ".join(dt_lora.exclude_modules)))
+        rows.append(("A init", dt_lora.lora_A_init))
+        if dt_lora.use_triton:
+            kernel = "Triton fused kernel" if _cuda_available() else \
+                "torch path (use_triton is set, but Triton kernels need CUDA; none here)"
+        else:
+            kernel = "torch path (use_triton: false)"
+        rows.append(("kernel", kernel))
+    return rows
+
+
+def run_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
+    lay = layout(cfg)
+    p = cfg.policy
+    algo = cfg.algorithm_config
+    accumulation = p.train_global_batch_size // max(1, p.train_micro_batch_size * lay.dp)
+    rows = [
+        ("algorithm", cfg.algorithm), ("backend", p.backend), ("model", p.model_name),
+        ("precision", p.precision),
+        ("processes", f"{lay.world} = dp {lay.dp} x tp {lay.tp} x pp {lay.pp} x cp {lay.cp}"),
+        ("batch", f"global {p.train_global_batch_size} = micro {p.train_micro_batch_size} x dp "
+                  f"{lay.dp} x {accumulation} accumulation step(s)"),
+        ("optimizer steps", f"at most {algo.max_num_steps} ({algo.max_num_epochs} epoch(s) cap)"),
+    ]
+    if cfg.grpo:
+        gen = p.generation
+        rows.append(("rollouts/step", f"{cfg.grpo.num_prompts_per_step} prompts x "
+                     f"{cfg.grpo.num_generations_per_prompt} = "
+                     f"{cfg.grpo.num_prompts_per_step * cfg.grpo.num_generations_per_prompt}"))
+        if gen:
+            rows.append(("generator", f"{gen.backend}, LoRA sync {gen.lora_weight_sync}, "
+                         f"max_new_tokens {gen.max_new_tokens}, T={gen.temperature:g}"))
+    if cfg.dpo:
+        rows.append(("DPO beta", f"{cfg.dpo.reference_policy_kl_penalty:g} (reference = "
+                     "adapter disabled)" if p.active_lora else "(reference = a frozen copy)"))
+    if cfg.checkpointing.enabled:
+        rows.append(("checkpoints", f"{cfg.checkpointing.checkpoint_dir} every "
+                     f"{cfg.checkpointing.save_period} steps, keep {cfg.checkpointing.keep_top_k}"))
+    rows.append(("metrics", f"{cfg.logger.log_dir}/metrics.jsonl"))
+    return rows
+
+
+def print_explanation(result: ValidationResult, console: Console) -> None:
+    import yaml
+
+    cfg = result.config
+    if cfg is None:
+        raise ValueError("explain needs a valid recipe")
+    table = Table(title=f"{result.file}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in run_rows(cfg) + lora_rows(cfg):
+        table.add_row(key, value)
+    if result.model:
+        m = result.model
+        table.add_row("model shape", f"{m.model_type}: {m.num_hidden_layers} layers, hidden "
+                      f"{m.hidden_size}, heads {m.num_attention_heads}/{m.num_key_value_heads} kv")
+    console.print(table)
+    console.rule("resolved recipe")
+    console.print(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False),
+                  highlight=False, markup=False)

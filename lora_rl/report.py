@@ -1,0 +1,115 @@
+"""Diagnostics out: compiler-style text (rich), JSON, SARIF 2.1.0 and GitHub workflow commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from lora_rl import __version__
+from lora_rl.config.diagnostics import Diagnostic
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from lora_rl.config.validate import ValidationResult
+
+FORMATS = ("text", "json", "sarif", "github")
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+
+
+def _where(d: Diagnostic, fallback_file: str) -> str:
+    return str(d.location) if d.location else f"{fallback_file}"
+
+
+def print_text(results: Sequence[ValidationResult], console: Console, strict: bool) -> None:
+    from rich.markup import escape
+
+    for result in results:
+        for d in result.diagnostics:
+            color = "red" if d.severity == "error" else "yellow"
+            console.print(f"[bold]{escape(_where(d, result.file))}[/bold]: [bold {color}]"
+                          f"{d.severity} {d.rule}[/]: {escape(d.message)}", highlight=False, soft_wrap=True)
+            if d.location and d.location.via:
+                console.print(f"  [dim]note: {escape(d.location.via)}[/dim]", highlight=False, soft_wrap=True)
+            if d.fix:
+                console.print(f"  [green]fix:[/green] {escape(d.fix)}", highlight=False, soft_wrap=True)
+        n_err, n_warn = len(result.errors), len(result.warnings)
+        if n_err or (strict and n_warn):
+            summary = f"[red]invalid[/red] ({n_err} error(s), {n_warn} warning(s))"
+        else:
+            summary = "[green]valid[/green]" + (f" ({n_warn} warning(s))" if n_warn else "")
+        console.print(f"{escape(result.file)}: {summary}", highlight=False, soft_wrap=True)
+
+
+def _as_dict(d: Diagnostic) -> dict[str, Any]:
+    loc = d.location
+    return {
+        "rule": d.rule, "severity": d.severity, "message": d.message, "path": d.dotted_path,
+        "file": loc.file if loc else None, "line": loc.line if loc else None,
+        "column": loc.column if loc else None, "via": loc.via if loc else None, "fix": d.fix,
+    }
+
+
+def to_json(results: Sequence[ValidationResult], strict: bool) -> str:
+    return json.dumps({
+        "version": __version__,
+        "results": [{
+            "file": r.file,
+            "valid": not r.errors and not (strict and r.warnings),
+            "diagnostics": [_as_dict(d) for d in r.diagnostics],
+        } for r in results],
+    }, indent=2)
+
+
+def _sarif_result(d: Diagnostic, fallback_file: str) -> dict[str, Any]:
+    loc = d.location
+    file = loc.file if loc and not loc.file.startswith("<") else fallback_file
+    region = {"startLine": loc.line, "startColumn": loc.column} if loc and file == loc.file \
+        else {"startLine": 1, "startColumn": 1}
+    text = d.message + (f" Fix: {d.fix}" if d.fix else "")
+    if loc and loc.via:
+        text += f" ({loc.via})"
+    return {
+        "ruleId": d.rule,
+        "level": d.severity,
+        "message": {"text": text},
+        "locations": [{"physicalLocation": {"artifactLocation": {"uri": file},
+                                            "region": region}}],
+    }
+
+
+def to_sarif(results: Sequence[ValidationResult]) -> str:
+    from lora_rl.config.catalogue import all_rules
+
+    rules = [{"id": rid, "shortDescription": {"text": title}}
+             for rid, (title, _) in sorted(all_rules().items())]
+    return json.dumps({
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": "lora-rl", "version": __version__,
+                                "informationUri": "https://example.invalid/lora-rl",
+                                "rules": rules}},
+            "results": [_sarif_result(d, r.file) for r in results for d in r.diagnostics],
+        }],
+    }, indent=2)
+
+
+def _escape_github(text: str, prop: bool = False) -> str:
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace(":", "%3A").replace(",", "%2C") if prop else text
+
+
+def to_github(results: Sequence[ValidationResult]) -> str:
+    lines = []
+    for r in results:
+        for d in r.diagnostics:
+            loc = d.location
+            props = [f"file={_escape_github(loc.file if loc and not loc.file.startswith('<') else r.file, True)}"]
+            if loc and not loc.file.startswith("<"):
+                props += [f"line={loc.line}", f"col={loc.column}"]
+            props.append(f"title={_escape_github(d.rule, True)}")
+            text = d.message + (f" Fix: {d.fix}" if d.fix else "")
+            lines.append(f"::{d.severity} {','.join(props)}::{_escape_github(text)}")
+    return "\n".join(lines)
