@@ -128,6 +128,44 @@ def explain(
     report.print_text([result], _console(), strict=False)
 
 
+@app.command(context_settings={"allow_extra_args": False})
+def run(
+    file: Annotated[Path, typer.Argument(help="Recipe file")],
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="Overrides a.b.c=value (also accepted via --set)")] = None,
+    set_overrides: SetOption = None,
+) -> None:
+    """Validate the recipe, then train: SFT, DPO or GRPO on the enabled backend."""
+    from lora_rl import report
+    from lora_rl.config.validate import validate_recipe
+
+    result = validate_recipe(file, [*(overrides or []), *(set_overrides or [])],
+                             resolve_embedded_model=True)
+    if result.diagnostics:
+        report.print_text([result], _console(stderr=True), strict=False)
+    if result.config is None or result.errors:
+        raise typer.Exit(_exit_code([result], False))
+    from lora_rl.launcher import launch
+
+    raise typer.Exit(launch(result.config))
+
+
+@app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="logger.log_dir of a run")],
+    out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
+) -> None:
+    """Plot metrics.jsonl (loss and every other numeric metric) to a PNG."""
+    from lora_rl.plotting import PlotError, plot_metrics
+
+    try:
+        path = plot_metrics(run_dir, out)
+    except PlotError as exc:
+        _console(stderr=True).print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    _console().print(f"wrote {path}")
+
+
 @app.command("init-model")
 def init_model(
     out: Annotated[Path | None, typer.Option("--out", help="Target directory")] = None,

@@ -1,0 +1,31 @@
+"""Algorithms, written once against `lora_rl.backends.base.TrainingBackend`.
+
+Each algorithm is one class with `setup()`, `train()` and `cleanup()` (torchtune's recipe shape);
+`run_algorithm` is the dispatcher keyed by the recipe's algorithm section.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lora_rl.config.recipe import RecipeConfig
+    from lora_rl.training.runtime import Runtime
+
+
+def run_algorithm(cfg: RecipeConfig, runtime: Runtime) -> None:
+    from lora_rl.backends import build_backend
+
+    backend = build_backend(cfg, runtime)
+    if cfg.algorithm == "sft":
+        from lora_rl.algorithms.sft import SFT as Algorithm
+    elif cfg.algorithm == "dpo":
+        from lora_rl.algorithms.dpo import DPO as Algorithm
+    else:
+        from lora_rl.algorithms.grpo import GRPO as Algorithm
+    algorithm = Algorithm(cfg, backend, runtime)
+    try:
+        algorithm.setup()
+        algorithm.train()
+    finally:
+        algorithm.cleanup()

@@ -1,0 +1,133 @@
+"""Supervised fine-tuning: token-level cross-entropy on response tokens.
+
+The loss of a step is the mean over *all* response tokens of the global batch, whatever the
+data-parallel split and micro-batching: each micro-batch contributes sum(nll) / global_tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lora_rl.algorithms.evaluation import exact_match_accuracy
+from lora_rl.backends.base import TokenBatch, TrainingBackend
+from lora_rl.config.recipe import RecipeConfig
+from lora_rl.data.examples import Example, completion_example
+from lora_rl.data.order import DataOrder
+from lora_rl.data.sources import chunks, collate, limits, load_records, load_tokenizer, \
+    rank_slice, text_format
+from lora_rl.training.runtime import Runtime, seed_step
+from lora_rl.training.session import TrainingSession
+
+
+def masked_nll_sum(token_logprobs: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+    return -(token_logprobs * batch.target_mask).sum()
+
+
+class SFT:
+    def __init__(self, cfg: RecipeConfig, backend: TrainingBackend, runtime: Runtime) -> None:
+        self.cfg = cfg
+        self.algo = cfg.sft
+        self.backend = backend
+        self.runtime = runtime
+        self.session = TrainingSession(cfg, backend, runtime)
+
+    def setup(self) -> None:
+        data = self.cfg.data
+        self.tokenizer = load_tokenizer(self.cfg)
+        self.format = text_format(self.cfg, self.tokenizer)
+        keys = (data.prompt_key, data.response_key)
+        self.train_set = self._examples(load_records(self.cfg, "train", keys))
+        self.val_records = load_records(self.cfg, "val", keys)
+        self.val_set = self._examples(self.val_records)
+        self.order = DataOrder(len(self.train_set), self.algo.seed, data.shuffle)
+        self.start_step, state = self.session.resume()
+        if state:
+            self.order.load_state(state["data"])
+        self.session.say(f"SFT: {len(self.train_set)} training examples, "
+                         f"{self.backend.trainable_report()}")
+
+    def _examples(self, records) -> list[Example]:
+        lim = limits(self.cfg)
+        data = self.cfg.data
+        made = [completion_example(self.format, r, data.prompt_key, data.response_key, lim)
+                for r in records]
+        kept = [e for e in made if e is not None]
+        if len(kept) < len(made):
+            self.session.say(f"skipped {len(made) - len(kept)} over-long record(s) "
+                             "(data.on_overlong: skip)")
+        return kept
+
+    def train(self) -> None:
+        policy = self.cfg.policy
+        steps = self.algo.max_num_steps
+        self.session.start_progress(self.start_step, steps)
+        if self.algo.val_at_start and self.start_step == 0:
+            self.session.log(0, self.validate())
+        step = self.start_step
+        while step < steps:
+            indices, epoch = self.order.next_batch(policy.train_global_batch_size)
+            if epoch >= self.algo.max_num_epochs:
+                break
+            step += 1
+            seed_step(self.algo.seed, step, self.runtime.rank)
+            metrics = self._train_step(indices)
+            self.session.check_finite(step, metrics["loss"])
+            if self.algo.val_period and step % self.algo.val_period == 0:
+                metrics.update(self.validate())
+            self.session.log(step, metrics)
+            self.session.maybe_save(step, {"data": self.order.state()})
+        self.session.maybe_save(step, {"data": self.order.state()}, final=step > self.start_step)
+
+    def _train_step(self, indices: list[int]) -> dict[str, Any]:
+        examples = [self.train_set[i] for i in indices]
+        global_tokens = sum(sum(e.loss_mask[1:]) for e in examples)
+        mine = rank_slice(examples, self.backend.dp_rank, self.backend.dp_size)
+        micro = [collate(c, self.tokenizer.pad_token_id)
+                 for c in chunks(mine, self.cfg.policy.train_micro_batch_size)]
+
+        def loss_fn(token_logprobs: torch.Tensor, batch: TokenBatch):
+            nll = masked_nll_sum(token_logprobs, batch)
+            return nll / global_tokens, {"nll_sum": float(nll.detach())}
+
+        started = _now()
+        sums = self.backend.forward_backward(micro, loss_fn)
+        (nll_sum,) = self.backend.all_reduce_sum([sums["nll_sum"]])
+        stats = self.backend.optimizer_step()
+        elapsed = _now() - started
+        tokens = sum(len(e.input_ids) for e in examples)
+        return {"loss": nll_sum / global_tokens, "lr": stats.lr, "grad_norm": stats.grad_norm,
+                "tokens_per_s": tokens / elapsed, "step_time_s": elapsed,
+                "skipped_step": stats.skipped}
+
+    def validate(self) -> dict[str, float]:
+        if not self.val_set:
+            return {}
+        algo = self.algo
+        limit = len(self.val_set) if algo.val_batches is None else \
+            algo.val_batches * algo.val_global_batch_size
+        examples = self.val_set[:limit]
+        mine = rank_slice(examples, self.backend.dp_rank, self.backend.dp_size) \
+            if len(examples) >= self.backend.dp_size else examples
+        nll, tokens = 0.0, 0
+        with self.backend.eval_mode():
+            for chunk in chunks(mine, algo.val_micro_batch_size):
+                batch = collate(chunk, self.tokenizer.pad_token_id)
+                nll += float(masked_nll_sum(self.backend.token_logprobs(batch), batch))
+                tokens += int(batch.target_mask.sum())
+        nll, tokens = self.backend.all_reduce_sum([nll, float(tokens)])
+        metrics = {"val_loss": nll / max(tokens, 1.0)}
+        records = self.val_records[:limit]
+        metrics["val_accuracy"] = exact_match_accuracy(self.backend, self.format, records,
+                                                       self.cfg, self.runtime)
+        return metrics
+
+    def cleanup(self) -> None:
+        self.session.close()
+
+
+def _now() -> float:
+    import time
+
+    return time.perf_counter()

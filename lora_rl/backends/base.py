@@ -1,0 +1,80 @@
+"""The seam between algorithms and backends.
+
+Algorithms see token log-probabilities and a loss callback; how the model is sharded, how the
+micro-batches are scheduled and how gradients are reduced is the backend's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class TokenBatch:
+    """Right-padded token sequences. Shapes: [B, L]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    """1 where the token is a training target (the response), 0 on prompt and padding."""
+
+    @property
+    def target_mask(self) -> torch.Tensor:
+        """[B, L-1]: mask aligned with `token_logprobs` (token t+1 predicted at t)."""
+        return self.loss_mask[:, 1:].float()
+
+
+LossFn = Callable[[torch.Tensor, TokenBatch], tuple[torch.Tensor, dict[str, float]]]
+"""(token_logprobs [B, L-1], batch) -> (loss already normalised for the global batch, metrics)."""
+
+
+@dataclass(frozen=True)
+class StepStats:
+    grad_norm: float
+    lr: float
+    skipped: bool
+    """True when the gradients were not finite and the update was not applied."""
+
+
+class TrainingBackend(Protocol):
+    dp_rank: int
+    dp_size: int
+
+    def token_logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        """[B, L-1] log p(token t+1 | tokens <= t) under the current policy (differentiable)."""
+
+    def forward_backward(self, micro_batches: list[TokenBatch], loss_fn: LossFn) -> dict[str, float]:
+        """Accumulate gradients of `loss_fn` over this rank's micro-batches; summed metrics."""
+
+    def optimizer_step(self) -> StepStats:
+        """Clip, step (unless gradients are not finite), schedule, zero gradients."""
+
+    def reference_policy(self) -> AbstractContextManager[None]:
+        """Within this context the model is the frozen reference (LoRA disabled)."""
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Sum over data-parallel ranks."""
+
+    def checkpoint_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Trainable weights and optimizer state, full (unsharded), on every rank."""
+
+    def load_checkpoint_tensors(self, tensors: dict[str, dict[str, torch.Tensor]],
+                                optimizer_meta: dict) -> None:
+        """Restore what `checkpoint_tensors` returned."""
+
+    def optimizer_meta(self) -> dict:
+        """JSON-serialisable optimizer/scheduler state that is not tensors."""
+
+    def generation_model(self) -> AbstractContextManager[torch.nn.Module]:
+        """A plain (unsharded) module to sample from, with the current adapter in effect."""
+
+    def trainable_report(self) -> dict[str, int | float | str]:
+        """Trainable / total parameters and the LoRA scale, for logs and explain."""
+
+    def eval_mode(self) -> Iterator[None]:
+        """Context: dropout off, no grad."""

@@ -1,0 +1,135 @@
+"""The DTensor backend: build -> (tensor parallel) -> FSDP2 -> train steps and checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
+
+from lora_rl.backends.base import LossFn, StepStats, TokenBatch
+from lora_rl.backends.dtensor.generation_copy import GenerationCopy
+from lora_rl.backends.dtensor.model import build_policy_model
+from lora_rl.backends.dtensor.sharding import shard_model
+from lora_rl.backends.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
+from lora_rl.config.recipe import RecipeConfig
+from lora_rl.lora import disable_lora
+from lora_rl.training.optim import build_optimizer, build_scheduler, clip_gradients
+from lora_rl.training.runtime import Runtime
+
+
+class DTensorBackend:
+    def __init__(self, cfg: RecipeConfig, runtime: Runtime) -> None:
+        policy = cfg.policy
+        self.cfg = cfg
+        self.runtime = runtime
+        self.built = build_policy_model(policy, seed=cfg.algorithm_config.seed)
+        self.model = self.built.model
+        tp = policy.dtensor_cfg.tensor_parallel_size
+        self.dp_size = runtime.world_size // tp
+        self.mesh = shard_model(self.model, runtime, tp=tp, dp=self.dp_size,
+                                lora=self.built.lora_report is not None)
+        self.dp_rank = self.mesh.get_local_rank("dp") if self.mesh is not None else 0
+        self.optimizer = build_optimizer(self.model.parameters(), policy.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, policy.scheduler)
+        self.max_grad_norm = policy.max_grad_norm
+        self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self._generation_copy = GenerationCopy(self)
+
+    # ---- forward / backward ---------------------------------------------------------------
+
+    def token_logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            use_cache=False).logits
+        logits = logits[:, :-1].float()
+        targets = batch.input_ids[:, 1:]
+        return -F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+
+    def forward_backward(self, micro_batches: list[TokenBatch], loss_fn: LossFn) -> dict[str, float]:
+        self.model.train()
+        totals: dict[str, float] = {}
+        for batch in micro_batches:
+            loss, metrics = loss_fn(self.token_logprobs(batch), batch)
+            # FSDP averages gradients over data-parallel ranks; losses arrive already divided by
+            # the *global* normaliser, so undo the average to get the exact global mean.
+            (loss * self.dp_size).backward()
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value
+        return totals
+
+    def optimizer_step(self) -> StepStats:
+        norm = self._grad_norm()
+        finite = math.isfinite(norm)
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepStats(grad_norm=norm, lr=self.scheduler.get_last_lr()[0], skipped=not finite)
+
+    def _grad_norm(self) -> float:
+        return clip_gradients(self._trainable, self.max_grad_norm)
+
+    @contextlib.contextmanager
+    def reference_policy(self) -> Iterator[None]:
+        if self.built.lora_report is None:
+            raise RuntimeError("a reference policy needs LoRA (full fine-tuning keeps no copy)")
+        with disable_lora(self.model):
+            yield
+
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.model.train(was_training)
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        if self.mesh is None or self.dp_size == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(tensor, group=self.mesh.get_group("dp"))
+        return tensor.tolist()
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    _STATE_OPTIONS = StateDictOptions(full_state_dict=True, ignore_frozen_params=True)
+
+    def checkpoint_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=self._STATE_OPTIONS)
+        optimizer_tensors, self._optimizer_meta = flatten_optimizer_state(optim_sd)
+        name = "adapter" if self.built.lora_report is not None else "model"
+        return {name: dict(model_sd), "optimizer": optimizer_tensors}
+
+    def optimizer_meta(self) -> dict:
+        return {"optimizer": getattr(self, "_optimizer_meta", {}),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_checkpoint_tensors(self, tensors: dict[str, dict[str, torch.Tensor]],
+                                optimizer_meta: dict) -> None:
+        name = "adapter" if self.built.lora_report is not None else "model"
+        optim_sd = unflatten_optimizer_state(tensors["optimizer"], optimizer_meta["optimizer"])
+        set_state_dict(self.model, self.optimizer, model_state_dict=tensors[name],
+                       optim_state_dict=optim_sd,
+                       options=StateDictOptions(full_state_dict=True, strict=False))
+        self.scheduler.load_state_dict(optimizer_meta["scheduler"])
+
+    def trainable_report(self) -> dict[str, int | float | str]:
+        return self.built.report()
+
+    @contextlib.contextmanager
+    def generation_model(self) -> Iterator[torch.nn.Module]:
+        if self.mesh is None:
+            yield self.model
+            return
+        with self._generation_copy.synced() as module:
+            yield module

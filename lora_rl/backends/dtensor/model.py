@@ -1,0 +1,59 @@
+"""Build the policy: a local Hugging Face causal LM, with LoRA applied when the recipe asks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lora_rl.config.policy import PolicyConfig
+from lora_rl.lora import LoraReport, apply_lora
+from lora_rl.model_source import require_local_model_dir
+
+
+@dataclass
+class BuiltPolicy:
+    model: torch.nn.Module
+    model_dir: Path
+    lora_report: LoraReport | None
+
+    def report(self) -> dict[str, int | float | str]:
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        out: dict[str, int | float | str] = {"trainable_params": trainable, "total_params": total}
+        if self.lora_report is not None:
+            out["lora_scale"] = self.lora_report.scale
+            out["lora_modules"] = len(self.lora_report.patched)
+        return out
+
+
+def load_hf_model(model_dir: Path, precision: str, trust_remote_code: bool) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, precision), trust_remote_code=trust_remote_code,
+        attn_implementation="sdpa",
+    )
+    model.config.use_cache = False
+    return model
+
+
+def build_policy_model(policy: PolicyConfig, seed: int) -> BuiltPolicy:
+    model_dir = require_local_model_dir(policy.model_name)
+    model = load_hf_model(model_dir, policy.precision, policy.trust_remote_code)
+    report = None
+    lora = policy.dtensor_cfg.lora_cfg
+    if lora.enabled:
+        # Same seed on every rank and every run: adapters start identical everywhere.
+        torch.manual_seed(seed)
+        report = apply_lora(model, lora)
+    if policy.init_adapter_path:
+        from lora_rl.interop.peft_import import load_peft_adapter
+
+        if report is None:
+            raise ValueError("policy.init_adapter_path needs LoRA enabled on the DTensor backend")
+        load_peft_adapter(model, Path(policy.init_adapter_path))
+    if policy.dtensor_cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return BuiltPolicy(model, model_dir, report)

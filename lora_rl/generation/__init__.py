@@ -1,0 +1,1 @@
+"""Rollout generation: the native torch generator (default) and vLLM (optional extra)."""

@@ -1,0 +1,104 @@
+"""`lora-rl run`: validate, then start one process per rank (torchrun-compatible env vars).
+
+A single-process recipe runs in this process. Under an external `torchrun` (RANK/WORLD_SIZE
+already set) this process *is* a rank. Otherwise the launcher starts `cluster` worth of ranks on
+loopback, watches them, and stops them all when one fails or on Ctrl-C, naming the rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lora_rl.config.recipe import RecipeConfig
+
+GRACE_S = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(cfg: RecipeConfig) -> int:
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        from lora_rl.worker import run_rank
+
+        return run_rank(cfg)
+    world = cfg.cluster.world_size
+    if cfg.cluster.num_nodes > 1:
+        print("error: multi-node runs start under torchrun on every node: "
+              "torchrun --nnodes N --nproc-per-node G ... -m lora_rl.worker RESOLVED.json "
+              "(write RESOLVED.json with `lora-rl explain --json`)", file=sys.stderr)
+        return 2
+    if world == 1:
+        from lora_rl.worker import run_rank
+
+        return run_rank(cfg)
+    return _spawn(cfg, world)
+
+
+def _spawn(cfg: RecipeConfig, world: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="lora-rl-") as tmp:
+        resolved = Path(tmp) / "recipe.json"
+        resolved.write_text(json.dumps(cfg.model_dump(mode="json", by_alias=True,
+                                                      exclude_unset=True)))
+        port = _free_port()
+        threads = max(1, (os.cpu_count() or 1) // world)
+        procs = []
+        for rank in range(world):
+            env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank),
+                   "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                   "LORA_RL_THREADS": os.environ.get("LORA_RL_THREADS", str(threads)),
+                   **_env_vars(cfg)}
+            procs.append(subprocess.Popen([sys.executable, "-m", "lora_rl.worker", str(resolved)],
+                                          env=env))
+        return _watch(procs)
+
+
+def _env_vars(cfg: RecipeConfig) -> dict[str, str]:
+    backend = cfg.policy.megatron_cfg if cfg.policy.megatron_cfg.enabled else cfg.policy.dtensor_cfg
+    return dict(backend.env_vars)
+
+
+def _watch(procs: list[subprocess.Popen]) -> int:
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
+            if failed:
+                rank, code = failed[0]
+                print(f"error: rank {rank} exited with code {code}; stopping the other ranks",
+                      file=sys.stderr, flush=True)
+                _stop(procs)
+                return 1
+            if all(code == 0 for code in codes):
+                return 0
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print("interrupted: stopping all ranks (checkpoints already written are kept)",
+              file=sys.stderr, flush=True)
+        _stop(procs, sig=signal.SIGINT)
+        return 130
+
+
+def _stop(procs: list[subprocess.Popen], sig: int = signal.SIGTERM) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    deadline = time.monotonic() + GRACE_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

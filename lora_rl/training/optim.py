@@ -1,0 +1,68 @@
+"""Optimizer and LR schedule from the recipe, over the trainable parameters only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from lora_rl.config.policy import OptimizerConfig, SchedulerMilestones, SchedulerStep
+
+_OPTIMIZERS = {
+    "torch.optim.AdamW": torch.optim.AdamW,
+    "torch.optim.Adam": torch.optim.Adam,
+    "torch.optim.SGD": torch.optim.SGD,
+}
+_SCHEDULERS = {
+    "torch.optim.lr_scheduler.LinearLR": torch.optim.lr_scheduler.LinearLR,
+    "torch.optim.lr_scheduler.ConstantLR": torch.optim.lr_scheduler.ConstantLR,
+    "torch.optim.lr_scheduler.CosineAnnealingLR": torch.optim.lr_scheduler.CosineAnnealingLR,
+}
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    kw = cfg.kwargs
+    trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        raise ValueError("no trainable parameters: LoRA matched nothing and full fine-tuning is off")
+    if cfg.name == "torch.optim.SGD":
+        return torch.optim.SGD(trainable, lr=kw.lr, momentum=kw.momentum,
+                               weight_decay=kw.weight_decay, foreach=kw.foreach)
+    return _OPTIMIZERS[cfg.name](trainable, lr=kw.lr, betas=kw.betas, eps=kw.eps,
+                                 weight_decay=kw.weight_decay, foreach=kw.foreach)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer,
+                    steps: list[SchedulerStep | SchedulerMilestones] | None):
+    """One scheduler, a SequentialLR chain (NeMo RL's list form), or a constant LR."""
+    if not steps:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    schedulers = [_SCHEDULERS[s.name](optimizer, **s.kwargs) for s in steps
+                  if isinstance(s, SchedulerStep)]
+    milestones = [m for s in steps if isinstance(s, SchedulerMilestones) for m in s.milestones]
+    if len(schedulers) == 1 and not milestones:
+        return schedulers[0]
+    if len(milestones) != len(schedulers) - 1:
+        raise ValueError(f"policy.scheduler has {len(schedulers)} schedulers and "
+                         f"{len(milestones)} milestones; SequentialLR needs one fewer milestone")
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, schedulers, milestones)
+
+
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    """Global L2 norm of the gradients, clipped to `max_norm` (None: no clipping), as
+    torch.nn.utils.clip_grad_norm_ computes it. Works across plain tensors and DTensors on
+    different meshes (which clip_grad_norm_ cannot stack); returns the norm before clipping."""
+    squares = torch.zeros((), dtype=torch.float64)
+    grads = [p.grad for p in params if p.grad is not None]
+    for grad in grads:
+        norm = torch.linalg.vector_norm(grad, 2)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        squares += norm.double() ** 2
+    total = float(squares.sqrt())
+    if max_norm is not None and total == total and total != float("inf"):
+        coef = max_norm / (total + 1e-6)
+        if coef < 1.0:
+            for grad in grads:
+                grad.mul_(coef)
+    return total
