@@ -166,6 +166,34 @@ def plot(
     _console().print(f"wrote {path}")
 
 
+class ExportFormatChoice(str, Enum):
+    peft = "peft"
+    merged = "merged"
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="step_N dir or checkpoint_dir")],
+    output_format: Annotated[ExportFormatChoice, typer.Option("--format")],
+    out: Annotated[Path, typer.Option("--out", help="Target directory")],
+    base: Annotated[str | None, typer.Option("--base", help="Base model (default: the "
+                                                             "checkpoint's)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out")] = False,
+) -> None:
+    """Write a checkpoint as a Hugging Face PEFT adapter or a merged HF model."""
+    from lora_rl.interop.export import ExportError, OutputExistsError, export_checkpoint
+    from lora_rl.interop.peft_format import AdapterFormatError
+    from lora_rl.model_source import ModelSourceError
+
+    try:
+        path = export_checkpoint(checkpoint, output_format.value, out, base, force)
+    except (ExportError, AdapterFormatError, ModelSourceError) as exc:
+        _console(stderr=True).print(f"error: {exc}")
+        code = EXIT_USAGE if isinstance(exc, OutputExistsError) else EXIT_INVALID
+        raise typer.Exit(code) from None
+    _console().print(f"wrote {output_format.value} export to {path}")
+
+
 @app.command("init-model")
 def init_model(
     out: Annotated[Path | None, typer.Option("--out", help="Target directory")] = None,

@@ -1,0 +1,1 @@
+"""Interop with the Hugging Face ecosystem: PEFT adapters and merged checkpoints."""

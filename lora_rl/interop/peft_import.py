@@ -1,0 +1,29 @@
+"""Start training from an existing PEFT adapter (`policy.init_adapter_path`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lora_rl.interop.peft_format import AdapterFormatError, read_adapter
+from lora_rl.lora import iter_lora_layers, load_lora_state_dict
+
+
+def load_peft_adapter(model: torch.nn.Module, directory: Path) -> None:
+    """Load adapter weights into a model already patched with the recipe's LoRA config; the
+    adapter's rank and alpha must match that config."""
+    config, tensors = read_adapter(directory)
+    layers = list(iter_lora_layers(model))
+    if not layers:
+        raise AdapterFormatError("the model has no LoRA layers to load the adapter into")
+    name, layer = layers[0]
+    rank = layer.lora_A.weight.shape[0]
+    if config.get("r") != rank:
+        raise AdapterFormatError(f"{directory}: adapter rank r={config.get('r')} but the recipe "
+                                 f"uses dim={rank}; set the LoRA dim to {config.get('r')}")
+    if abs(float(config.get("lora_alpha", 0)) / rank - layer.scale) > 1e-9:
+        raise AdapterFormatError(f"{directory}: adapter alpha {config.get('lora_alpha')} gives a "
+                                 f"scale different from the recipe's ({layer.scale}); set alpha to "
+                                 f"{config.get('lora_alpha')}")
+    load_lora_state_dict(model, tensors)
