@@ -134,6 +134,8 @@ def run(
     overrides: Annotated[list[str] | None, typer.Argument(
         help="Overrides a.b.c=value (also accepted via --set)")] = None,
     set_overrides: SetOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Allow checkpoint/log directories "
+                                                         "outside the working directory")] = False,
 ) -> None:
     """Validate the recipe, then train: SFT, DPO or GRPO on the enabled backend."""
     from lora_rl import report
@@ -145,8 +147,13 @@ def run(
         report.print_text([result], _console(stderr=True), strict=False)
     if result.config is None or result.errors:
         raise typer.Exit(_exit_code([result], False))
-    from lora_rl.launcher import launch
+    from lora_rl.launcher import OutputPathError, check_output_paths, launch
 
+    try:
+        check_output_paths(result.config, force)
+    except OutputPathError as exc:
+        _console(stderr=True).print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
     raise typer.Exit(launch(result.config))
 
 

@@ -28,6 +28,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class OutputPathError(ValueError):
+    pass
+
+
+def check_output_paths(cfg: RecipeConfig, force: bool, cwd: Path | None = None) -> None:
+    """Run outputs stay under the working directory unless the user says --force: a recipe
+    must not silently write (or replace) checkpoints and logs elsewhere on the machine."""
+    root = (cwd or Path.cwd()).resolve()
+    for key, value in (("checkpointing.checkpoint_dir", cfg.checkpointing.checkpoint_dir),
+                       ("logger.log_dir", cfg.logger.log_dir)):
+        target = (root / value).resolve()
+        if not force and target != root and root not in target.parents:
+            raise OutputPathError(f"{key} = {value} resolves to {target}, outside the working "
+                                  f"directory {root}; pass --force to write there")
+
+
 def launch(cfg: RecipeConfig) -> int:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         from lora_rl.worker import run_rank

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ class TrainingSession:
         self.metrics: MetricsLog | None = None
         self.last_metrics: dict[str, Any] = {}
         self._progress = None
-        self._started = time.monotonic()
+        self._saved_step: int | None = None
 
     # ---- resume ---------------------------------------------------------------------------
 
@@ -44,6 +43,7 @@ class TrainingSession:
             self._check_same_run(found.state, found.path)
             self.backend.load_checkpoint_tensors(found.tensors, found.state["optimizer_meta"])
             step, state = found.step, found.state["algorithm"]
+            self._saved_step = step
             self.say(f"resuming from {found.path} (step {step})")
         if self.runtime.is_main:
             log_dir = Path(self.cfg.logger.log_dir)
@@ -75,7 +75,8 @@ class TrainingSession:
             self._show(step, metrics)
 
     def maybe_save(self, step: int, algorithm_state: dict[str, Any], final: bool = False) -> None:
-        if not self.ckpt.enabled or not (final or step % self.ckpt.save_period == 0):
+        due = final or step % self.ckpt.save_period == 0
+        if not self.ckpt.enabled or not due or step == self._saved_step:
             return
         tensors = self.backend.checkpoint_tensors()
         if self.runtime.is_main:
@@ -91,6 +92,7 @@ class TrainingSession:
             prune_checkpoints(self.root, self.ckpt.keep_top_k, self.ckpt.metric_name,
                               self.ckpt.higher_is_better)
             self.say(f"checkpoint {path}")
+        self._saved_step = step
         self.runtime.barrier()
 
     # ---- output ---------------------------------------------------------------------------

@@ -55,7 +55,10 @@ class DTensorBackend:
     def forward_backward(self, micro_batches: list[TokenBatch], loss_fn: LossFn) -> dict[str, float]:
         self.model.train()
         totals: dict[str, float] = {}
-        for batch in micro_batches:
+        for index, batch in enumerate(micro_batches):
+            if self.mesh is not None:
+                # Reduce-scatter gradients once, after the last micro-batch.
+                self.model.set_requires_gradient_sync(index == len(micro_batches) - 1)
             loss, metrics = loss_fn(self.token_logprobs(batch), batch)
             # FSDP averages gradients over data-parallel ranks; losses arrive already divided by
             # the *global* normaliser, so undo the average to get the exact global mean.
