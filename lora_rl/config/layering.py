@@ -100,8 +100,19 @@ def deep_merge(dst: dict, dst_pos: SourceMap, src: dict, src_pos: SourceMap,
             deep_merge(dst[key], dst_pos, value, src_pos, path)
             continue
         _drop_subtree(dst_pos, path)
-        dst[key] = copy.deepcopy(value)
+        dst[key] = _strip_override_marks(copy.deepcopy(value))
         dst_pos.update({p: pos for p, pos in src_pos.items() if p[: len(path)] == path})
+
+
+def _strip_override_marks(value: Any) -> Any:
+    """A section copied whole (nothing inherited to merge into) still drops its nested
+    `_override_: true` marks: there is nothing for them to replace."""
+    if isinstance(value, dict):
+        if value.get(OVERRIDE_MARK) is True:
+            del value[OVERRIDE_MARK]
+        for child in value.values():
+            _strip_override_marks(child)
+    return value
 
 
 def _drop_subtree(positions: SourceMap, path: KeyPath) -> None:
@@ -121,7 +132,7 @@ def apply_overrides(data: dict, positions: SourceMap, overrides: Sequence[str]) 
                          "write dotted keys like policy.dtensor_cfg.lora_cfg.dim=16")
         parent = _container(data, path, text, where, create=op != "~")
         leaf = _index(parent, path[-1])
-        exists = leaf in parent if isinstance(parent, dict) else leaf < len(parent)
+        exists = leaf in parent if isinstance(parent, dict) else -len(parent) <= leaf < len(parent)
         if op == "~":
             if not exists:
                 raise _error("LR007", f"override {text!r}: there is no key {key} to delete",
@@ -132,7 +143,13 @@ def apply_overrides(data: dict, positions: SourceMap, overrides: Sequence[str]) 
         if op == "+" and exists:
             raise _error("LR007", f"override {text!r}: {key} already exists", where,
                          f"use {key}={raw} or ++{key}={raw} to replace it")
-        value, value_pos = parse_yaml(raw, "<overrides>", via=f"override {text!r}")
+        try:
+            value, value_pos = parse_yaml(raw, "<overrides>", via=f"override {text!r}")
+        except RecipeError as exc:  # report it at the override, as the malformed override it is
+            problem = "; ".join(d.message for d in exc.diagnostics)
+            raise _error("LR007", f"override {text!r}: the value is not valid YAML ({problem})",
+                         where, "quote the value, e.g. key='a: b', or write lists as [a,b]") \
+                from None
         if raw == "":
             value = ""
         if isinstance(parent, list) and not exists:

@@ -124,6 +124,7 @@ class _Walker:
         self.via = via
         self.positions: SourceMap = {}
         self.count = 0
+        self.merged: dict[int, int] = {}
 
     def build(self, node: yaml.Node, path: KeyPath, depth: int) -> Any:
         self.count += 1
@@ -148,27 +149,59 @@ class _Walker:
         if node.tag == _BINARY_TAG:
             raise _fail("LR004", "binary (!!binary) values are not allowed in a recipe",
                         self._loc(node))
-        return self.loader.construct_object(node, deep=True)
+        return self._construct(node)
+
+    def _construct(self, node: yaml.Node) -> Any:
+        """A scalar (or key) as Python. Explicit tags can fail outside PyYAML's error types
+        (`!!float abc` -> ValueError, `!!bool x` -> KeyError, a 5000-digit int -> ValueError)."""
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+            shown = repr(node.value) if isinstance(node.value, str) else "this value"
+            if len(shown) > 40:
+                shown = shown[:37] + "..."
+            tag = str(node.tag).rsplit(":", 1)[-1]
+            raise _fail("LR004", f"{shown} cannot be read as {tag}", self._loc(node),
+                        "remove the '!!' tag or fix the value") from None
 
     def _mapping(self, node: yaml.MappingNode, path: KeyPath, depth: int) -> dict[str, Any]:
-        self.loader.flatten_mapping(node)  # resolves YAML merge keys (<<: *anchor)
+        merged = self._flatten(node)
         out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = self.loader.construct_object(key_node, deep=True)
+        explicit: set[str] = set()
+        for index, (key_node, value_node) in enumerate(node.value):
+            key = self._construct(key_node)
             if not isinstance(key, str):
                 if isinstance(key, (int, float, bool)) or key is None:
                     key = str(key) if key is not None else "null"
                 else:
                     raise _fail("LR004", "mapping keys must be plain names",
                                 self._loc(key_node))
-            if key in out:
+            if key in out and key in explicit:
                 first = self.positions[path + (key,)].best
                 raise _fail("LR005", f"duplicate key '{key}' (first written at line "
                             f"{first.line})", self._loc(key_node),
                             "keep one of the two; YAML would silently use the last")
+            if key in out:  # a key from a `<<:` merge, overridden: YAML merge semantics
+                for stale in [p for p in self.positions if p[: len(path) + 1] == path + (key,)]:
+                    del self.positions[stale]
+            if index >= merged:
+                explicit.add(key)
             self.positions[path + (key,)] = Positions(self._loc(key_node), self._loc(value_node))
             out[key] = self.build(value_node, path + (key,), depth + 1)
         return out
+
+    def _flatten(self, node: yaml.MappingNode) -> int:
+        """Resolve YAML merge keys (`<<: *anchor`) in place; returns how many of the pairs
+        (at the front) came from merges. Remembered per node, since an aliased node is walked
+        again after PyYAML already flattened it."""
+        if id(node) not in self.merged:
+            merge_keys = sum(1 for key, _ in node.value if key.tag == "tag:yaml.org,2002:merge")
+            explicit = len(node.value) - merge_keys
+            self.loader.flatten_mapping(node)
+            self.merged[id(node)] = len(node.value) - explicit
+        return self.merged[id(node)]
 
     def _loc(self, node: yaml.Node) -> Location:
         return _location(node.start_mark, self.file, self.via)

@@ -11,7 +11,7 @@ from lora_rl.backends.base import TokenBatch
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.data.examples import Example, Limits, TextFormat
 from lora_rl.data.jsonl import DataError, Record, read_jsonl
-from lora_rl.model_source import require_local_model_dir
+from lora_rl.model_source import TINY_MODEL_NAME, require_local_model_dir
 
 Split = Literal["train", "val"]
 
@@ -22,7 +22,7 @@ def data_file(cfg: RecipeConfig, split: Split) -> Path | None:
     if explicit:
         return Path(explicit)
     if data.dataset_name == "tiny-arithmetic":
-        model_dir = require_local_model_dir("lora-rl/tiny-llama")
+        model_dir = require_local_model_dir(TINY_MODEL_NAME)
         return model_dir / "data" / f"{cfg.algorithm}_{split}.jsonl"
     if split == "val":
         return None
