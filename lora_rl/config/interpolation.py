@@ -8,6 +8,7 @@ around an interpolation makes a string.
 
 from __future__ import annotations
 
+import copy
 import operator
 import os
 from collections.abc import Callable
@@ -29,15 +30,31 @@ def _env(name: str, default: Any = None) -> Any:
     return _scalar(value)
 
 
+def _numbers(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Arithmetic on numbers only: `${mul:abc,1000000000}` would otherwise build a 3 GB string
+    and `${add:[1],[2]}` a list."""
+    def checked(*args: Any) -> Any:
+        for arg in args:
+            if isinstance(arg, bool) or not isinstance(arg, (int, float)):
+                raise TypeError(f"{arg!r} is not a number")
+        return function(*args)
+
+    return checked
+
+
 RESOLVERS: dict[str, Callable[..., Any]] = {
-    "mul": lambda *a: reduce(operator.mul, a),
-    "add": lambda *a: sum(a),
-    "sub": lambda a, b: a - b,
-    "div": lambda a, b: a / b,
-    "max": lambda *a: max(a),
-    "min": lambda *a: min(a),
+    "mul": _numbers(lambda *a: reduce(operator.mul, a)),
+    "add": _numbers(lambda *a: sum(a)),
+    "sub": _numbers(lambda a, b: a - b),
+    "div": _numbers(lambda a, b: a / b),
+    "max": _numbers(lambda *a: max(a)),
+    "min": _numbers(lambda *a: min(a)),
     "oc.env": _env,
 }
+MAX_TEXT = 1024 * 1024
+"""Longest string an interpolation may produce (`a: ${b}${b}`, `b: ${c}${c}`, ... doubles)."""
+MAX_COPIED_VALUES = 100_000
+"""Most values that references to whole sections may copy in total (the same bomb, nested)."""
 
 
 class _Ref:
@@ -107,6 +124,8 @@ class _Resolver:
         self.root = root
         self.positions = positions
         self.active: list[KeyPath] = []
+        self.copied = 0
+        self.entry: KeyPath = ()
 
     def resolve_tree(self, node: Any, path: KeyPath) -> None:
         items = node.items() if isinstance(node, dict) else enumerate(node)
@@ -114,10 +133,14 @@ class _Resolver:
             if isinstance(value, (dict, list)):
                 self.resolve_tree(value, path + (key,))
             elif isinstance(value, str) and "${" in value:
+                if not self.active:
+                    self.entry = path + (key,)
                 node[key] = self.value_at(path + (key,))
 
     def value_at(self, path: KeyPath) -> Any:
         value = self._lookup(path)
+        if isinstance(value, (dict, list)):
+            return self._section_copy(value, path)
         if not (isinstance(value, str) and "${" in value):
             return value
         if path in self.active:
@@ -134,11 +157,31 @@ class _Resolver:
         self._store(path, resolved)
         return resolved
 
+    def _section_copy(self, value: dict | list, path: KeyPath) -> dict | list:
+        """A reference to a whole section gets a resolved *copy*: sharing one object between
+        two keys would make the tree a graph (`a: [${b},${b}]`, `b: [${c},${c}]`, ... is then
+        exponentially large to walk)."""
+        if path in self.active:
+            cycle = " -> ".join(dotted(p) for p in (*self.active, path))
+            raise _Fail(path, f"interpolation cycle: {cycle}")
+        self.active.append(path)
+        try:
+            self.resolve_tree(value, path)
+        finally:
+            self.active.pop()
+        self.copied += _count(value, MAX_COPIED_VALUES - self.copied + 1)
+        if self.copied > MAX_COPIED_VALUES:
+            raise _Fail(path, f"references to sections copy more than {MAX_COPIED_VALUES} values")
+        return copy.deepcopy(value)
+
     def _join(self, parts: list[Any], path: KeyPath) -> Any:
         values = [self._evaluate(p, path) if not isinstance(p, str) else p for p in parts]
         if len(values) == 1 and not isinstance(parts[0], str):
             return values[0]
-        return "".join(str(v) for v in values)
+        text = "".join(str(v) for v in values)
+        if len(text) > MAX_TEXT:
+            raise ValueError(f"the interpolated text is longer than {MAX_TEXT} characters")
+        return text
 
     def _evaluate(self, part: Any, path: KeyPath) -> Any:
         if isinstance(part, _Ref):
@@ -149,7 +192,7 @@ class _Resolver:
         args = [self._argument(arg, path) for arg in part.args]
         try:
             return resolver(*args)
-        except (TypeError, ZeroDivisionError, ValueError) as exc:
+        except (TypeError, ArithmeticError, ValueError) as exc:
             raise ValueError(f"${{{part.name}:...}} with {args}: {exc}") from None
 
     def _argument(self, arg: list[Any], path: KeyPath) -> Any:
@@ -185,6 +228,19 @@ class _Resolver:
         node[path[-1]] = value
 
 
+def _count(value: Any, limit: int) -> int:
+    """Values in a tree, counting stops past `limit`."""
+    total, stack = 0, [value]
+    while stack and total <= limit:
+        node = stack.pop()
+        total += 1
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return total
+
+
 class _Fail(Exception):
     def __init__(self, path: KeyPath, message: str) -> None:
         super().__init__(message)
@@ -196,7 +252,11 @@ def resolve_interpolations(data: dict, positions: SourceMap) -> None:
     """Resolve every `${...}` in place. Raises RecipeError (LR008) naming the key and place."""
     resolver = _Resolver(data, positions)
     try:
-        resolver.resolve_tree(data, ())
+        try:
+            resolver.resolve_tree(data, ())
+        except RecursionError:
+            raise _Fail(resolver.entry, "interpolations nested too deeply, or too long a chain "
+                        "of references") from None
     except _Fail as fail:
         where = positions.get(fail.path)
         raise RecipeError([Diagnostic(

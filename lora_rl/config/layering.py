@@ -88,20 +88,41 @@ def _mark(positions: SourceMap, via: str) -> SourceMap:
 def deep_merge(dst: dict, dst_pos: SourceMap, src: dict, src_pos: SourceMap,
                prefix: KeyPath = ()) -> None:
     """Merge `src` into `dst` (mappings merge key by key; anything else is replaced)."""
+    _merge(dst, dst_pos, src, _group(src_pos.items(), prefix), prefix)
+
+
+def _group(items: Any, prefix: KeyPath) -> dict[Any, SourceMap]:
+    """Positions under `prefix`, by their next key (one pass, so merging stays linear)."""
+    depth = len(prefix)
+    groups: dict[Any, SourceMap] = {}
+    for path, pos in items:
+        if len(path) > depth and path[:depth] == prefix:
+            groups.setdefault(path[depth], {})[path] = pos
+    return groups
+
+
+def _merge(dst: dict, dst_pos: SourceMap, src: dict, groups: dict[Any, SourceMap],
+           prefix: KeyPath) -> None:
     for key, value in src.items():
         path = prefix + (key,)
+        src_pos = groups.get(key, {})
         if isinstance(value, dict) and value.get(OVERRIDE_MARK) is True:
             # NeMo RL's `_override_: true`: replace the inherited section instead of merging.
             value = {k: v for k, v in value.items() if k != OVERRIDE_MARK}
             src_pos = {p: pos for p, pos in src_pos.items() if p != path + (OVERRIDE_MARK,)}
-            dst.pop(key, None)
+            if key in dst:
+                _drop_subtree(dst_pos, path)
+                del dst[key]
         if isinstance(value, dict) and isinstance(dst.get(key), dict):
             dst_pos[path] = src_pos.get(path, dst_pos.get(path))
-            deep_merge(dst[key], dst_pos, value, src_pos, path)
+            _merge(dst[key], dst_pos, value, _group(src_pos.items(), path), path)
             continue
-        _drop_subtree(dst_pos, path)
+        if isinstance(dst.get(key), (dict, list)):
+            _drop_subtree(dst_pos, path)
+        else:
+            dst_pos.pop(path, None)
         dst[key] = _strip_override_marks(copy.deepcopy(value))
-        dst_pos.update({p: pos for p, pos in src_pos.items() if p[: len(path)] == path})
+        dst_pos.update(src_pos)
 
 
 def _strip_override_marks(value: Any) -> Any:
@@ -133,6 +154,7 @@ def apply_overrides(data: dict, positions: SourceMap, overrides: Sequence[str]) 
         parent = _container(data, path, text, where, create=op != "~")
         leaf = _index(parent, path[-1])
         exists = leaf in parent if isinstance(parent, dict) else -len(parent) <= leaf < len(parent)
+        path = _key_path(data, path)  # list indexes as ints, as the positions store them
         if op == "~":
             if not exists:
                 raise _error("LR007", f"override {text!r}: there is no key {key} to delete",
@@ -173,6 +195,21 @@ def _split_override(text: str, where: Location) -> tuple[str, str, str]:
                      "e.g. policy.dtensor_cfg.lora_cfg.dim=16, ++key=value, ~key")
     key, raw = body.split("=", 1)
     return op, key.strip(), raw
+
+
+def _key_path(data: dict, path: KeyPath) -> KeyPath:
+    out: list[str | int] = []
+    node: Any = data
+    for part in path:
+        step = _index(node, part) if isinstance(node, list) else part
+        if isinstance(step, int) and step < 0:
+            step += len(node)
+        out.append(step)
+        try:
+            node = node[step]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return tuple(out)
 
 
 def _index(container: Any, part: str) -> Any:

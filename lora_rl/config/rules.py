@@ -356,6 +356,16 @@ def _grpo_supported(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 # ---- model-dependent (when the model's config.json can be read) ----------------------------
 
 
+def _quiet_match(match_names: Callable, names: list[str], lora: object) -> list[str]:
+    """match_names warns (LoraWarning) about the output layer at run time; here LR402 reports
+    it as a diagnostic, so the Python warning would only be noise on stderr."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return match_names(names, lora)
+
+
 @rule("LR401", "error", "LoRA target modules must exist in the model")
 def _targets_exist(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     lora = cfg.policy.active_lora
@@ -364,8 +374,11 @@ def _targets_exist(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     from lora_rl.lora.matching import LoraMatchError, match_names
 
     key = f"{PEFT}.target_modules" if cfg.policy.megatron_cfg.enabled else f"{LORA}.target_modules"
+    names = ctx.model.linear_names(cfg.policy.backend)
+    if not names:
+        return  # an architecture whose module names lora-rl cannot derive: nothing to check
     try:
-        match_names(ctx.model.linear_names(cfg.policy.backend), lora)
+        _quiet_match(match_names, names, lora)
     except LoraMatchError as exc:
         yield Finding(key, str(exc), "use names that exist in the model (`lora-rl explain "
                       "--model DIR` lists them)")
@@ -379,7 +392,7 @@ def _output_layer(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     from lora_rl.lora.matching import LoraMatchError, match_names
 
     try:
-        matched = match_names(ctx.model.linear_names(cfg.policy.backend), lora)
+        matched = _quiet_match(match_names, ctx.model.linear_names(cfg.policy.backend), lora)
     except LoraMatchError:
         return
     heads = [n for n in matched if n.rsplit(".", 1)[-1] in ("lm_head", "output_layer")]

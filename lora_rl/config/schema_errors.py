@@ -87,7 +87,11 @@ def locate(positions: SourceMap, path: KeyPath, prefer_key: bool) -> Location | 
     for depth in range(len(path), -1, -1):
         found = positions.get(path[:depth])
         if found is not None:
-            return found.best if prefer_key or depth < len(path) else found.value
+            # A block mapping/list "value" starts at its first child, lines below the key: the
+            # key is the place to point at then.
+            on_key_line = found.key is None or found.value.line == found.key.line
+            return found.value if not prefer_key and depth == len(path) and on_key_line \
+                else found.best
     return None
 
 

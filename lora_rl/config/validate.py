@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lora_rl.config.diagnostics import Diagnostic, KeyPath, RecipeError, dotted
+from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location, RecipeError, dotted
 from lora_rl.config.interpolation import resolve_interpolations
 from lora_rl.config.layering import apply_overrides, display_name, load_layered
 from lora_rl.config.model_facts import ModelFacts, ModelFactsError, read_model_facts
@@ -50,6 +50,20 @@ def validate_recipe(path: Path, overrides: Sequence[str] = (), model_dir: Path |
     """Validate a recipe file. `model_dir` (or a local `policy.model_name`) enables the rules
     that need the model's config.json; `resolve_embedded_model` also builds the embedded tiny
     model when missing (used by `run`, never by `validate`)."""
+    result = _validate(path, overrides, model_dir, resolve_embedded_model)
+    # Findings about the recipe as a whole (no algorithm section, a missing top-level key, ...)
+    # have no key to point at: they point at the top of the file.
+    top = Location(result.file, 1, 1)
+    result.diagnostics = [d if d.location or d.rule in IO_RULES else replace(d, location=top)
+                          for d in result.diagnostics]
+    return result
+
+
+IO_RULES = frozenset({"LR010"})
+
+
+def _validate(path: Path, overrides: Sequence[str], model_dir: Path | None,
+              resolve_embedded_model: bool) -> ValidationResult:
     result = ValidationResult(file=display_name(path))
     try:
         data, positions = load_layered(path)

@@ -184,8 +184,11 @@ class _Walker:
                             f"{first.line})", self._loc(key_node),
                             "keep one of the two; YAML would silently use the last")
             if key in out:  # a key from a `<<:` merge, overridden: YAML merge semantics
-                for stale in [p for p in self.positions if p[: len(path) + 1] == path + (key,)]:
-                    del self.positions[stale]
+                stale = path + (key,)
+                if isinstance(out[key], (dict, list)):
+                    for old in [p for p in self.positions if p[: len(stale)] == stale]:
+                        del self.positions[old]
+                self.positions.pop(stale, None)
             if index >= merged:
                 explicit.add(key)
             self.positions[path + (key,)] = Positions(self._loc(key_node), self._loc(value_node))
