@@ -10,7 +10,17 @@ import types
 import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 # NeMo RL writes `lora_dtype: None`, which YAML reads as the *string* "None".
 NULL_SPELLINGS = frozenset({"None", "none", "null", "Null", "NULL", "~"})
@@ -56,6 +66,76 @@ class Section(BaseModel):
                 fixed[key] = None
         return data if fixed is None else fixed
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_silent_scalar_coercion(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic's lax mode turns `dim: true` into 1, `dim: "8"` into 8 and `enabled: 1` or
+        `enabled: "no"` into booleans (also inside lists and mappings). A recipe is YAML, which
+        has real booleans and numbers: those values are type errors (LR002), as the JSON Schema
+        says too."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None or value is None:
+            return value
+        problem = _coerced_scalar(field.annotation, value)
+        if problem is not None:
+            raise PydanticCustomError(*problem)
+        return value
+
+
+_SCALAR_WORDS = {bool: ("bool_type", "true or false", "true/false values"),
+                 int: ("int_type", "a valid integer", "integers"),
+                 float: ("float_type", "a valid number", "numbers")}
+
+
+def _coerced_scalar(annotation: Any, value: Any) -> tuple[str, str] | None:
+    """(error type, message) when lax validation would coerce `value` for `annotation`."""
+    kind = _scalar_of(annotation)
+    if kind is not None:
+        wrong = not isinstance(value, bool) if kind is bool else isinstance(value, (bool, str))
+        return (_SCALAR_WORDS[kind][0], f"Input should be {_SCALAR_WORDS[kind][1]}") \
+            if wrong else None
+    items = _items_of(annotation, value)
+    for where, item_kind, item in items:
+        if item is None or _coerced_scalar(item_kind, item) is None:
+            continue
+        scalar = _scalar_of(item_kind)
+        words = _SCALAR_WORDS[scalar][2] if scalar else "the right type"
+        container = "a list" if isinstance(value, (list, tuple)) else "a mapping"
+        return ("list_item_type" if isinstance(value, (list, tuple)) else "mapping_value_type",
+                f"Input should be {container} of {words} only, but {where} is {item!r}")
+    return None
+
+
+def _scalar_of(annotation: Any) -> type | None:
+    """bool, int or float when `annotation` is exactly that scalar (or it or null)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _scalar_of(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        members = {arg for arg in typing.get_args(annotation) if arg is not type(None)}
+        if members == {float, int}:
+            return float  # a number: int or float, not bool or text
+        return _scalar_of(next(iter(members))) if len(members) == 1 else None
+    return annotation if annotation in (bool, int, float) else None
+
+
+def _items_of(annotation: Any, value: Any) -> list[tuple[str, Any, Any]]:
+    """(where, annotation, item) for the items of a list/tuple/dict field value."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Annotated:
+        return _items_of(args[0], value)
+    if origin in (typing.Union, types.UnionType):
+        members = [arg for arg in args if arg is not type(None)]
+        return _items_of(members[0], value) if len(members) == 1 else []
+    if origin in (list, tuple) and isinstance(value, (list, tuple)) and args:
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return [(f"item [{i}]", arg, item) for i, (arg, item) in enumerate(zip(args, value))]
+        return [(f"item [{i}]", args[0], item) for i, item in enumerate(value)]
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        return [(f"key '{key}'", args[1], item) for key, item in value.items()]
+    return []
+
 
 def _field_by_alias(cls: type[BaseModel], key: str):
     for field in cls.model_fields.values():
@@ -86,7 +166,13 @@ def _strip_torch_prefix(value: Any) -> Any:
     return value
 
 
-DType = Annotated[Literal["float32", "bfloat16", "float16"], BeforeValidator(_strip_torch_prefix)]
+_DTYPES = ("float32", "bfloat16", "float16")
+DType = Annotated[
+    Literal["float32", "bfloat16", "float16"],
+    BeforeValidator(_strip_torch_prefix),
+    # The JSON Schema accepts what validation accepts: `torch.bfloat16` too.
+    WithJsonSchema({"type": "string", "enum": [*_DTYPES, *(f"torch.{d}" for d in _DTYPES)]}),
+]
 """A floating dtype by name; `torch.bfloat16` is accepted and means `bfloat16`."""
 
 PositiveInt = Annotated[int, Field(ge=1)]

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location, dotted
+from lora_rl.config.docstrings import all_models
 from lora_rl.config.yaml_source import SourceMap
 
 
@@ -117,14 +118,48 @@ def translate(exc: ValidationError, root: type[BaseModel], data: Any,
               positions: SourceMap) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     seen: set[tuple[str, KeyPath]] = set()
-    for err in exc.errors(include_url=False):
+    for err in _best_union_branch(exc.errors(include_url=False), root, data):
         kind = err["type"]
         path = _data_path(err["loc"], data, keep_last=kind in ("missing", "extra_forbidden"))
-        if (kind, path) in seen:
+        rule_kind = kind if kind in ("missing", "extra_forbidden") else "value"
+        if (rule_kind, path) in seen:  # one wrong value, one error (`float | int` fails twice)
             continue
-        seen.add((kind, path))
+        seen.add((rule_kind, path))
         out.append(_diagnostic(err, kind, path, root, data, positions))
     return out
+
+
+def _union_tag(loc: tuple[Any, ...], data: Any) -> tuple[KeyPath, str, Any] | None:
+    """(data path, member tag, data there) when `loc` goes through a union member's tag,
+    e.g. ('policy', 'scheduler', 0, 'SchedulerStep', 'name')."""
+    node, path = data, ()
+    for index, part in enumerate(loc[:-1]):
+        if isinstance(node, dict) and part in node or \
+                isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node, path = node[part], path + (part,)
+        elif isinstance(part, str):
+            return path, part, node
+        else:
+            return None
+    return None
+
+
+def _best_union_branch(errors: list[dict], root: type[BaseModel], data: Any) -> list[dict]:
+    """Where a value matched no member of a union of sections (a scheduler list item is a
+    SchedulerStep or a SchedulerMilestones), pydantic reports every member's errors; keep the
+    errors of the member whose keys the value shares most, as a user would read it."""
+    models = {m.__name__: m for m in all_models(root)}
+    branches: dict[KeyPath, dict[str, int]] = {}
+    tags = [_union_tag(err["loc"], data) for err in errors]
+    for tag in tags:
+        if tag is not None:
+            path, name, node = tag
+            keys = set(node) if isinstance(node, dict) else set()
+            model = models.get(name)
+            branches.setdefault(path, {})[name] = len(keys & set(field_keys(model))) \
+                if model else -1
+    chosen = {path: max(scores, key=lambda n: scores[n]) for path, scores in branches.items()}
+    return [err for err, tag in zip(errors, tags) if tag is None or chosen[tag[0]] == tag[1]]
 
 
 def _diagnostic(err: dict, kind: str, path: KeyPath, root: type[BaseModel], data: Any,
@@ -138,11 +173,15 @@ def _diagnostic(err: dict, kind: str, path: KeyPath, root: type[BaseModel], data
         guess = did_you_mean(key, choices)
         fix = f"did you mean '{guess}'?" if guess else f"valid keys here: {', '.join(choices)}"
         return Diagnostic("LR001", "error", f"unknown key '{key}' in {parent}", path, where, fix)
+    if kind == "missing" and isinstance(path[-1], int):  # a fixed-length list is too short
+        where = locate(positions, path[:-1], prefer_key=False)
+        return Diagnostic("LR002", "error", f"{parent}: too few items (item [{path[-1]}] is "
+                          "missing)", path[:-1], where, f"give {parent} all its items")
     if kind == "missing":
         return Diagnostic("LR003", "error", f"missing required key '{path[-1]}' in {parent}",
                           path, where, f"add `{path[-1]}:` to {parent}")
     message = f"{dotted(path) or 'recipe'}: {_expected(err)}, found {_found(err.get('input'))}"
-    return Diagnostic("LR002", "error", message, path, where, _value_fix(err))
+    return Diagnostic("LR002", "error", message, path, where, _value_fix(err, path))
 
 
 def _expected(err: dict) -> str:
@@ -154,13 +193,23 @@ def _expected(err: dict) -> str:
     return msg if err["type"] == "value_error" else f"expected {msg}"
 
 
-def _value_fix(err: dict) -> str | None:
+def _value_fix(err: dict, path: KeyPath) -> str | None:
     ctx = err.get("ctx") or {}
     if err["type"] == "literal_error" and isinstance(err.get("input"), str):
         choices = [c.strip().strip("'") for c in str(ctx.get("expected", "")).replace(" or ", ",")
                    .split(",") if c.strip()]
         guess = did_you_mean(err["input"], choices)
         return f"did you mean '{guess}'?" if guess else f"use one of: {', '.join(choices)}"
+    # Every wrong value gets a fix line: what to write instead.
+    key = dotted(path) or "the recipe"
+    if err["type"] in ("dict_type", "model_type", "model_attributes_type"):
+        return f"write {key} as a mapping of keys (key: value lines)"
+    msg = err["msg"]
+    if msg.startswith("Input should be "):
+        want = msg[len("Input should be "):].split(",")[0]
+        if want.startswith(("greater", "less")):
+            want = f"a number {want}"
+        return f"set {key} to {want}"
     return None
 
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 import inspect
 from typing import Any, Literal
 
+from lora_rl.config.base import NULL_SPELLINGS
 from lora_rl.config.docstrings import all_models, attribute_docs
 from lora_rl.config.recipe import RecipeConfig
+from lora_rl.config.sections import _IMPORT_PATH as IMPORT_PATH
+from lora_rl.config.sections import BUILTIN_REWARDS
 
 Draft = Literal["07", "2020-12"]
 DRAFT_URIS = {
@@ -30,6 +33,7 @@ def recipe_json_schema(draft: Draft = "07") -> dict[str, Any]:
     schema = RecipeConfig.model_json_schema(ref_template=f"#/{defs_key}/{{model}}")
     definitions = schema.pop("$defs", {})
     _add_descriptions(schema, definitions)
+    _reward_choices(definitions)
     for node in [schema, *definitions.values()]:
         _for_files(node, draft)
     schema["properties"] = {"defaults": {
@@ -38,6 +42,7 @@ def recipe_json_schema(draft: Draft = "07") -> dict[str, Any]:
         "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
     }, **schema["properties"]}
     definitions["Interpolation"] = INTERPOLATION
+    schema.pop("title", None)  # pydantic's "RecipeConfig" would replace the title below
     return {"$schema": DRAFT_URIS[draft], "$id": "lora-rl.schema.json",
             "title": "lora-rl recipe", **schema, defs_key: definitions}
 
@@ -60,9 +65,29 @@ def _for_files(node: dict[str, Any], draft: Draft) -> None:
     node.pop("required", None)
     for name, prop in list(node.get("properties", {}).items()):
         _walk(prop, draft)
+        _accept_null_spellings(prop)
         # Sections stay plain so editors point at the deepest wrong key, not at the section.
-        if prop.get("type") != "string" and "$ref" not in repr(prop):
+        # A free string already admits `${...}`; an enum or pattern does not.
+        constrained = any(k in prop for k in ("enum", "const", "pattern", "anyOf"))
+        if (prop.get("type") != "string" or constrained) and "$ref" not in repr(prop):
             node["properties"][name] = _allow_interpolation(prop, draft)
+
+
+def _accept_null_spellings(prop: dict[str, Any]) -> None:
+    """Validation reads `None`, `none`, `~` (strings) as null where null is allowed
+    (NeMo RL writes `lora_dtype: None`); so does the schema."""
+    options = prop.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        options.append({"type": "string", "enum": sorted(NULL_SPELLINGS)})
+
+
+def _reward_choices(definitions: dict[str, Any]) -> None:
+    """`env.reward` is checked by a validator: a built-in name or a `module:function` path."""
+    reward = definitions.get("EnvConfig", {}).get("properties", {}).get("reward")
+    if reward is not None and reward.get("type") == "string":
+        del reward["type"]
+        reward["anyOf"] = [{"type": "string", "enum": list(BUILTIN_REWARDS)},
+                           {"type": "string", "pattern": IMPORT_PATH.pattern}]
 
 
 def _allow_interpolation(prop: dict[str, Any], draft: Draft) -> dict[str, Any]:
@@ -80,9 +105,7 @@ def _walk(node: Any, draft: Draft) -> None:
         return
     if draft == "07" and "prefixItems" in node:
         node["items"] = node.pop("prefixItems")
-        node["additionalItems"] = False
-        node.pop("maxItems", None)
-        node.pop("minItems", None)
+        node["additionalItems"] = False  # minItems stays: a too-short tuple is an error
     if "properties" in node:
         _for_files(node, draft)
     for value in node.values():

@@ -70,7 +70,11 @@ def read_text(path: Path) -> str:
         if size > MAX_FILE_BYTES:
             raise _fail("LR010", f"{shown} is {size} bytes; recipes are limited to "
                         f"{MAX_FILE_BYTES} bytes", None)
-        raw = path.read_bytes()
+        with path.open("rb") as stream:  # bounded: st_size is 0 for /dev/zero, pipes, ...
+            raw = stream.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise _fail("LR010", f"{shown} is larger than {MAX_FILE_BYTES} bytes, the limit for "
+                        "a recipe", None)
     except FileNotFoundError:
         raise _fail("LR010", f"{shown}: no such file", None, "check the path") from None
     except OSError as exc:
@@ -85,7 +89,14 @@ def read_text(path: Path) -> str:
 
 def parse_yaml(text: str, file: str, via: str | None = None) -> tuple[Any, SourceMap]:
     """Parse one YAML document into (value, positions). Raises RecipeError."""
-    loader = RecipeLoader(text)
+    try:
+        loader = RecipeLoader(text)  # checks for non-printable characters already
+    except yaml.reader.ReaderError as exc:
+        before = text[: exc.position]
+        where = Location(file, before.count("\n") + 1, len(before) - before.rfind("\n"), via)
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise _fail("LR004", f"character #x{code:04x} is not allowed in YAML", where,
+                    "remove the control character") from None
     try:
         node = loader.get_single_node()
         if node is None:

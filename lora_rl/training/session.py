@@ -79,6 +79,11 @@ class TrainingSession:
         if not self.ckpt.enabled or not due or step == self._saved_step:
             return
         tensors = self.backend.checkpoint_tensors()
+        bad = [name for group in tensors.values() for name, t in group.items()
+               if t.is_floating_point() and not bool(t.isfinite().all())]
+        if bad:
+            raise NonFiniteLossError(f"step {step}: {bad[0]} is not finite; not writing a "
+                                     "checkpoint (the last good one is kept)")
         if self.runtime.is_main:
             state = {
                 "run": run_identity(self.cfg),

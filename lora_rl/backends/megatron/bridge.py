@@ -1,0 +1,179 @@
+"""Hugging Face Llama <-> Megatron Core GPTModel: architecture and weight names.
+
+lora-rl's own small bridge (installing Megatron-Bridge on CPU needs a faked Transformer Engine).
+Megatron-side names are megatron-core's own (`decoder.layers.3.self_attention.linear_qkv.weight`),
+the names Megatron-Bridge maps to, so checkpoints line up with it. Layer indices are *global*
+(pipeline stage 1 of 2 holds layers N/2..N-1), and tensors are whole (tensor-parallel sharding
+is `sharding.py`'s business), so a mapping never depends on the parallel layout.
+
+Two HF tensors groups are fused on the Megatron side:
+- q/k/v -> `linear_qkv`, interleaved per query group: [q heads of group 0, k0, v0, q group 1, ...]
+  (so that a row split over tensor-parallel ranks hands each rank whole groups);
+- gate/up -> `linear_fc1` = [gate; up] (SwiGLU's first half is the gate).
+A LoRA adapter on a fused module has one A shared by its HF parts and a B split like the weight:
+`q_proj.lora_A == k_proj.lora_A == v_proj.lora_A`. That is the exact HF PEFT form of the fused
+adapter, so exported adapters load in PEFT and vLLM unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+_TOP = {
+    "embedding.word_embeddings": "model.embed_tokens",
+    "decoder.final_layernorm": "model.norm",
+    "output_layer": "lm_head",
+}
+_LAYER = {  # Megatron module (under decoder.layers.N.) -> HF modules (under model.layers.N.)
+    "input_layernorm": ("input_layernorm",),
+    "self_attention.linear_qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "self_attention.linear_proj": ("self_attn.o_proj",),
+    "pre_mlp_layernorm": ("post_attention_layernorm",),
+    "mlp.linear_fc1": ("mlp.gate_proj", "mlp.up_proj"),
+    "mlp.linear_fc2": ("mlp.down_proj",),
+}
+_MEGATRON_KEY = re.compile(r"^(?P<module>.+?)\.(?P<param>weight|lora_A\.weight|lora_B\.weight)$")
+_LAYER_MODULE = re.compile(r"^decoder\.layers\.(?P<index>\d+)\.(?P<rest>.+)$")
+
+
+class UnsupportedModelError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """The architecture numbers both sides need."""
+
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_positions: int
+    attention_dropout: float
+
+    @classmethod
+    def from_hf(cls, config: Any) -> LlamaShape:
+        """Reject, by name, every Llama variant this mapping would get wrong."""
+        problems = []
+        if config.model_type != "llama":
+            problems.append(f"model_type {config.model_type!r} (supported: llama)")
+        if config.hidden_act != "silu":
+            problems.append(f"hidden_act {config.hidden_act!r} (SwiGLU needs silu)")
+        if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+            problems.append("linear biases (attention_bias / mlp_bias)")
+        if config.tie_word_embeddings:
+            problems.append("tied input/output embeddings")
+        rope = _rope_parameters(config)
+        if rope.get("rope_type", "default") != "default":
+            problems.append(f"rope_type {rope['rope_type']!r} (supported: default)")
+        if problems:
+            raise UnsupportedModelError("the Megatron backend cannot map this model: "
+                                        + "; ".join(problems))
+        heads = config.num_attention_heads
+        return cls(
+            num_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
+            ffn_hidden_size=config.intermediate_size, num_heads=heads,
+            num_kv_heads=config.num_key_value_heads or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            vocab_size=config.vocab_size, rms_norm_eps=config.rms_norm_eps,
+            rope_theta=float(rope.get("rope_theta", 10000.0)),
+            max_positions=config.max_position_embeddings,
+            attention_dropout=float(getattr(config, "attention_dropout", 0.0)),
+        )
+
+    def linear_module_names(self) -> list[str]:
+        """Every linear module of the whole model, Megatron names, global layer indices."""
+        names = [f"decoder.layers.{i}.{m}" for i in range(self.num_layers)
+                 for m in ("self_attention.linear_qkv", "self_attention.linear_proj",
+                           "mlp.linear_fc1", "mlp.linear_fc2")]
+        return [*names, "output_layer"]
+
+
+def _rope_parameters(config: Any) -> dict[str, Any]:
+    # transformers 5 keeps RoPE settings in `rope_parameters`; 4.x in rope_theta/rope_scaling.
+    params = getattr(config, "rope_parameters", None)
+    if params:
+        return dict(params)
+    return {"rope_theta": getattr(config, "rope_theta", 10000.0),
+            **(getattr(config, "rope_scaling", None) or {})}
+
+
+def hf_modules(module: str) -> tuple[str, ...]:
+    """HF module path(s) behind a Megatron module path."""
+    if module in _TOP:
+        return (_TOP[module],)
+    match = _LAYER_MODULE.match(module)
+    if match is None or match["rest"] not in _LAYER:
+        raise KeyError(f"no Hugging Face counterpart for Megatron module {module!r}")
+    return tuple(f"model.layers.{match['index']}.{hf}" for hf in _LAYER[match["rest"]])
+
+
+def _split(fused: torch.Tensor, parts: int, shape: LlamaShape) -> list[torch.Tensor]:
+    if parts == 2:
+        return list(fused.chunk(2, dim=0))
+    groups, d = shape.num_kv_heads, shape.head_dim
+    per_group = fused.reshape(groups, -1, *fused.shape[1:])
+    q_rows = shape.num_heads // groups * d
+    q, k, v = per_group.split([q_rows, d, d], dim=1)
+    return [t.reshape(-1, *fused.shape[1:]) for t in (q, k, v)]
+
+
+def _fuse(parts: list[torch.Tensor], shape: LlamaShape) -> torch.Tensor:
+    if len(parts) == 2:
+        return torch.cat(parts, dim=0)
+    groups = shape.num_kv_heads
+    grouped = [t.reshape(groups, -1, *t.shape[1:]) for t in parts]
+    return torch.cat(grouped, dim=1).reshape(-1, *parts[0].shape[1:])
+
+
+def megatron_to_hf(tensors: dict[str, torch.Tensor], shape: LlamaShape) -> dict[str, torch.Tensor]:
+    """Whole Megatron tensors (weights or LoRA A/B) -> HF names; fused modules are split."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        match = _MEGATRON_KEY.match(key)
+        if match is None:
+            raise KeyError(f"unexpected Megatron tensor name {key!r}")
+        targets = hf_modules(match["module"])
+        if len(targets) == 1 or match["param"] == "lora_A.weight":
+            pieces = [value] * len(targets)  # a fused adapter's A is shared by its parts
+        else:
+            pieces = _split(value, len(targets), shape)
+        for target, piece in zip(targets, pieces):
+            out[f"{target}.{match['param']}"] = piece.contiguous()
+    return out
+
+
+def hf_to_megatron(tensors: dict[str, torch.Tensor], keys: list[str],
+                   shape: LlamaShape) -> dict[str, torch.Tensor]:
+    """The Megatron tensors `keys` (whole, global names) from HF-named tensors."""
+    out = {}
+    for key in keys:
+        match = _MEGATRON_KEY.match(key)
+        if match is None:
+            raise KeyError(f"unexpected Megatron tensor name {key!r}")
+        sources = [f"{m}.{match['param']}" for m in hf_modules(match["module"])]
+        missing = [s for s in sources if s not in tensors]
+        if missing:
+            raise KeyError(f"{key} needs {', '.join(missing)}, which the source does not have")
+        parts = [tensors[s] for s in sources]
+        if len(parts) == 1:
+            out[key] = parts[0]
+        elif match["param"] == "lora_A.weight":
+            if any(not torch.equal(parts[0], p) for p in parts[1:]):
+                raise ValueError(
+                    f"{', '.join(sources)} differ: the fused Megatron module {match['module']} "
+                    "has one LoRA A for all of them (adapters trained with separate q/k/v or "
+                    "gate/up A matrices, e.g. on the DTensor backend, do not fit)")
+            out[key] = parts[0]
+        else:
+            out[key] = _fuse(parts, shape)
+    return out

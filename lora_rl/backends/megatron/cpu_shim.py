@@ -1,0 +1,108 @@
+"""Run megatron-core on a CPU-only torch build (DESIGN.md §4). Applied only when CUDA is absent.
+
+megatron-core assumes a GPU in a handful of places that the dense, local-spec (no Transformer
+Engine) GPTModel path reaches. Each patch below replaces a call that can only fail on a CPU-only
+build, so none of them changes behaviour that worked before:
+
+1. `torch.cuda.current_device()` returns `torch.device("cpu")`. Megatron passes it as `device=`
+   for RoPE frequencies, tensor-parallel gather buffers and pipeline shape messages.
+2. `torch.cuda.synchronize()` is a no-op. Pipeline send/recv and parallel-state setup call it to
+   wait for GPU streams; CPU collectives are already synchronous.
+3. Literal `device="cuda"` allocations in `megatron.core.pipeline_parallel.schedules` (the token
+   counter of every schedule) go to the CPU: that module sees a `torch` whose tensor factories
+   map a CUDA device to the CPU. Only that module is touched, not torch itself.
+4. The RNG tracker is Megatron's inference tracker, whose `fork()` is a no-op. The training
+   tracker snapshots and restores CUDA generator states, which do not exist here; dropout inside
+   Megatron layers then draws from the CPU default generator (Llama's dropouts are zero).
+
+Two more CPU rules are not patches but conventions of this backend:
+
+5. An explicit attention mask is always passed: without one, Megatron builds its default causal
+   mask with `device="cuda"`.
+6. No fused kernels: `CPU_CONFIG` switches off the fusions that need CUDA, Apex or Transformer
+   Engine (softmax, bias+activation, bias+dropout, RoPE, gradient-accumulation, persistent norm).
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+CPU_CONFIG: dict[str, Any] = {
+    "masked_softmax_fusion": False,
+    "bias_activation_fusion": False,
+    "bias_dropout_fusion": False,
+    "apply_rope_fusion": False,
+    "gradient_accumulation_fusion": False,
+    "persist_layer_norm": False,
+}
+"""TransformerConfig fields that must be off without CUDA kernels."""
+
+_CUDA_LITERAL_MODULES = ("megatron.core.pipeline_parallel.schedules",)
+_FACTORIES = ("zeros", "ones", "empty", "full", "tensor", "arange")
+_applied = False
+
+
+def needed() -> bool:
+    return not torch.cuda.is_available()
+
+
+def apply() -> None:
+    """Install every patch once per process (idempotent); a no-op when CUDA is available."""
+    global _applied
+    if _applied or not needed():
+        return
+    torch.cuda.current_device = lambda: torch.device("cpu")
+    torch.cuda.synchronize = lambda *args, **kwargs: None
+    proxy = _cpu_torch()
+    for name in _CUDA_LITERAL_MODULES:
+        importlib.import_module(name).torch = proxy
+    from megatron.core.tensor_parallel import random as megatron_random
+
+    megatron_random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+    _applied = True
+
+
+def _on_cpu(factory: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def make(*args: Any, device: Any = None, **kwargs: Any) -> torch.Tensor:
+        if device is not None and torch.device(device).type == "cuda":
+            device = "cpu"
+        return factory(*args, device=device, **kwargs)
+
+    return make
+
+
+class _CpuTorch(types.ModuleType):
+    """`torch`, except that the tensor factories above allocate CUDA requests on the CPU."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
+def _cpu_torch() -> types.ModuleType:
+    proxy = _CpuTorch("torch")
+    for name in _FACTORIES:
+        setattr(proxy, name, _on_cpu(getattr(torch, name)))
+    return proxy
+
+
+def import_megatron() -> types.ModuleType:
+    """`megatron.core`, with a clear install hint when it is missing. Its import warns that
+    Apex is absent (expected here: the local spec uses torch norms), which is silenced."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Apex.*")
+            warnings.filterwarnings("ignore", category=UserWarning, module="megatron.*")
+            module = importlib.import_module("megatron.core")
+            importlib.import_module("megatron.core.models.gpt.gpt_layer_specs")
+    except ImportError as exc:
+        raise ImportError(
+            "the Megatron backend needs megatron-core: pip install 'lora-rl[megatron]' "
+            f"(megatron-core 0.16 and psutil; keep torch pinned) — {exc}") from exc
+    apply()
+    return module
