@@ -1,0 +1,417 @@
+"""Every diagnostic id, table-driven: a failing recipe and a passing one.
+
+For each failing case the test checks the rule id, its severity (from the catalogue), the dotted
+key path, and that file:line:column points at the right place of the YAML that was written:
+the value of a written scalar, the key of a block section, or — for a value that is not written
+(its default applies) — the nearest written ancestor key with a `via` note.
+
+A new rule without a case here fails `test_every_rule_id_has_a_case`.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lora_rl.config import catalogue
+from lora_rl.config.rules import RULES
+from lora_rl.config.validate import ValidationResult, validate_recipe
+
+DELETE = object()  # replaced by recipe_kit.DELETE when a case is built
+
+
+@dataclass(frozen=True)
+class Case:
+    rule: str
+    name: str
+    bad: dict[str, Any]
+    good: dict[str, Any]
+    path: str
+    """Dotted key path the diagnostic must carry."""
+    anchor: str | None = None
+    """Key whose position the diagnostic points at; default `path`. "<top>" is line 1, col 1."""
+    point: str = "value"
+    """"value" (a written scalar), "key" (a block section, or an unwritten default's ancestor)."""
+    kind: str = "sft"
+    model: dict[str, Any] | None = None
+    """config.json of a model directory passed as model_dir (None: no model)."""
+    vllm: bool | None = None
+    """Pretend vLLM is installed (True) or not (False); None: whatever is true here."""
+    files: tuple[str, ...] = field(default_factory=tuple)
+    """Files created in the working directory before validating the passing case."""
+
+    @property
+    def id(self) -> str:
+        return f"{self.rule}-{self.name}"
+
+
+QUANTIZED = {"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}
+LLAMA_6_HEADS = {"num_attention_heads": 6, "num_key_value_heads": 6, "hidden_size": 96,
+                 "intermediate_size": 192}
+LORA = "policy.dtensor_cfg.lora_cfg"
+PEFT = "policy.megatron_cfg.peft"
+GEN = "policy.generation"
+
+RULE_CASES: list[Case] = [
+    Case("LR100", "two-algorithms", {"dpo": {"max_num_steps": 1}}, {}, "dpo", point="key"),
+    Case("LR100", "no-algorithm", {"sft": DELETE}, {}, "", anchor="<top>"),
+    Case("LR101", "both-backends", {"policy.megatron_cfg.enabled": True}, {},
+         "policy.megatron_cfg.enabled"),
+    Case("LR101", "no-backend", {"policy.dtensor_cfg.enabled": False}, {},
+         "policy.dtensor_cfg.enabled"),
+    Case("LR102", "v2-false", {"policy.dtensor_cfg._v2": False}, {}, "policy.dtensor_cfg._v2"),
+    Case("LR102", "v2-default", {"policy.dtensor_cfg._v2": DELETE},
+         {"policy.dtensor_cfg._v2": DELETE, f"{LORA}.enabled": False},
+         "policy.dtensor_cfg._v2", anchor="policy.dtensor_cfg", point="key"),
+    Case("LR103", "triton-tp2",
+         {"policy.dtensor_cfg.tensor_parallel_size": 2, "cluster.gpus_per_node": 2,
+          f"{LORA}.use_triton": True},
+         {"policy.dtensor_cfg.tensor_parallel_size": 2, "cluster.gpus_per_node": 2,
+          f"{LORA}.use_triton": False},
+         f"{LORA}.use_triton"),
+    Case("LR104", "targets-ignored", {f"{LORA}.target_modules": ["q_proj"]},
+         {f"{LORA}.target_modules": ["q_proj"], f"{LORA}.match_all_linear": False},
+         f"{LORA}.target_modules", point="key"),
+    Case("LR104", "excludes-ignored", {f"{LORA}.exclude_modules": ["o_proj"]},
+         {f"{LORA}.exclude_modules": ["o_proj"], f"{LORA}.match_all_linear": False},
+         f"{LORA}.exclude_modules", point="key"),
+    Case("LR105", "matches-nothing", {f"{LORA}.match_all_linear": False},
+         {f"{LORA}.match_all_linear": False, f"{LORA}.exclude_modules": ["o_proj"]},
+         f"{LORA}.match_all_linear"),
+    Case("LR106", "target-and-exclude",
+         {f"{PEFT}.target_modules": ["linear_qkv"], f"{PEFT}.exclude_modules": ["linear_fc2"]},
+         {f"{PEFT}.target_modules": None, f"{PEFT}.exclude_modules": ["linear_fc2"]},
+         f"{PEFT}.exclude_modules", point="key", kind="megatron"),
+    Case("LR107", "mbridge", {"policy.megatron_cfg.bridge_type": "mbridge"},
+         {"policy.megatron_cfg.bridge_type": "megatron-bridge"},
+         "policy.megatron_cfg.bridge_type", kind="megatron"),
+    Case("LR108", "b-not-zero", {f"{PEFT}.lora_B_init_method": "xavier"},
+         {f"{PEFT}.lora_B_init_method": "zero"}, f"{PEFT}.lora_B_init_method", kind="megatron"),
+    Case("LR109", "megatron-no-dtype", {f"{PEFT}.lora_dtype": None},
+         {f"{PEFT}.lora_dtype": "bfloat16"}, f"{PEFT}.lora_dtype", kind="megatron",
+         model=QUANTIZED),
+    Case("LR109", "megatron-None-string", {f"{PEFT}.lora_dtype": "None"},
+         {f"{PEFT}.lora_dtype": "torch.float32"}, f"{PEFT}.lora_dtype", kind="megatron",
+         model=QUANTIZED),
+    Case("LR109", "dtensor-quantized", {}, {f"{LORA}.enabled": False}, f"{LORA}.enabled",
+         model=QUANTIZED),
+    Case("LR110", "dtensor-lora-on-megatron",
+         {"policy.dtensor_cfg.enabled": False, "policy.megatron_cfg.enabled": True},
+         {"policy.dtensor_cfg.enabled": False, f"{LORA}.enabled": False,
+          "policy.megatron_cfg.enabled": True}, f"{LORA}.enabled"),
+    Case("LR110", "megatron-peft-on-dtensor", {f"{PEFT}.enabled": True},
+         {f"{PEFT}.enabled": False}, f"{PEFT}.enabled"),
+    Case("LR201", "tp-exceeds-world", {"policy.dtensor_cfg.tensor_parallel_size": 2},
+         {"policy.dtensor_cfg.tensor_parallel_size": 2, "cluster.gpus_per_node": 2},
+         "policy.dtensor_cfg.tensor_parallel_size"),
+    Case("LR201", "megatron-tp-pp", {"policy.megatron_cfg.pipeline_model_parallel_size": 2,
+                                     "policy.megatron_cfg.tensor_model_parallel_size": 2,
+                                     "cluster.gpus_per_node": 2},
+         {"policy.megatron_cfg.pipeline_model_parallel_size": 2,
+          "policy.megatron_cfg.tensor_model_parallel_size": 2, "cluster.gpus_per_node": 4},
+         "policy.megatron_cfg.tensor_model_parallel_size", kind="megatron"),
+    Case("LR202", "global-not-multiple",
+         {"policy.train_global_batch_size": 5, "policy.train_micro_batch_size": 2},
+         {"policy.train_global_batch_size": 6, "policy.train_micro_batch_size": 2},
+         "policy.train_global_batch_size"),
+    Case("LR202", "dp-counts", {"cluster.gpus_per_node": 3},
+         {"cluster.gpus_per_node": 2}, "policy.train_global_batch_size"),
+    Case("LR203", "tp-vs-heads",
+         {"policy.dtensor_cfg.tensor_parallel_size": 4, "cluster.gpus_per_node": 4},
+         {"policy.dtensor_cfg.tensor_parallel_size": 2, "cluster.gpus_per_node": 2},
+         "policy.dtensor_cfg.tensor_parallel_size", model=LLAMA_6_HEADS),
+    Case("LR204", "context-parallel",
+         {"policy.dtensor_cfg.context_parallel_size": 2, "cluster.gpus_per_node": 2},
+         {"policy.dtensor_cfg.context_parallel_size": 1, "cluster.gpus_per_node": 2},
+         "policy.dtensor_cfg.context_parallel_size"),
+    Case("LR205", "pp-vs-layers",
+         {"policy.megatron_cfg.pipeline_model_parallel_size": 2, "cluster.gpus_per_node": 2},
+         {"policy.megatron_cfg.pipeline_model_parallel_size": 3, "cluster.gpus_per_node": 3,
+          "policy.train_global_batch_size": 3},
+         "policy.megatron_cfg.pipeline_model_parallel_size", kind="megatron",
+         model={"num_hidden_layers": 3}),
+    Case("LR206", "val-batch",
+         {"sft.val_global_batch_size": 5, "sft.val_micro_batch_size": 2},
+         {"sft.val_global_batch_size": 6, "sft.val_micro_batch_size": 2},
+         "sft.val_global_batch_size"),
+    Case("LR301", "group-of-one",
+         {"grpo.num_generations_per_prompt": 1, "grpo.num_prompts_per_step": 4},
+         {"grpo.num_generations_per_prompt": 2, "grpo.num_prompts_per_step": 2},
+         "grpo.num_generations_per_prompt", kind="grpo"),
+    Case("LR302", "no-room-for-prompt", {f"{GEN}.max_new_tokens": 64},
+         {f"{GEN}.max_new_tokens": 63}, f"{GEN}.max_new_tokens", kind="grpo"),
+    Case("LR302", "vllm-max-model-len",
+         {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg": {"max_model_len": 32}},
+         {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg": {"max_model_len": 64}},
+         f"{GEN}.vllm_cfg.max_model_len", kind="grpo", vllm=True),
+    Case("LR303", "split-without-lora",
+         {f"{GEN}": {"lora_weight_sync": "split"}, f"{LORA}.enabled": False},
+         {f"{GEN}": {"lora_weight_sync": "split"}}, f"{GEN}.lora_weight_sync"),
+    Case("LR304", "vllm-missing", {f"{GEN}.backend": "vllm"}, {f"{GEN}.backend": "torch"},
+         f"{GEN}.backend", kind="grpo", vllm=False),
+    Case("LR305", "rollouts-vs-batch", {"grpo.num_prompts_per_step": 3},
+         {"grpo.num_prompts_per_step": 4}, "policy.train_global_batch_size", kind="grpo"),
+    Case("LR306", "not-colocated", {f"{GEN}.colocated": {"enabled": False}},
+         {f"{GEN}.colocated": {"enabled": True}}, f"{GEN}.colocated.enabled", kind="grpo"),
+    Case("LR306", "multi-turn", {"grpo.max_rollout_turns": 2}, {"grpo.max_rollout_turns": 1},
+         "grpo.max_rollout_turns", kind="grpo"),
+    Case("LR401", "dtensor-unknown-target",
+         {f"{LORA}.match_all_linear": False, f"{LORA}.target_modules": ["qkv_proj"]},
+         {f"{LORA}.match_all_linear": False, f"{LORA}.target_modules": ["q_proj", "v_proj"]},
+         f"{LORA}.target_modules", point="key", model={}),
+    Case("LR401", "megatron-unknown-target", {f"{PEFT}.target_modules": ["q_proj"]},
+         {f"{PEFT}.target_modules": ["linear_qkv"]}, f"{PEFT}.target_modules", point="key",
+         kind="megatron", model={}),
+    Case("LR402", "lm-head", {f"{LORA}.match_all_linear": False,
+                              f"{LORA}.target_modules": ["q_proj", "lm_head"]},
+         {f"{LORA}.match_all_linear": False, f"{LORA}.target_modules": ["q_proj"]},
+         f"{LORA}.target_modules", point="key", model={}),
+    Case("LR501", "no-data", {"data.dataset_name": DELETE, "data.prompt_key": "question"},
+         {"data.prompt_key": "question"}, "data", point="key"),
+    Case("LR501", "not-built-in", {"data.dataset_name": "openmathinstruct2"},
+         {"data.dataset_name": "openmathinstruct2", "data.train_data_path": "train.jsonl"},
+         "data.dataset_name", files=("train.jsonl",)),
+    Case("LR502", "missing-file", {"data.train_data_path": "nowhere.jsonl"},
+         {"data.train_data_path": "train.jsonl"}, "data.train_data_path",
+         files=("train.jsonl",)),
+    Case("LR901", "compat-key", {"policy.dtensor_cfg.sequence_parallel": True},
+         {"policy.dtensor_cfg.sequence_parallel": False},
+         "policy.dtensor_cfg.sequence_parallel"),
+    Case("LR902", "remote-code", {"policy.trust_remote_code": True},
+         {"policy.trust_remote_code": False}, "policy.trust_remote_code"),
+    Case("LR903", "grpo-section-in-sft", {"loss_fn": {"ratio_clip_min": 0.1}}, {}, "loss_fn",
+         point="key"),
+]
+
+
+def _fix(changes: dict[str, Any], kit: Any) -> dict[str, Any]:
+    return {k: kit.DELETE if v is DELETE else v for k, v in changes.items()}
+
+
+def _severity(rule: str) -> str:
+    return catalogue.all_rules()[rule][1]
+
+
+def _expected_location(case: Case, recipe_dir: Any, path: Path) -> tuple[str, int, int]:
+    anchor = case.anchor or case.path
+    if anchor == "<top>":
+        return path.name, 1, 1
+    pos = recipe_dir.position(anchor, path.name)
+    return path.name, pos.line, pos.value_column if case.point == "value" else pos.key_column
+
+
+def _run(case: Case, changes: dict[str, Any], recipe_dir: Any, monkeypatch: pytest.MonkeyPatch,
+         name: str) -> tuple[Path, ValidationResult]:
+    path = recipe_dir.write(_fix(changes, recipe_dir.kit), kind=case.kind, name=name)
+    model_dir = recipe_dir.model(**case.model) if case.model is not None else None
+    if case.vllm is not None:
+        real_find_spec = importlib.util.find_spec
+        fake = importlib.machinery.ModuleSpec("vllm", None) if case.vllm else None
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda n, *a: fake if n == "vllm" else real_find_spec(n, *a))
+    return path, validate_recipe(path, model_dir=model_dir)
+
+
+@pytest.mark.parametrize("case", RULE_CASES, ids=lambda c: c.id)
+def test_rule_fails(case: Case, recipe_dir: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, result = _run(case, case.bad, recipe_dir, monkeypatch, "bad.yaml")
+    found = [d for d in result.diagnostics if d.rule == case.rule]
+    assert found, f"{case.rule} not reported; got {[(d.rule, d.message) for d in result.diagnostics]}"
+    matching = [d for d in found if d.dotted_path == case.path]
+    assert matching, f"{case.rule} at {[d.dotted_path for d in found]}, expected {case.path!r}"
+    diag = matching[0]
+    assert diag.severity == _severity(case.rule)
+    assert diag.message and diag.fix, "every finding says what is wrong and how to fix it"
+    assert diag.location is not None
+    assert (diag.location.file, diag.location.line, diag.location.column) == \
+        _expected_location(case, recipe_dir, path), recipe_dir.text(path.name)
+    written = case.anchor in (None, case.path, "<top>")
+    assert (diag.location.via is None) == written, diag.location.via
+
+
+@pytest.mark.parametrize("case", RULE_CASES, ids=lambda c: c.id)
+def test_rule_passes(case: Case, recipe_dir: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in case.files:
+        (recipe_dir.root / name).write_text('{"prompt": "1+1=", "response": "2"}\n')
+    _, result = _run(case, case.good, recipe_dir, monkeypatch, "good.yaml")
+    assert not [d for d in result.diagnostics if d.rule == case.rule], result.diagnostics
+    assert result.ok, [(d.rule, d.message) for d in result.errors]
+    assert result.config is not None
+
+
+def test_base_recipes_are_clean(recipe_dir: Any, recipe_kit: Any) -> None:
+    """The bases every case starts from are valid and warning-free."""
+    for kind in recipe_kit.KINDS:
+        result = validate_recipe(recipe_dir.write(kind=kind, name=f"{kind}.yaml"))
+        assert result.diagnostics == [], (kind, result.diagnostics)
+
+
+# ---- loader and model ids ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Located:
+    rule: str
+    path: str
+    file: str | None
+    line: int | None
+    column: int | None
+    via: bool = False
+
+
+def _only(result: ValidationResult, rule: str) -> Any:
+    found = [d for d in result.diagnostics if d.rule == rule]
+    assert found, [(d.rule, d.message) for d in result.diagnostics]
+    return found[0]
+
+
+def _check(result: ValidationResult, want: Located) -> None:
+    diag = _only(result, want.rule)
+    assert diag.severity == "error"
+    assert diag.dotted_path == want.path
+    loc = diag.location
+    got = (loc.file, loc.line, loc.column) if loc else (None, None, None)
+    assert got == (want.file, want.line, want.column), diag
+    assert bool(loc and loc.via) == want.via, loc
+
+
+def _lr001(d: Any, kit: Any) -> tuple[Callable[[], ValidationResult], Located, Callable]:
+    path = d.write({"policy.precison": "float32"})
+    pos = d.position("policy.precison")
+    return (lambda: validate_recipe(path),
+            Located("LR001", "policy.precison", "recipe.yaml", pos.line, pos.key_column),
+            lambda: validate_recipe(d.write({"policy.precision": "float32"}, name="ok.yaml")))
+
+
+def _lr002(d: Any, kit: Any):
+    path = d.write({"policy.train_micro_batch_size": "abc"})
+    pos = d.position("policy.train_micro_batch_size")
+    return (lambda: validate_recipe(path),
+            Located("LR002", "policy.train_micro_batch_size", "recipe.yaml", pos.line,
+                    pos.value_column),
+            lambda: validate_recipe(d.write({"policy.train_micro_batch_size": 2}, name="ok.yaml")))
+
+
+def _lr003(d: Any, kit: Any):
+    path = d.write({"policy.model_name": kit.DELETE})
+    pos = d.position("policy")
+    return (lambda: validate_recipe(path),
+            Located("LR003", "policy.model_name", "recipe.yaml", pos.line, pos.key_column),
+            lambda: validate_recipe(d.write(name="ok.yaml")))
+
+
+def _lr004(d: Any, kit: Any):
+    text = kit.dump(kit.base()) + "logger:\n\tlog_dir: logs\n"
+    path = d.write(text=text)
+    line = text.count("\n")  # the tab-indented last line
+    return (lambda: validate_recipe(path), Located("LR004", "", "recipe.yaml", line, 1),
+            lambda: validate_recipe(d.write(text=text.replace("\t", "  "), name="ok.yaml")))
+
+
+def _lr005(d: Any, kit: Any):
+    text = kit.dump(kit.base()) + "data:\n  dataset_name: tiny-arithmetic\n"
+    path = d.write(text=text)
+    line = text.count("\n") - 1  # the second `data:`
+    return (lambda: validate_recipe(path), Located("LR005", "data", "recipe.yaml", line, 1),
+            lambda: validate_recipe(d.write(name="ok.yaml")))
+
+
+def _lr006(d: Any, kit: Any):
+    text = "defaults: missing-parent.yaml\n" + kit.dump(kit.base())
+    path = d.write(text=text)
+    d.write(name="parent.yaml")
+    ok = d.write(text="defaults: parent.yaml\n", name="ok.yaml")
+    return (lambda: validate_recipe(path),
+            Located("LR006", "defaults", "recipe.yaml", 1, len("defaults: ") + 1),
+            lambda: validate_recipe(ok))
+
+
+def _lr007(d: Any, kit: Any):
+    path = d.write()
+    return (lambda: validate_recipe(path, ["policy.precision=float32",
+                                           "+policy.model_name=other"]),
+            Located("LR007", "", "<overrides>", 2, 1, via=True),
+            lambda: validate_recipe(path, ["policy.model_name=other"]))
+
+
+def _lr008(d: Any, kit: Any):
+    path = d.write({"policy.model_name": "${policy.nope}"})
+    pos = d.position("policy.model_name")
+    ok = d.write({"policy.tokenizer.name": "${policy.model_name}"}, name="ok.yaml")
+    return (lambda: validate_recipe(path),
+            Located("LR008", "policy.model_name", "recipe.yaml", pos.line, pos.value_column),
+            lambda: validate_recipe(ok))
+
+
+def _lr009(d: Any, kit: Any):
+    from lora_rl.config.yaml_source import MAX_DEPTH
+
+    text = kit.dump(kit.base()) + "deep: " + "[" * (MAX_DEPTH + 5) + "]" * (MAX_DEPTH + 5) + "\n"
+    path = d.write(text=text)
+    line = text.count("\n")
+    # the root mapping is depth 0 and `deep:`'s list depth 1: the first list too deep is the
+    # (MAX_DEPTH + 1)th '['
+    column = len("deep: ") + MAX_DEPTH + 1
+    ok_text = kit.dump(kit.base()) + "logger: {log_dir: x}\n"
+    return (lambda: validate_recipe(path), Located("LR009", "", "recipe.yaml", line, column),
+            lambda: validate_recipe(d.write(text=ok_text, name="ok.yaml")))
+
+
+def _lr010(d: Any, kit: Any):
+    path = d.write(text="")
+    return (lambda: validate_recipe(path), Located("LR010", "", "recipe.yaml", 1, 1),
+            lambda: validate_recipe(d.write(name="ok.yaml")))
+
+
+def _lr403(d: Any, kit: Any):
+    path = d.write()
+    pos = d.position("policy.model_name")
+    no_config = d.empty_dir("not-a-model")
+    return (lambda: validate_recipe(path, model_dir=no_config),
+            Located("LR403", "policy.model_name", "recipe.yaml", pos.line, pos.value_column),
+            lambda: validate_recipe(path, model_dir=d.model()))
+
+
+LOADER_CASES = {
+    "LR001": _lr001, "LR002": _lr002, "LR003": _lr003, "LR004": _lr004, "LR005": _lr005,
+    "LR006": _lr006, "LR007": _lr007, "LR008": _lr008, "LR009": _lr009, "LR010": _lr010,
+    "LR403": _lr403,
+}
+
+
+@pytest.mark.parametrize("rule", sorted(LOADER_CASES))
+def test_loader_rule(rule: str, recipe_dir: Any, recipe_kit: Any) -> None:
+    fail, want, passing = LOADER_CASES[rule](recipe_dir, recipe_kit)
+    result = fail()
+    _check(result, want)
+    assert result.config is None or want.rule == "LR403"
+    ok = passing()
+    assert not [d for d in ok.diagnostics if d.rule == rule], ok.diagnostics
+    assert ok.ok, ok.errors
+
+
+def test_lr403_is_a_warning_when_the_model_name_is_a_missing_path(recipe_dir: Any) -> None:
+    path = recipe_dir.write({"policy.model_name": "./no-such-model"})
+    diag = _only(validate_recipe(path), "LR403")
+    assert diag.severity == "warning"
+    assert diag.location.line == recipe_dir.position("policy.model_name").line
+    assert diag.severity in _severity("LR403")
+
+
+def test_every_rule_id_has_a_case() -> None:
+    covered = {case.rule for case in RULE_CASES} | set(LOADER_CASES)
+    assert covered == set(catalogue.all_rules())
+
+
+def test_catalogue_agrees_with_the_rule_table() -> None:
+    table = catalogue.all_rules()
+    for rule in RULES.values():
+        assert table[rule.id] == (rule.title, rule.severity)
+    assert set(catalogue.LOADER_RULES) | set(catalogue.MODEL_RULES) | set(RULES) == set(table)
+    assert all(rid.startswith("LR") and len(rid) == 5 for rid in table)
