@@ -1,0 +1,68 @@
+"""`python -m benchmarks [--quick]`: every benchmark, a table of ratios, JSON in results/."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.common import save
+
+BENCHMARKS = ["lora_layer", "train_step", "trl_compare", "generation", "validate_startup"]
+
+
+def _rows(name: str, result: dict) -> list[tuple[str, str, str, str]]:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    if name == "train_step":
+        return [("train step: LoRA / full, time", fmt(result["ratios"]["step_time_ratio"]),
+                 "<= 0.75", fmt(result["met"]["step_time_ratio"])),
+                ("train step: LoRA / full, memory", fmt(result["ratios"]["memory_ratio"]),
+                 "<= 0.6", fmt(result["met"]["memory_ratio"]))]
+    if name == "trl_compare":
+        return [("tokens/s: lora-rl / TRL+PEFT", fmt(result["ratio"]), ">= 1.3",
+                 fmt(result["met"]))]
+    if name == "generation":
+        return [("generation: merged / base tok/s", fmt(result["merged_over_base"]), ">= 0.95",
+                 fmt(result["met"]))]
+    if name == "lora_layer":
+        return [(f"layer fwd+bwd / full: {k}", fmt(v), "", "")
+                for k, v in result["ratio_vs_full"].items()]
+    if name == "validate_startup":
+        return [(k, fmt(v), "", "") for k, v in result.get("summary", result).items()
+                if isinstance(v, (int, float))][:4]
+    return []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small shapes, a few minutes")
+    parser.add_argument("--only", nargs="*", choices=BENCHMARKS)
+    args = parser.parse_args()
+    console = Console()
+    summary, table = {}, Table(title="lora-rl benchmarks" + (" (quick)" if args.quick else ""))
+    for column in ("measure", "value", "target", "met"):
+        table.add_column(column)
+    for name in args.only or BENCHMARKS:
+        started = time.perf_counter()
+        try:
+            result = importlib.import_module(f"benchmarks.{name}").run(args.quick)
+        except Exception as exc:  # a missing optional dependency must not hide the others
+            console.print(f"[red]{name} failed:[/red] {exc}")
+            summary[name] = {"error": str(exc)}
+            continue
+        summary[name] = result
+        console.print(f"{name}: {time.perf_counter() - started:.0f} s")
+        for row in _rows(name, result):
+            table.add_row(*row)
+    console.print(table)
+    path = save("summary" + ("-quick" if args.quick else ""), {"results": summary})
+    console.print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Shared benchmark plumbing: a locally built model, isolated worker processes, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+THREADS = int(os.environ.get("LORA_RL_BENCH_THREADS", "2"))
+
+# Quick: minutes in CI. Full: the 34M-parameter shape DESIGN.md's reference points use.
+SHAPES = {
+    True: {"hidden": 256, "layers": 4, "heads": 4, "kv_heads": 2, "vocab": 4096, "batch": 4,
+           "seq": 128, "steps": 6},
+    False: {"hidden": 512, "layers": 8, "heads": 8, "kv_heads": 4, "vocab": 8192, "batch": 8,
+            "seq": 256, "steps": 10},
+}
+
+
+def bench_model(quick: bool) -> Path:
+    """A random Llama of the benchmark shape, built once into the benchmark cache."""
+    shape = SHAPES[quick]
+    root = Path(os.environ.get("LORA_RL_CACHE", Path.home() / ".cache" / "lora-rl"))
+    target = root / f"bench-llama-{shape['hidden']}x{shape['layers']}"
+    if (target / "tokenizer.json").is_file():
+        return target
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=shape["hidden"], intermediate_size=shape["hidden"] * 3,
+                         num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
+                         num_key_value_heads=shape["kv_heads"], vocab_size=shape["vocab"],
+                         max_position_embeddings=1024, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(target)
+    _vocab_tokenizer(shape["vocab"]).save_pretrained(target)  # TRL insists on a tokenizer
+    return target
+
+
+def _vocab_tokenizer(size: int):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, size)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>",
+                                   bos_token="<s>", eos_token="</s>")
+
+
+def run_worker(module: str, spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+    """Run `python -m module --worker SPEC` in a fresh process (own peak RSS, same threads)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+    done = subprocess.run([sys.executable, "-m", module, "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} worker failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"cpu_count": os.cpu_count(), "threads": THREADS, "python": platform.python_version(),
+            "torch": torch.__version__, "platform": platform.platform()}
+
+
+def save(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    return path

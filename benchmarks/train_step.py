@@ -1,0 +1,93 @@
+"""lora-rl LoRA vs lora-rl full fine-tuning: time per optimizer step and peak RSS, same model,
+data, batch and threads, each in its own process. Targets: step ratio <= 0.75, memory <= 0.6."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from benchmarks.common import (
+    SHAPES,
+    THREADS,
+    bench_model,
+    current_rss_mib,
+    median,
+    peak_rss_mib,
+    run_worker,
+    save,
+)
+
+REPEATS = 2
+
+
+def _worker(spec: dict) -> dict:
+    import torch
+
+    from lora_rl.backends.base import TokenBatch
+    from lora_rl.backends.dtensor import DTensorBackend
+    from lora_rl.config.recipe import RecipeConfig
+    from lora_rl.training.runtime import Runtime
+
+    torch.set_num_threads(spec["threads"])
+    baseline = current_rss_mib()  # interpreter + torch + transformers, before the model
+    batch, seq = spec["batch"], spec["seq"]
+    cfg = RecipeConfig.model_validate({
+        "sft": {"seed": 0},
+        "policy": {"model_name": spec["model"], "precision": "float32",
+                   "train_global_batch_size": batch, "train_micro_batch_size": batch,
+                   "max_total_sequence_length": seq,
+                   "optimizer": {"kwargs": {"lr": 1e-4}},
+                   "dtensor_cfg": {"_v2": True, "lora_cfg": {
+                       "enabled": spec["lora"], "dim": 16, "alpha": 32, "use_triton": False}}},
+        "data": {"dataset_name": "tiny-arithmetic"},
+    })
+    backend = DTensorBackend(cfg, Runtime(0, 1, 0, torch.device("cpu")))
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, spec["vocab"], (batch, seq), generator=generator)
+    tokens = TokenBatch(ids, torch.ones_like(ids), torch.ones_like(ids))
+
+    def loss_fn(logprobs, b):
+        return -(logprobs * b.target_mask).sum() / b.target_mask.sum(), {}
+
+    times = []
+    for step in range(spec["steps"] + 2):
+        started = time.perf_counter()
+        backend.forward_backward([tokens], loss_fn)
+        backend.optimizer_step()
+        if step >= 2:  # warm-up steps excluded
+            times.append(time.perf_counter() - started)
+    report = backend.trainable_report()
+    return {"step_s": median(times), "peak_rss_mib": peak_rss_mib(),
+            "train_memory_mib": peak_rss_mib() - baseline,
+            "tokens_per_s": batch * seq / median(times),
+            "trainable_params": report["trainable_params"], "total_params": report["total_params"]}
+
+
+def run(quick: bool) -> dict:
+    shape = SHAPES[quick]
+    model = str(bench_model(quick))
+    spec = {**shape, "model": model, "threads": THREADS}
+    # Alternate the two systems so a noisy neighbour hurts both alike; keep the best repeat.
+    runs: dict[str, list[dict]] = {"full": [], "lora": []}
+    for _ in range(REPEATS):
+        for name in runs:
+            runs[name].append(run_worker("benchmarks.train_step", {**spec, "lora": name == "lora"}))
+    full = min(runs["full"], key=lambda r: r["step_s"])
+    lora = min(runs["lora"], key=lambda r: r["step_s"])
+    ratios = {"step_time_ratio": lora["step_s"] / full["step_s"],
+              "memory_ratio": lora["train_memory_mib"] / full["train_memory_mib"],
+              "peak_rss_ratio": lora["peak_rss_mib"] / full["peak_rss_mib"]}
+    targets = {"step_time_ratio": 0.75, "memory_ratio": 0.6}
+    result = {"shape": shape, "full_finetune": full, "lora": lora, "ratios": ratios,
+              "targets": targets,
+              "met": {k: ratios[k] <= targets[k] for k in targets}}
+    save("train_step", result)
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        print(json.dumps(_worker(json.loads(sys.argv[2]))))
+    else:
+        print(json.dumps(run("--quick" in sys.argv), indent=2))
