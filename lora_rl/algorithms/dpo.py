@@ -79,7 +79,7 @@ class DPO:
             step += 1
             seed_step(self.algo.seed, step, self.runtime.rank)
             metrics = self._train_step([self.train_pairs[i] for i in indices])
-            self.session.check_finite(step, metrics["loss"])
+            self.session.check_finite(step, metrics["loss"], metrics["skipped_step"])
             if self.algo.val_period and step % self.algo.val_period == 0 and self.val_pairs:
                 metrics.update(self.validate())
             self.session.log(step, metrics)

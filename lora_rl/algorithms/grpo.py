@@ -23,8 +23,8 @@ from lora_rl.data.examples import Example, prompt_only
 from lora_rl.data.order import DataOrder
 from lora_rl.data.sources import chunks, collate, limits, load_records, load_tokenizer, \
     rank_slice, text_format
-from lora_rl.generation.torch_generator import SamplingParams, generate
-from lora_rl.lora import merge_lora, unmerge_lora
+from lora_rl.generation.engines import build_engine
+from lora_rl.generation.torch_generator import SamplingParams
 from lora_rl.rewards import load_reward, score
 from lora_rl.training.runtime import Runtime, seed_step
 from lora_rl.training.session import TrainingSession
@@ -82,6 +82,7 @@ class GRPO:
             stop_token_ids=frozenset([self.tokenizer.eos_token_id,
                                       *(self.gen_cfg.stop_token_ids or [])]),
             stop_strings=tuple(self.gen_cfg.stop_strings or ()))
+        self.engine = build_engine(self.cfg, self.backend, self.tokenizer)
         self.order = DataOrder(len(self.train_records), self.algo.seed, data.shuffle)
         self.start_step, state = self.session.resume()
         if state:
@@ -96,36 +97,13 @@ class GRPO:
 
     # ---- rollouts -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _sampler(self):
-        """The module to sample from, with LoRA merged (fp32) or split per the recipe."""
-        merge = self.gen_cfg.lora_weight_sync == "merge" and self.cfg.policy.active_lora
-        with self.backend.eval_mode(), self.backend.generation_model() as model:
-            started = time.perf_counter()
-            if merge:
-                merge_lora(model)
-            sync = time.perf_counter() - started
-            try:
-                yield model, sync
-            finally:
-                if merge:
-                    started = time.perf_counter()
-                    unmerge_lora(model)
-                    self._unmerge_s = time.perf_counter() - started
-
     def rollouts(self, step: int, items: list) -> tuple[Rollouts, dict[str, float]]:
         group = self.algo.num_generations_per_prompt
         prompts = [ids for _, ids in items for _ in range(group)]
         answers = [r.text(self.cfg.data.answer_key) for r, _ in items for _ in range(group)]
         prompt_texts = [r.text(self.cfg.data.prompt_key) for r, _ in items for _ in range(group)]
         # Same seed on every rank: identical rollouts everywhere, no gather needed.
-        generator = seed_step(self.algo.seed, step, 0)
-        self._unmerge_s = 0.0
-        with self._sampler() as (model, sync_s):
-            started = time.perf_counter()
-            out = generate(model, prompts, self.params, pad_id=self.tokenizer.pad_token_id,
-                           generator=generator, decode=self.tokenizer.decode)
-            gen_s = time.perf_counter() - started
+        out, timing = self.engine.sample(prompts, self.params, seed_step(self.algo.seed, step, 0))
         responses = [self.tokenizer.decode(t, skip_special_tokens=True) for t in out.tokens]
         rewards = torch.tensor(score(self.reward_fn, prompt_texts, responses, answers,
                                      self.cfg.env.reward_kwargs), dtype=torch.float32)
@@ -136,7 +114,6 @@ class GRPO:
             keep = stopped or not self.algo.overlong_filtering
             examples.append(Example(tuple(prompt + tokens),
                                     tuple([0] * len(prompt) + [int(keep)] * len(tokens))))
-        timing = {"generation_time_s": gen_s, "weight_sync_time_s": sync_s + self._unmerge_s}
         return Rollouts(examples, out.logprobs, rewards, advantages, responses, out.stopped), timing
 
     # ---- training -------------------------------------------------------------------------
@@ -157,7 +134,7 @@ class GRPO:
             seed_step(self.algo.seed, step, self.runtime.rank)
             metrics.update(self._optimize(rollouts))
             metrics["step_time_s"] = time.perf_counter() - started
-            self.session.check_finite(step, metrics["loss"])
+            self.session.check_finite(step, metrics["loss"], metrics["skipped_step"])
             if self.algo.val_period and step % self.algo.val_period == 0 and self.val_records:
                 metrics.update(self.validate(step))
             self.session.log(step, metrics)

@@ -73,7 +73,7 @@ class SFT:
             step += 1
             seed_step(self.algo.seed, step, self.runtime.rank)
             metrics = self._train_step(indices)
-            self.session.check_finite(step, metrics["loss"])
+            self.session.check_finite(step, metrics["loss"], metrics["skipped_step"])
             if self.algo.val_period and step % self.algo.val_period == 0:
                 metrics.update(self.validate())
             self.session.log(step, metrics)

@@ -1,6 +1,8 @@
 """The algorithm sections: a recipe has exactly one of `sft`, `dpo`, `grpo`."""
 
 
+from typing import Literal
+
 from pydantic import Field
 
 from lora_rl.config.base import NonNegativeInt, PositiveInt, Section, compat
@@ -19,6 +21,9 @@ class _LoopConfig(Section):
     """Validate before the first step."""
     seed: int = 42
     """Seed of model init, data order, dropout and sampling."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN/inf loss or gradient: `stop` the run (naming the step; the last good checkpoint is
+    kept) or `skip` that step's update and go on (counted in `skipped_step`)."""
 
 
 class SFTConfig(_LoopConfig):

@@ -62,11 +62,18 @@ class TrainingSession:
 
     # ---- per step -------------------------------------------------------------------------
 
-    def check_finite(self, step: int, loss: float) -> None:
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(f"step {step}: loss is {loss}; stopping without writing a "
-                                     "checkpoint (the last good one is kept). Lower the learning "
-                                     "rate or check the data")
+    def check_finite(self, step: int, loss: float, update_skipped: bool) -> None:
+        """Non-finite loss or gradients never reach the weights (the backend skips the update);
+        `on_nonfinite` decides whether the run stops or goes on."""
+        if math.isfinite(loss) and not update_skipped:
+            return
+        what = f"loss is {loss}" if not math.isfinite(loss) else "gradients are not finite"
+        if self.cfg.algorithm_config.on_nonfinite == "skip":
+            self.say(f"step {step}: {what}; update skipped (on_nonfinite: skip)")
+            return
+        raise NonFiniteLossError(f"step {step}: {what}; stopping without writing a checkpoint "
+                                 "(the last good one is kept). Lower the learning rate or check "
+                                 "the data, or set on_nonfinite: skip")
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         self.last_metrics.update(metrics)

@@ -61,3 +61,13 @@ def test_nonfinite_loss_stops_with_step_and_keeps_good_checkpoints(runner):
     for step_dir in (runner.workdir / "ck/n").glob("step_*"):
         ckpt = load_checkpoint(step_dir)
         assert all(t.isfinite().all() for t in ckpt.tensors["adapter"].values())
+
+
+def test_nonfinite_steps_can_be_skipped_by_config(runner):
+    done = runner.run("run", *SHORT, "sft.max_num_steps=5", "sft.on_nonfinite=skip",
+                      "logger.log_dir=logs/s", "checkpointing.checkpoint_dir=ck/s",
+                      "policy.optimizer.kwargs.lr=1e30", "policy.max_grad_norm=null")
+    assert "update skipped (on_nonfinite: skip)" in done.stdout
+    rows = runner.metrics("logs/s")
+    assert len(rows) == 5 and rows[0]["skipped_step"] is False
+    assert all(r["skipped_step"] for r in rows[1:])
