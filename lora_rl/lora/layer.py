@@ -54,7 +54,8 @@ class LoraLinear(nn.Module):
 
             out = fused_lora(h, self.lora_A.weight, self.lora_B.weight, self.scale)
         else:
-            out = self.lora_B(self.lora_A(h)) * self.scale
+            # Scaling the [tokens, rank] intermediate is cheaper than the [tokens, out] output.
+            out = self.lora_B(self.lora_A(h) * self.scale)
         if self.dropout_position == "post":
             out = self.dropout(out)
         return out
