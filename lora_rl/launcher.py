@@ -51,9 +51,10 @@ def launch(cfg: RecipeConfig) -> int:
         return run_rank(cfg)
     world = cfg.cluster.world_size
     if cfg.cluster.num_nodes > 1:
-        print("error: multi-node runs start under torchrun on every node: "
-              "torchrun --nnodes N --nproc-per-node G ... -m lora_rl.worker RESOLVED.json "
-              "(write RESOLVED.json with `lora-rl explain --json`)", file=sys.stderr)
+        print("error: multi-node runs start under torchrun on every node, e.g. "
+              "`torchrun --nnodes N --nproc-per-node G --rdzv-endpoint HOST:PORT -m lora_rl run "
+              "recipe.yaml` (each rank validates the recipe, then joins the group)",
+              file=sys.stderr)
         return 2
     if world == 1:
         from lora_rl.worker import run_rank
