@@ -46,6 +46,11 @@ def check_output_paths(cfg: RecipeConfig, force: bool, cwd: Path | None = None) 
 
 def launch(cfg: RecipeConfig) -> int:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        if int(os.environ["WORLD_SIZE"]) != cfg.cluster.world_size:
+            print(f"error: torchrun started {os.environ['WORLD_SIZE']} ranks but the recipe's "
+                  f"cluster is {cfg.cluster.num_nodes} x {cfg.cluster.gpus_per_node} = "
+                  f"{cfg.cluster.world_size}; make them agree", file=sys.stderr)
+            return 2
         from lora_rl.worker import run_rank
 
         return run_rank(cfg)

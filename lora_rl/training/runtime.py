@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ def start_runtime(timeout_s: float = 600.0) -> Runtime:
 
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=timeout_s))
+    # DTensor logs a "suboptimal redistribute" warning per 2-D gradient norm; on these small
+    # meshes it is noise that would bury the run's own output.
+    logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
     threads = os.environ.get("LORA_RL_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
