@@ -76,8 +76,8 @@ def run_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
             rows.append(("generator", f"{gen.backend}, LoRA sync {gen.lora_weight_sync}, "
                          f"max_new_tokens {gen.max_new_tokens}, T={gen.temperature:g}"))
     if cfg.dpo:
-        rows.append(("DPO beta", f"{cfg.dpo.reference_policy_kl_penalty:g} (reference = "
-                     "adapter disabled)" if p.active_lora else "(reference = a frozen copy)"))
+        rows.append(("DPO beta", f"{cfg.dpo.reference_policy_kl_penalty:g} "
+                     "(reference = the base model with the adapter disabled)"))
     if cfg.checkpointing.enabled:
         rows.append(("checkpoints", f"{cfg.checkpointing.checkpoint_dir} every "
                      f"{cfg.checkpointing.save_period} steps, keep {cfg.checkpointing.keep_top_k}"))

@@ -353,7 +353,32 @@ def _grpo_supported(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       "set grpo.max_rollout_turns: 1")
 
 
+@rule("LR307", "error", "A reference policy (DPO, GRPO with a KL penalty) needs LoRA")
+def _reference_needs_lora(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    needs = cfg.dpo is not None or (cfg.grpo is not None
+                                    and cfg.loss_fn.reference_policy_kl_penalty > 0)
+    if needs and cfg.policy.active_lora is None:
+        key = f"{PEFT}.enabled" if cfg.policy.megatron_cfg.enabled else f"{LORA}.enabled"
+        what = "DPO" if cfg.dpo else "GRPO's KL penalty"
+        yield Finding(key, f"{what} compares against a reference policy, which lora-rl takes "
+                      "from the frozen base with the adapter turned off; with LoRA disabled "
+                      "there is no reference (lora-rl keeps no second model copy)",
+                      f"set {key}: true" + ("" if cfg.dpo else
+                                            ", or loss_fn.reference_policy_kl_penalty: 0"))
+
+
 # ---- model-dependent (when the model's config.json can be read) ----------------------------
+
+
+MAX_LAYERS = 10_000
+"""More decoder layers than any real model: a config.json claiming more is not checked (listing
+its module names would take minutes)."""
+
+
+def _linear_names(model: ModelFacts, backend: str) -> list[str]:
+    if not 0 <= model.num_hidden_layers <= MAX_LAYERS:
+        return []
+    return model.linear_names(backend)  # type: ignore[arg-type]
 
 
 def _quiet_match(match_names: Callable, names: list[str], lora: object) -> list[str]:
@@ -374,7 +399,7 @@ def _targets_exist(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     from lora_rl.lora.matching import LoraMatchError, match_names
 
     key = f"{PEFT}.target_modules" if cfg.policy.megatron_cfg.enabled else f"{LORA}.target_modules"
-    names = ctx.model.linear_names(cfg.policy.backend)
+    names = _linear_names(ctx.model, cfg.policy.backend)
     if not names:
         return  # an architecture whose module names lora-rl cannot derive: nothing to check
     try:
@@ -392,7 +417,7 @@ def _output_layer(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     from lora_rl.lora.matching import LoraMatchError, match_names
 
     try:
-        matched = _quiet_match(match_names, ctx.model.linear_names(cfg.policy.backend), lora)
+        matched = _quiet_match(match_names, _linear_names(ctx.model, cfg.policy.backend), lora)
     except LoraMatchError:
         return
     heads = [n for n in matched if n.rsplit(".", 1)[-1] in ("lm_head", "output_layer")]
@@ -428,9 +453,15 @@ def _has_data(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 def _data_files_exist(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     from pathlib import Path
 
+    def is_file(value: str) -> bool:
+        try:
+            return Path(value).is_file()
+        except (OSError, ValueError):  # a name too long for the file system, ...
+            return False
+
     for key in ("train_data_path", "val_data_path"):
         value = getattr(cfg.data, key)
-        if value and not Path(value).is_file():
+        if value and not is_file(value):
             yield Finding(f"data.{key}", f"{value} does not exist here (it is read when the run "
                           "starts)", "check the path; it is relative to the working directory")
 

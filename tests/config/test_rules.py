@@ -161,6 +161,9 @@ RULE_CASES: list[Case] = [
          {f"{GEN}.colocated": {"enabled": True}}, f"{GEN}.colocated.enabled", kind="grpo"),
     Case("LR306", "multi-turn", {"grpo.max_rollout_turns": 2}, {"grpo.max_rollout_turns": 1},
          "grpo.max_rollout_turns", kind="grpo"),
+    Case("LR307", "grpo-kl-without-lora", {f"{LORA}.enabled": False},
+         {f"{LORA}.enabled": False, "loss_fn": {"reference_policy_kl_penalty": 0.0}},
+         f"{LORA}.enabled", kind="grpo"),
     Case("LR401", "dtensor-unknown-target",
          {f"{LORA}.match_all_linear": False, f"{LORA}.target_modules": ["qkv_proj"]},
          {f"{LORA}.match_all_linear": False, f"{LORA}.target_modules": ["q_proj", "v_proj"]},
@@ -222,7 +225,7 @@ def _run(case: Case, changes: dict[str, Any], recipe_dir: Any, monkeypatch: pyte
 def test_rule_fails(case: Case, recipe_dir: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     path, result = _run(case, case.bad, recipe_dir, monkeypatch, "bad.yaml")
     found = [d for d in result.diagnostics if d.rule == case.rule]
-    assert found, f"{case.rule} not reported; got {[(d.rule, d.message) for d in result.diagnostics]}"
+    assert found, f"{case.rule} not reported: {[(d.rule, d.message) for d in result.diagnostics]}"
     matching = [d for d in found if d.dotted_path == case.path]
     assert matching, f"{case.rule} at {[d.dotted_path for d in found]}, expected {case.path!r}"
     diag = matching[0]
