@@ -130,7 +130,8 @@ def _items_of(annotation: Any, value: Any) -> list[tuple[str, Any, Any]]:
         return _items_of(members[0], value) if len(members) == 1 else []
     if origin in (list, tuple) and isinstance(value, (list, tuple)) and args:
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            return [(f"item [{i}]", arg, item) for i, (arg, item) in enumerate(zip(args, value))]
+            return [(f"item [{i}]", arg, item)
+                    for i, (arg, item) in enumerate(zip(args, value, strict=False))]
         return [(f"item [{i}]", args[0], item) for i, item in enumerate(value)]
     if origin is dict and isinstance(value, dict) and len(args) == 2:
         return [(f"key '{key}'", args[1], item) for key, item in value.items()]

@@ -242,4 +242,5 @@ def _container(data: dict, path: KeyPath, text: str, where: Location, create: bo
 
 
 def _error(rule: str, message: str, where: Location | None, fix: str | None = None) -> RecipeError:
-    return RecipeError([Diagnostic(rule, "error", message, (), where, fix)])
+    path: KeyPath = (DEFAULTS_KEY,) if rule == "LR006" else ()
+    return RecipeError([Diagnostic(rule, "error", message, path, where, fix)])

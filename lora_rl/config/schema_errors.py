@@ -10,7 +10,6 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location, dotted
-from lora_rl.config.docstrings import all_models
 from lora_rl.config.yaml_source import SourceMap
 
 
@@ -133,7 +132,7 @@ def _union_tag(loc: tuple[Any, ...], data: Any) -> tuple[KeyPath, str, Any] | No
     """(data path, member tag, data there) when `loc` goes through a union member's tag,
     e.g. ('policy', 'scheduler', 0, 'SchedulerStep', 'name')."""
     node, path = data, ()
-    for index, part in enumerate(loc[:-1]):
+    for part in loc[:-1]:
         if isinstance(node, dict) and part in node or \
                 isinstance(node, list) and isinstance(part, int) and part < len(node):
             node, path = node[part], path + (part,)
@@ -148,6 +147,8 @@ def _best_union_branch(errors: list[dict], root: type[BaseModel], data: Any) -> 
     """Where a value matched no member of a union of sections (a scheduler list item is a
     SchedulerStep or a SchedulerMilestones), pydantic reports every member's errors; keep the
     errors of the member whose keys the value shares most, as a user would read it."""
+    from lora_rl.config.docstrings import all_models  # only when there are errors
+
     models = {m.__name__: m for m in all_models(root)}
     branches: dict[KeyPath, dict[str, int]] = {}
     tags = [_union_tag(err["loc"], data) for err in errors]
@@ -159,7 +160,8 @@ def _best_union_branch(errors: list[dict], root: type[BaseModel], data: Any) -> 
             branches.setdefault(path, {})[name] = len(keys & set(field_keys(model))) \
                 if model else -1
     chosen = {path: max(scores, key=lambda n: scores[n]) for path, scores in branches.items()}
-    return [err for err, tag in zip(errors, tags) if tag is None or chosen[tag[0]] == tag[1]]
+    return [err for err, tag in zip(errors, tags, strict=True)
+            if tag is None or chosen[tag[0]] == tag[1]]
 
 
 def _diagnostic(err: dict, kind: str, path: KeyPath, root: type[BaseModel], data: Any,

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from lora_rl.config.base import NULL_SPELLINGS
 from lora_rl.config.docstrings import all_models, attribute_docs
+from lora_rl.config.layering import OVERRIDE_MARK
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.config.sections import _IMPORT_PATH as IMPORT_PATH
 from lora_rl.config.sections import BUILTIN_REWARDS
@@ -24,6 +25,8 @@ DRAFT_URIS = {
     "07": "http://json-schema.org/draft-07/schema#",
     "2020-12": "https://json-schema.org/draft/2020-12/schema",
 }
+OVERRIDE = {"const": True, "description": "NeMo RL's `_override_: true`: this section replaces "
+                                          "the inherited one instead of merging into it."}
 INTERPOLATION = {"type": "string", "pattern": r"^.*\$\{.+\}.*$",
                  "description": "An interpolation such as ${policy.model_name}."}
 
@@ -36,6 +39,9 @@ def recipe_json_schema(draft: Draft = "07") -> dict[str, Any]:
     _reward_choices(definitions)
     for node in [schema, *definitions.values()]:
         _for_files(node, draft)
+    for node in definitions.values():
+        if "properties" in node:
+            node["properties"][OVERRIDE_MARK] = OVERRIDE
     schema["properties"] = {"defaults": {
         "description": "Parent recipe(s) this file inherits from, relative to this file; later "
                        "entries and this file win.",

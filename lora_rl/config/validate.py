@@ -140,15 +140,22 @@ def _model_context(config: RecipeConfig, model_dir: Path | None, positions: Sour
                    build_embedded: bool) -> tuple[RuleContext, list[Diagnostic]]:
     from lora_rl.model_source import ModelSourceError, local_model_dir
 
+    directory = model_dir
     try:
-        directory = model_dir or local_model_dir(config.policy.model_name, build=build_embedded)
+        directory = directory or local_model_dir(config.policy.model_name, build=build_embedded)
         if directory is None:
             return RuleContext(), []
         return RuleContext(model=read_model_facts(directory)), []
-    except (ModelFactsError, ModelSourceError) as exc:
+    except (ModelFactsError, ModelSourceError, OSError, RuntimeError, ArithmeticError) as exc:
+        # OSError: a name too long for the file system; RuntimeError: `~nosuchuser/...` or a
+        # config.json nested too deeply; ArithmeticError: `"num_hidden_layers": Infinity`
+        detail = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
+        message = str(exc) if isinstance(exc, (ModelFactsError, ModelSourceError)) else \
+            f"{directory}/config.json cannot be read ({detail})" if directory else \
+            f"policy.model_name cannot be looked up as a local path ({detail})"
         path: KeyPath = ("policy", "model_name")
         return RuleContext(), [Diagnostic(
-            "LR403", "error" if model_dir else "warning", str(exc), path,
+            "LR403", "error" if model_dir else "warning", message, path,
             locate(positions, path, prefer_key=False),
             "pass --model DIR with a Hugging Face model directory" if model_dir
             else "model checks skipped; the path is read when the run starts",

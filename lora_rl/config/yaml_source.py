@@ -25,9 +25,29 @@ _BINARY_TAG = "tag:yaml.org,2002:binary"
 _PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 
 
+class _TooDeep(Exception):
+    def __init__(self, mark: Any) -> None:
+        super().__init__("too deep")
+        self.mark = mark
+
+
 class RecipeLoader(yaml.SafeLoader):
     """SafeLoader that reads `1e-5` as a float, as OmegaConf (and so NeMo RL) does; YAML 1.1
-    alone requires a dot (`1.0e-5`) and would hand the string "1e-5" to the schema."""
+    alone requires a dot (`1.0e-5`) and would hand the string "1e-5" to the schema.
+
+    It also stops composing at MAX_DEPTH: PyYAML's scanner is quadratic in the depth of flow
+    collections (`[[[[...` 5000 deep takes seconds before Python's recursion limit is hit)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH + 1:  # the root is depth 1 here, depth 0 for _Walker
+                raise _TooDeep(self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 RecipeLoader.add_implicit_resolver(
@@ -52,8 +72,9 @@ class Positions:
 SourceMap = dict[KeyPath, Positions]
 
 
-def _fail(rule: str, message: str, location: Location | None, fix: str | None = None) -> RecipeError:
-    return RecipeError([Diagnostic(rule, "error", message, (), location, fix)])
+def _fail(rule: str, message: str, location: Location | None, fix: str | None = None,
+          path: KeyPath = ()) -> RecipeError:
+    return RecipeError([Diagnostic(rule, "error", message, path, location, fix)])
 
 
 def _location(mark: Any, file: str, via: str | None = None) -> Location:
@@ -102,8 +123,12 @@ def parse_yaml(text: str, file: str, via: str | None = None) -> tuple[Any, Sourc
         if node is None:
             return None, {}
         walker = _Walker(loader, file, via)
+        walker.check_expansion(node)
         value = walker.build(node, (), 0)
         return value, walker.positions
+    except _TooDeep as exc:
+        raise _fail("LR009", f"values nested deeper than {MAX_DEPTH} levels",
+                    _location(exc.mark, file, via)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = _location(mark, file, via) if mark else Location(file, 1, 1, via)
@@ -136,6 +161,45 @@ class _Walker:
         self.positions: SourceMap = {}
         self.count = 0
         self.merged: dict[int, int] = {}
+        self.locations: dict[int, Location] = {}
+
+    def check_expansion(self, root: yaml.Node) -> None:
+        """Stop an alias/anchor bomb before walking it: count the values the document expands
+        to on the node graph (each node once), and point at the smallest node that is too big."""
+        sizes: dict[int, int] = {}
+        if self._size(root, sizes, 0) <= MAX_VALUES:
+            return
+        node = root
+        while True:
+            children = self._children(node)
+            biggest = max(children, key=lambda child: sizes.get(id(child), 0), default=None)
+            if biggest is None or sizes.get(id(biggest), 0) <= MAX_VALUES:
+                break
+            node = biggest
+        raise _fail("LR009", f"the document expands to more than {MAX_VALUES} values "
+                    "(an alias/anchor bomb?)", self._loc(node), "remove the repeated aliases")
+
+    @staticmethod
+    def _children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.MappingNode):
+            return [value for _, value in node.value]
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        return []
+
+    def _size(self, node: yaml.Node, sizes: dict[int, int], depth: int) -> int:
+        """Values `build` would make for `node`, capped; recursive aliases and nesting past
+        MAX_DEPTH are left to `build`, which reports them."""
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = 1
+        if depth > MAX_DEPTH:
+            return 1
+        total = 1
+        for child in self._children(node):
+            total = min(total + self._size(child, sizes, depth + 1), MAX_VALUES + 1)
+        sizes[id(node)] = total
+        return total
 
     def build(self, node: yaml.Node, path: KeyPath, depth: int) -> Any:
         self.count += 1
@@ -193,7 +257,8 @@ class _Walker:
                 first = self.positions[path + (key,)].best
                 raise _fail("LR005", f"duplicate key '{key}' (first written at line "
                             f"{first.line})", self._loc(key_node),
-                            "keep one of the two; YAML would silently use the last")
+                            "keep one of the two; YAML would silently use the last",
+                            path + (key,))
             if key in out:  # a key from a `<<:` merge, overridden: YAML merge semantics
                 stale = path + (key,)
                 if isinstance(out[key], (dict, list)):
@@ -218,4 +283,8 @@ class _Walker:
         return self.merged[id(node)]
 
     def _loc(self, node: yaml.Node) -> Location:
-        return _location(node.start_mark, self.file, self.via)
+        # cached per node: an aliased node is walked once per alias
+        found = self.locations.get(id(node))
+        if found is None:
+            found = self.locations[id(node)] = _location(node.start_mark, self.file, self.via)
+        return found

@@ -39,8 +39,8 @@ def lora(result: ValidationResult) -> Any:
 
 def test_defaults_string_inherits_and_child_wins(recipe_dir: Any) -> None:
     recipe_dir.write({f"{LORA}.dim": 4, f"{LORA}.alpha": 8}, name="base.yaml")
-    child = recipe_dir.write(text=f"defaults: base.yaml\npolicy:\n  dtensor_cfg:\n"
-                                  f"    lora_cfg:\n      dim: 16\n")
+    child = recipe_dir.write(text="defaults: base.yaml\npolicy:\n  dtensor_cfg:\n"
+                                  "    lora_cfg:\n      dim: 16\n")
     result = validate_recipe(child)
     assert result.diagnostics == []
     assert (lora(result).dim, lora(result).alpha) == (16, 8)
@@ -61,8 +61,8 @@ def test_defaults_are_relative_to_the_file_and_nest(recipe_dir: Any) -> None:
     recipe_dir.write({f"{LORA}.dim": 4}, name="base/root.yaml")
     recipe_dir.write(text="defaults: root.yaml\npolicy:\n  dtensor_cfg:\n    lora_cfg:\n"
                           "      alpha: 2\n", name="base/mid.yaml")
-    leaf = recipe_dir.write(text="defaults: ../base/mid.yaml\npolicy:\n  train_micro_batch_size: 2\n",
-                            name="recipes/leaf.yaml")
+    leaf = recipe_dir.write(text="defaults: ../base/mid.yaml\n"
+                                 "policy:\n  train_micro_batch_size: 2\n", name="recipes/leaf.yaml")
     result = validate_recipe(leaf)
     assert result.diagnostics == []
     assert (lora(result).dim, lora(result).alpha) == (4, 2)
@@ -219,7 +219,8 @@ def test_override_positions_name_the_override(recipe_dir: Any) -> None:
     result = validate_recipe(path, ["logger.log_dir=logs/a", f"{LORA}.dim=zero",
                                     f"{LORA}.bogus=1"])
     wrong, unknown = only(result, "LR002"), only(result, "LR001")
-    assert (wrong.location.file, wrong.location.line, wrong.location.column) == ("<overrides>", 2, 1)
+    assert (wrong.location.file, wrong.location.line, wrong.location.column) == \
+        ("<overrides>", 2, 1)
     assert wrong.location.via == f"override '{LORA}.dim=zero'"
     assert (unknown.location.file, unknown.location.line) == ("<overrides>", 3)
 
