@@ -1,7 +1,8 @@
 """LoRA layers, matching, merge/unmerge and adapter state dicts, shared by both backends.
 
-Attributes load lazily: `lora_rl.lora.matching` is torch-free and used by `lora-rl validate`,
-which must not pay for (or require) torch.
+Attributes load lazily: `spec`, `matching`, `naming` and `kernel_select` are torch-free (or
+import torch only when asked) and serve `lora-rl validate` / `explain`, which must not pay for
+torch; triton is imported only when the Triton path actually runs.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "LoraLinear": "lora_rl.lora.layer",
     "LoraSpec": "lora_rl.lora.spec",
     "lora_spec_from_config": "lora_rl.lora.spec",
+    "semantics_of": "lora_rl.lora.spec",
+    "LoraLinear": "lora_rl.lora.layer",
     "LoraMatchError": "lora_rl.lora.matching",
     "LoraWarning": "lora_rl.lora.matching",
+    "ModuleMatcher": "lora_rl.lora.matching",
+    "MatchResult": "lora_rl.lora.matching",
     "match_names": "lora_rl.lora.matching",
     "LoraReport": "lora_rl.lora.api",
     "apply_lora": "lora_rl.lora.api",
@@ -26,6 +30,10 @@ _EXPORTS = {
     "load_lora_state_dict": "lora_rl.lora.api",
     "iter_lora_layers": "lora_rl.lora.api",
     "linear_module_names": "lora_rl.lora.api",
+    "to_megatron_bridge": "lora_rl.lora.naming",
+    "from_megatron_bridge": "lora_rl.lora.naming",
+    "triton_path_active": "lora_rl.lora.kernel_select",
+    "triton_path_reason": "lora_rl.lora.kernel_select",
 }
 
 __all__ = sorted(_EXPORTS)

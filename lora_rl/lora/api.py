@@ -1,83 +1,172 @@
-"""Public LoRA operations on a model: apply, merge/unmerge, state dicts, disable."""
+"""Public LoRA operations on a model: apply, merge/unmerge, adapter state dicts, disable."""
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
 from lora_rl.lora.layer import LoraLinear
-from lora_rl.lora.matching import LoraWarning, match_names
-from lora_rl.lora.spec import LoraSpec, lora_spec_from_config
+from lora_rl.lora.matching import LoraMatchError, LoraWarning, ModuleMatcher, short_name
+from lora_rl.lora.naming import unwrapped_name
+from lora_rl.lora.spec import LoraSpec, Semantics, lora_spec_from_config, semantics_of
 
-_MEGATRON_LINEARS = ("ColumnParallelLinear", "RowParallelLinear")
+_PARALLEL_LINEARS = frozenset({"ColumnParallelLinear", "RowParallelLinear",
+                               "TEColumnParallelLinear", "TERowParallelLinear",
+                               "TELayerNormColumnParallelLinear"})
+"""Megatron Core / Transformer Engine linears, recognised by class name so that matching works
+without importing megatron (and on the mocks the tests use)."""
 
 
 @dataclass(frozen=True)
 class LoraReport:
     patched: tuple[str, ...]
+    """Unwrapped module names that received an adapter, in model order."""
     trainable_params: int
     total_params: int
     scale: float
-    warnings: tuple[str, ...] = field(default_factory=tuple)
+    warnings: tuple[str, ...] = ()
+    semantics: Semantics = "dtensor"
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """Short names of the patched modules (PEFT's adapter_config `target_modules`)."""
+        return tuple(sorted({short_name(n) for n in self.patched}))
 
 
 def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ in _MEGATRON_LINEARS
+    return isinstance(module, nn.Linear) or type(module).__name__ in _PARALLEL_LINEARS
+
+
+def _linear_paths(model: nn.Module) -> list[str]:
+    paths, inside = [], None
+    for path, module in model.named_modules():
+        # named_modules is depth-first, so a LoraLinear's own linears follow it directly.
+        if inside is not None and path.startswith(inside):
+            continue
+        inside = None
+        if isinstance(module, LoraLinear):
+            inside = f"{path}."
+        elif path and _is_linear(module):
+            paths.append(path)
+    return paths
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
-    return [name for name, module in model.named_modules()
-            if name and _is_linear(module) and not isinstance(module, LoraLinear)
-            and ".lora_" not in f".{name}"]
+    """Module paths of the linear layers LoRA could adapt (not those inside a LoraLinear)."""
+    return _linear_paths(model)
 
 
-def apply_lora(model: nn.Module, cfg: DTensorLoraConfig | MegatronPeftConfig) -> LoraReport:
-    """Freeze the model and wrap every matched linear in a LoraLinear (in place)."""
-    spec: LoraSpec = lora_spec_from_config(cfg)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", LoraWarning)
-        names = match_names(linear_module_names(model), cfg)
-    for warning in caught:
-        warnings.warn(warning.message, warning.category, stacklevel=2)
+def _output_names(model: nn.Module) -> set[str]:
+    """Whatever the model itself calls its output layer (HF `get_output_embeddings`)."""
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    if not isinstance(head, nn.Module):
+        return set()
+    return {unwrapped_name(path) for path, module in model.named_modules() if module is head}
+
+
+def _resolve(cfg_or_spec: DTensorLoraConfig | MegatronPeftConfig | LoraSpec,
+             semantics: Semantics | None,
+             matcher: ModuleMatcher | None) -> tuple[LoraSpec, ModuleMatcher]:
+    if isinstance(cfg_or_spec, (DTensorLoraConfig, MegatronPeftConfig)):
+        inferred = semantics_of(cfg_or_spec)
+        if semantics is not None and semantics != inferred:
+            raise ValueError(f"semantics={semantics!r} contradicts the config type "
+                             f"{type(cfg_or_spec).__name__} ({inferred!r})")
+        spec = lora_spec_from_config(cfg_or_spec)
+        matcher = matcher or ModuleMatcher.from_config(cfg_or_spec)
+    elif isinstance(cfg_or_spec, LoraSpec):
+        spec = cfg_or_spec
+        matcher = matcher or ModuleMatcher.default(semantics or "dtensor")
+    else:
+        raise TypeError("apply_lora expects a DTensorLoraConfig, MegatronPeftConfig or LoraSpec, "
+                        f"got {type(cfg_or_spec).__name__}")
+    if semantics is not None and matcher.semantics != semantics:
+        raise ValueError(f"semantics={semantics!r} but the matcher uses {matcher.semantics!r}")
+    return spec, matcher
+
+
+def apply_lora(model: nn.Module, cfg_or_spec: DTensorLoraConfig | MegatronPeftConfig | LoraSpec,
+               *, semantics: Semantics | None = None,
+               matcher: ModuleMatcher | None = None) -> LoraReport:
+    """Freeze every parameter of `model` and wrap each matched linear in a `LoraLinear`, in
+    place. A config brings its own matching rules (its type fixes `semantics`); a bare spec uses
+    `matcher`, or the backend default (all linear layers / the four Megatron names).
+
+    `enabled` on the config is the caller's business: this applies LoRA either way."""
+    spec, matcher = _resolve(cfg_or_spec, semantics, matcher)
+    problem = matcher.conflict()
+    if problem:
+        raise LoraMatchError(problem)
+    if any(True for _ in iter_lora_layers(model)):
+        raise ValueError("the model already has LoRA adapters; apply_lora runs once per model")
+    paths = _linear_paths(model)
+    by_name = {unwrapped_name(p): p for p in paths}
+    result = matcher.with_output_names(_output_names(model)).match(list(by_name))
+    for note in result.warnings:
+        warnings.warn(note, LoraWarning, stacklevel=2)
     model.requires_grad_(False)
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
+    for name in result.names:
+        path = by_name[name]
+        parent_path, _, child = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        # Construction order (A, then B, then their inits) consumes the RNG exactly like PEFT,
+        # so the same seed gives PEFT's adapters.
         setattr(parent, child, LoraLinear(getattr(parent, child), spec))
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return LoraReport(tuple(names), trainable, total, spec.scale,
-                      tuple(str(w.message) for w in caught))
+    return LoraReport(result.names, trainable, total, spec.scale, result.warnings,
+                      matcher.semantics)
+
+
+def _lora_layers(model: nn.Module) -> Iterator[tuple[str, str, LoraLinear]]:
+    for path, module in model.named_modules():
+        if isinstance(module, LoraLinear):
+            yield path, unwrapped_name(path), module
 
 
 def iter_lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLinear]]:
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLinear):
-            yield name, module
+    """(unwrapped module name, layer) for every adapter, in model order."""
+    for _, name, layer in _lora_layers(model):
+        yield name, layer
 
 
 def merge_lora(model: nn.Module) -> None:
-    for _, layer in iter_lora_layers(model):
+    """Fold every adapter into its base weight (in fp32, then cast); all or none."""
+    layers = [layer for _, layer in iter_lora_layers(model)]
+    merged = [name for name, layer in iter_lora_layers(model) if layer.merged]
+    if merged:
+        raise RuntimeError(f"LoRA is already merged in {len(merged)} layer(s) (e.g. {merged[0]}); "
+                           "unmerge first")
+    for layer in layers:
         layer.merge()
 
 
 def unmerge_lora(model: nn.Module) -> None:
-    for _, layer in iter_lora_layers(model):
+    """Restore every base weight exactly as it was before `merge_lora`; all or none."""
+    layers = [layer for _, layer in iter_lora_layers(model)]
+    unmerged = [name for name, layer in iter_lora_layers(model) if not layer.merged]
+    if unmerged:
+        raise RuntimeError(f"{len(unmerged)} LoRA layer(s) are not merged (e.g. {unmerged[0]}); "
+                           "nothing to unmerge there")
+    for layer in layers:
         layer.unmerge()
 
 
 def merge_and_unwrap(model: nn.Module) -> None:
     """Fold every adapter into its base weight and put the plain base module back (export)."""
-    for name, layer in list(iter_lora_layers(model)):
-        layer.merge()
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
+    for path, _, layer in list(_lora_layers(model)):
+        if not layer.merged:
+            layer.merge()
+        layer._unmerged_weight = None  # the original is not coming back: free it
+        parent_path, _, child = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
         setattr(parent, child, layer.base)
 
 
@@ -85,6 +174,10 @@ def merge_and_unwrap(model: nn.Module) -> None:
 def disable_lora(model: nn.Module) -> Iterator[None]:
     """The frozen base model (the DPO/GRPO reference policy), without copying weights."""
     layers = [layer for _, layer in iter_lora_layers(model)]
+    merged = [name for name, layer in iter_lora_layers(model) if layer.merged]
+    if merged:
+        raise RuntimeError(f"cannot disable LoRA while it is merged ({merged[0]}, ...); the base "
+                           "weights include the adapters; unmerge first")
     previous = [layer.disabled for layer in layers]
     for layer in layers:
         layer.disabled = True
@@ -95,27 +188,64 @@ def disable_lora(model: nn.Module) -> Iterator[None]:
             layer.disabled = was
 
 
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A whole tensor from a possibly sharded (FSDP2 / TP DTensor) one; collective if sharded."""
+    from torch.distributed.tensor import DTensor
 
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _adapter_params(model: nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     for name, layer in iter_lora_layers(model):
-        out[f"{name}.lora_A.weight"] = layer.lora_A.weight.detach()
-        out[f"{name}.lora_B.weight"] = layer.lora_B.weight.detach()
+        out[f"{name}.lora_A.weight"] = layer.lora_A.weight
+        out[f"{name}.lora_B.weight"] = layer.lora_B.weight
     return out
 
 
-def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Strict: missing or unexpected keys, or a shape mismatch, raise ValueError."""
-    own = lora_state_dict(model)
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter tensors by unwrapped module name + `.lora_A.weight` / `.lora_B.weight`.
+
+    Whole tensors (sharded ones are gathered: call on every rank), detached but not copied:
+    they change with training, so copy or save them before the next optimizer step."""
+    return {key: _full(param).detach() for key, param in _adapter_params(model).items()}
+
+
+def _list(keys: list[str]) -> str:
+    shown = ", ".join(keys[:6])
+    return f"{shown} (+{len(keys) - 6} more)" if len(keys) > 6 else shown
+
+
+def load_lora_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy adapter tensors into the model. Strict: missing or unexpected keys, non-tensors and
+    shape mismatches raise ValueError naming them, before anything is written."""
+    own = _adapter_params(model)
+    problems = []
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"adapter does not fit the model: missing {missing[:4]}, unexpected "
-                         f"{unexpected[:4]}")
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise ValueError(f"adapter tensor {key} has shape {tuple(value.shape)}, the model "
-                             f"expects {tuple(own[key].shape)} (different LoRA rank?)")
+    if missing:
+        problems.append(f"missing {len(missing)} key(s): {_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} key(s): {_list(unexpected)}")
+    for key in sorted(set(own) & set(state)):
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            problems.append(f"{key} is a {type(value).__name__}, not a tensor")
+        elif tuple(value.shape) != tuple(own[key].shape):
+            problems.append(f"{key} has shape {tuple(value.shape)}, the model expects "
+                            f"{tuple(own[key].shape)} (different LoRA rank or model?)")
+    if problems:
+        raise ValueError("adapter state dict does not fit the model: " + "; ".join(problems))
     with torch.no_grad():
-        for key, value in state.items():
-            own[key].copy_(value.to(own[key].dtype))
+        for key, param in own.items():
+            _copy_into(param, state[key])
+
+
+def _copy_into(param: torch.Tensor, value: torch.Tensor) -> None:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    value = value.detach().to(device=param.device, dtype=param.dtype)
+    if isinstance(param, DTensor):
+        # Every rank holds the whole value: each keeps its own shard, no communication.
+        value = distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(value)

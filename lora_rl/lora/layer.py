@@ -4,11 +4,21 @@ y = base(x) + scale * B(A(dropout(x)))          dropout_position "pre"
 y = base(x) + dropout(scale * B(A(x)))          dropout_position "post"
 
 A and B are `nn.Linear` submodules (`lora_A`, `lora_B`) so that tensor-parallel styles and
-state-dict names work on them like on any linear layer. The base may be a Megatron parallel
-linear whose forward returns `(output, bias)`; the update is added to the output.
+state-dict names work on them like on any linear layer, and backends may swap them for
+subclasses that communicate (Megatron). The base may be a Megatron parallel linear whose forward
+returns `(output, bias)`; the update is added to the output.
+
+Three compute paths, numerically the same:
+- fused torch (`_FusedLoraLinear`): a plain `nn.Linear` base with plain tensors, no hooks, one
+  dtype. The adapter's contributions are accumulated into the base matmuls' outputs (`addmm_`)
+  instead of materialising and adding [tokens, out] / [tokens, in] tensors.
+- generic torch: any other base (parallel linears, TP-styled modules, autocast, dtype casts).
+- Triton (`triton_kernel.fused_lora`) for the adapter branch, on CUDA when asked for.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,11 +26,70 @@ from torch import nn
 from lora_rl.lora.init import init_weight
 from lora_rl.lora.spec import LoraSpec
 
+_PLAIN = (torch.Tensor, nn.Parameter)
+
 
 def _features(base: nn.Module) -> tuple[int, int]:
-    weight = base.weight
     # Megatron parallel linears keep [out_per_rank, in_per_rank] like nn.Linear.
+    weight = base.weight
     return int(weight.shape[1]), int(weight.shape[0])
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as module_mod
+
+    return bool(module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks
+                or module_mod._global_backward_hooks or module_mod._global_backward_pre_hooks)
+
+
+class _FusedLoraLinear(torch.autograd.Function):
+    """y = x W^T + bias + scale * (h A^T) B^T, h = dropout(x) (None: h is x).
+
+    The base weight is frozen, so its gradient is computed only if something asks for it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, h: torch.Tensor | None, weight: torch.Tensor,
+                bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor,
+                scale: float) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        h2 = x2 if h is None else h.reshape(-1, h.shape[-1])
+        # Scaling the [tokens, rank] intermediate is cheaper than the [tokens, out] output.
+        mid = torch.mm(h2, a.t()).mul_(scale)
+        y = torch.mm(x2, weight.t()) if bias is None else torch.addmm(bias, x2, weight.t())
+        y.addmm_(mid, b.t())
+        ctx.scale = scale
+        ctx.separate_h = h is not None
+        ctx.has_bias = bias is not None
+        ctx.x_shape = x.shape
+        ctx.save_for_backward(x2 if ctx.needs_input_grad[2] else None, h2, mid, weight, a, b)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor):
+        x2, h2, mid, weight, a, b = ctx.saved_tensors
+        need_x, need_h, need_w, need_bias, need_a, need_b, _ = ctx.needs_input_grad
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        g = torch.mm(dy2, b).mul_(ctx.scale)  # d(loss)/d(h A^T), [tokens, rank]
+        dx = dh = dw = dbias = None
+        if need_x:
+            dx = torch.mm(dy2, weight)
+            if not ctx.separate_h:
+                dx.addmm_(g, a)  # the adapter's input gradient, accumulated in place
+            dx = dx.reshape(ctx.x_shape)
+        if ctx.separate_h and need_h:
+            dh = torch.mm(g, a).reshape(ctx.x_shape)
+        if need_w:
+            dw = torch.mm(dy2.t(), x2)
+        if need_bias and ctx.has_bias:
+            dbias = dy2.sum(0)
+        da = torch.mm(g.t(), h2) if need_a else None
+        db = torch.mm(dy2.t(), mid) if need_b else None
+        return dx, dh, dw, dbias, da, db, None
 
 
 class LoraLinear(nn.Module):
@@ -35,13 +104,38 @@ class LoraLinear(nn.Module):
         self.lora_B = nn.Linear(spec.rank, out_features, bias=False, dtype=dtype, device=device)
         init_weight(self.lora_A.weight, spec.a_init, spec.rank)
         init_weight(self.lora_B.weight, spec.b_init, spec.rank)
+        self.spec = spec
         self.scale = spec.scale
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
         self.dropout_position = spec.dropout_position
         self.use_triton = spec.use_triton
         self.disabled = False
+        """Adapter off: the layer computes the base alone (the frozen reference policy)."""
         self.merged = False
         self._unmerged_weight: torch.Tensor | None = None
+
+    # ---- forward -----------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.merged:
+            if self.disabled:
+                raise RuntimeError("LoRA layer is merged into its base weight, so it cannot be "
+                                   "disabled; unmerge it first")
+            return self.base(x, *args, **kwargs)
+        if self.disabled:
+            return self.base(x, *args, **kwargs)
+        if not args and not kwargs and self._fusable(x):
+            h = self.dropout(x) if self.dropout_position == "pre" and self._dropping() else None
+            return _FusedLoraLinear.apply(x, h, self.base.weight, self.base.bias,
+                                          self.lora_A.weight, self.lora_B.weight, self.scale)
+        return self._add_update(self.base(x, *args, **kwargs), x)
+
+    def _add_update(self, result: Any, x: torch.Tensor) -> Any:
+        """Add the update to the base output; Megatron parallel linears return (output, bias)."""
+        if isinstance(result, tuple):
+            output, *rest = result
+            return (output + self.lora_delta(x).to(output.dtype), *rest)
+        return result + self.lora_delta(x).to(result.dtype)
 
     def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
         """scale * B(A(x)) with the configured dropout, in the adapter dtype."""
@@ -50,24 +144,45 @@ class LoraLinear(nn.Module):
         if self.dropout_position == "pre":
             h = self.dropout(h)
         if self.use_triton and h.is_cuda:
-            from lora_rl.lora.triton_kernel import fused_lora
+            from lora_rl.lora.kernel_select import triton_installed
 
-            out = fused_lora(h, self.lora_A.weight, self.lora_B.weight, self.scale)
+            if triton_installed():
+                from lora_rl.lora.triton_kernel import fused_lora
+
+                out = fused_lora(h, self.lora_A.weight, self.lora_B.weight, self.scale)
+            else:
+                out = self.lora_B(self.lora_A(h) * self.scale)
         else:
-            # Scaling the [tokens, rank] intermediate is cheaper than the [tokens, out] output.
             out = self.lora_B(self.lora_A(h) * self.scale)
         if self.dropout_position == "post":
             out = self.dropout(out)
         return out
 
-    def forward(self, x: torch.Tensor, *args, **kwargs):
-        result = self.base(x, *args, **kwargs)
-        if self.disabled or self.merged:
-            return result
-        if isinstance(result, tuple):
-            output, *rest = result
-            return (output + self.lora_delta(x).to(output.dtype), *rest)
-        return result + self.lora_delta(x).to(result.dtype)
+    def _dropping(self) -> bool:
+        return self.training and isinstance(self.dropout, nn.Dropout)
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        """The fused torch path computes exactly what the modules would: only when the modules
+        are the plain ones (no subclass, no hooks, no parallel style) on plain tensors."""
+        base, lora_a, lora_b = self.base, self.lora_A, self.lora_B
+        if type(base) is not nn.Linear or type(lora_a) is not nn.Linear \
+                or type(lora_b) is not nn.Linear:
+            return False
+        if self.dropout_position == "post" and self._dropping():
+            return False
+        if x.is_cuda and self.use_triton:
+            return False
+        tensors = [x, base.weight, lora_a.weight, lora_b.weight]
+        if base.bias is not None:
+            tensors.append(base.bias)
+        if any(type(t) not in _PLAIN or t.dtype != x.dtype for t in tensors):
+            return False
+        if x.dim() == 0 or torch.is_autocast_enabled(x.device.type):
+            return False
+        return not (_hooked(base) or _hooked(lora_a) or _hooked(lora_b) or _hooked(self)
+                    or _global_hooks())
+
+    # ---- merge / unmerge ---------------------------------------------------------------
 
     def delta_weight(self) -> torch.Tensor:
         """scale * B @ A in fp32 (the merge is computed in fp32, then cast)."""
@@ -79,7 +194,7 @@ class LoraLinear(nn.Module):
             raise RuntimeError("LoRA layer is already merged; unmerge it first")
         weight = self.base.weight
         # Keep the exact original: unmerge must restore it bit for bit, which subtracting the
-        # delta in low precision cannot guarantee.
+        # delta again cannot guarantee once the merged weight was rounded to a low precision.
         self._unmerged_weight = weight.detach().clone()
         weight.copy_((weight.float() + self.delta_weight()).to(weight.dtype))
         self.merged = True
@@ -87,10 +202,11 @@ class LoraLinear(nn.Module):
     @torch.no_grad()
     def unmerge(self) -> None:
         if not self.merged or self._unmerged_weight is None:
-            raise RuntimeError("LoRA layer is not merged")
+            raise RuntimeError("LoRA layer is not merged, so there is nothing to unmerge")
         self.base.weight.copy_(self._unmerged_weight)
         self._unmerged_weight = None
         self.merged = False
 
     def extra_repr(self) -> str:
-        return f"rank={self.lora_A.out_features}, scale={self.scale:g}"
+        return (f"rank={self.lora_A.out_features}, scale={self.scale:g}, "
+                f"dropout={self.spec.dropout:g} ({self.dropout_position})")

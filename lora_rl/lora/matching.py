@@ -1,31 +1,49 @@
-"""Which linear modules get LoRA, on module *names* only (torch-free: `validate` uses it).
+"""Which linear modules get LoRA, decided on module *names* only.
 
-DTensor/HF semantics: `match_all_linear` takes every linear layer except the output layer;
-otherwise `target_modules` (or, with no targets, every linear layer minus `exclude_modules`).
-Megatron-Bridge semantics: targets default to linear_qkv, linear_proj, linear_fc1, linear_fc2;
-`exclude_modules` applies only with empty targets.
-A pattern matches a module when it equals the module's short name or its full dotted name, or
-matches the full name as a glob (`fnmatchcase`: `*.layers.1.*` does not match layer 11, and
-dots are literal).
+Torch-free: `lora-rl validate` runs the same matcher on names derived from a model's config.json
+as training runs on the real module tree, so both agree on what is adapted.
+
+DTensor (HF / NeMo Automodel) semantics:
+  - `match_all_linear`: every linear layer except the output layer;
+  - otherwise `target_modules` (or, with no targets, every linear layer except the output layer),
+    minus `exclude_modules`.
+Megatron-Bridge semantics:
+  - `target_modules` (default, when empty or null: linear_qkv, linear_proj, linear_fc1,
+    linear_fc2);
+  - `exclude_modules` only with empty targets: every linear layer except the output layer and
+    the excluded ones.
+A pattern matches a module when it equals the module's short name (last component) or its full
+dotted name, or matches the full name as an `fnmatchcase` glob: dots are literal and `*` spans
+anything, so `*.layers.1.*.linear_qkv` matches layer 1 and not layer 11 (Megatron-Bridge's
+unescaped regex gets this wrong).
+
+Where this deliberately differs from upstream: the output layer (`lm_head` / `output_layer`, or
+whatever the model reports as its output embeddings) is never adapted implicitly, only when a
+target names it, and then with a `LoraWarning`. Upstream exclude-only modes adapt it silently.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
+from lora_rl.lora.spec import Semantics
 
 OUTPUT_LAYERS = frozenset({"lm_head", "output_layer"})
 MEGATRON_DEFAULT_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+_SAMPLE = 12
+"""How many module names an error message shows: enough to spot the naming scheme."""
 
 
 class LoraMatchError(ValueError):
-    pass
+    """The LoRA target/exclude lists do not select any module, or contradict each other."""
 
 
 class LoraWarning(UserWarning):
-    pass
+    """A LoRA setup that works but is rarely intended (e.g. adapting the output layer)."""
 
 
 def short_name(name: str) -> str:
@@ -36,42 +54,111 @@ def matches(pattern: str, name: str) -> bool:
     return pattern in (short_name(name), name) or fnmatchcase(name, pattern)
 
 
-def _any(patterns: list[str], name: str) -> bool:
+def _matches_any(patterns: Sequence[str], name: str) -> bool:
     return any(matches(p, name) for p in patterns)
 
 
-def select(names: list[str], cfg: DTensorLoraConfig | MegatronPeftConfig) -> list[str]:
-    """The subset of linear module `names` the config adapts (may be empty)."""
-    body = [n for n in names if short_name(n) not in OUTPUT_LAYERS]
-    if isinstance(cfg, MegatronPeftConfig):
-        targets = list(cfg.target_modules or [])
-        if targets:
-            return [n for n in names if _any(targets, n)]
-        excludes = list(cfg.exclude_modules or [])
-        if excludes:
-            return [n for n in body if not _any(excludes, n)]
-        return [n for n in names if _any(list(MEGATRON_DEFAULT_TARGETS), n)]
-    if cfg.match_all_linear:
-        return body
-    if cfg.target_modules:
-        chosen = [n for n in names if _any(cfg.target_modules, n)]
-    else:
-        chosen = body
-    return [n for n in chosen if not _any(cfg.exclude_modules, n)]
+@dataclass(frozen=True)
+class MatchResult:
+    names: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
-def match_names(names: list[str], cfg: DTensorLoraConfig | MegatronPeftConfig) -> list[str]:
-    """`select`, but zero matches is an error listing what exists, and adapting the output
-    layer warns (LoraWarning)."""
-    chosen = select(names, cfg)
-    if not chosen:
-        shown = sorted({short_name(n) for n in names})
-        raise LoraMatchError(
-            "LoRA target modules match no linear layer of the model; it has: "
-            f"{', '.join(shown[:20])}{' ...' if len(shown) > 20 else ''} "
-            f"(e.g. {names[0] if names else 'none'})")
-    heads = [n for n in chosen if short_name(n) in OUTPUT_LAYERS]
-    if heads:
-        warnings.warn(f"LoRA adapts the output layer ({', '.join(heads)})", LoraWarning,
-                      stacklevel=2)
-    return chosen
+@dataclass(frozen=True)
+class ModuleMatcher:
+    semantics: Semantics = "dtensor"
+    target_modules: tuple[str, ...] = ()
+    exclude_modules: tuple[str, ...] = ()
+    match_all_linear: bool = False
+    """DTensor semantics only; Megatron-Bridge has no such switch."""
+    output_names: frozenset[str] = field(default_factory=frozenset)
+    """Full names of the model's output layer(s), beyond the conventional short names."""
+
+    @classmethod
+    def from_config(cls, cfg: DTensorLoraConfig | MegatronPeftConfig,
+                    output_names: Collection[str] = ()) -> ModuleMatcher:
+        if isinstance(cfg, MegatronPeftConfig):
+            return cls("megatron", tuple(cfg.target_modules or ()),
+                       tuple(cfg.exclude_modules or ()), False, frozenset(output_names))
+        return cls("dtensor", tuple(cfg.target_modules), tuple(cfg.exclude_modules),
+                   cfg.match_all_linear, frozenset(output_names))
+
+    @classmethod
+    def default(cls, semantics: Semantics) -> ModuleMatcher:
+        """Each backend's default: all linear layers (DTensor), the four Megatron names."""
+        return cls(semantics, match_all_linear=semantics == "dtensor")
+
+    def with_output_names(self, output_names: Collection[str]) -> ModuleMatcher:
+        return ModuleMatcher(self.semantics, self.target_modules, self.exclude_modules,
+                             self.match_all_linear, self.output_names | frozenset(output_names))
+
+    def conflict(self) -> str | None:
+        """Why these lists contradict each other, or None. `validate` reports the same cases as
+        rules with locations; this is for callers that never went through validation."""
+        if self.semantics == "megatron" and self.target_modules and self.exclude_modules:
+            return ("Megatron LoRA: exclude_modules requires target_modules to be empty; got "
+                    f"target_modules={list(self.target_modules)} and "
+                    f"exclude_modules={list(self.exclude_modules)}")
+        if self.semantics == "dtensor" and self.match_all_linear and (
+                self.target_modules or self.exclude_modules):
+            return ("DTensor LoRA: match_all_linear is true, which would ignore target_modules/"
+                    "exclude_modules; set match_all_linear: false")
+        return None
+
+    def is_output(self, name: str) -> bool:
+        return short_name(name) in OUTPUT_LAYERS or name in self.output_names
+
+    def select(self, names: Sequence[str]) -> list[str]:
+        """The subset of linear module `names` to adapt, in model order (may be empty)."""
+        body = [n for n in names if not self.is_output(n)]
+        if self.semantics == "megatron":
+            if self.target_modules:
+                return [n for n in names if _matches_any(self.target_modules, n)]
+            if self.exclude_modules:
+                return [n for n in body if not _matches_any(self.exclude_modules, n)]
+            return [n for n in names if _matches_any(MEGATRON_DEFAULT_TARGETS, n)]
+        if self.match_all_linear:
+            return body
+        chosen = [n for n in names if _matches_any(self.target_modules, n)] \
+            if self.target_modules else body
+        return [n for n in chosen if not _matches_any(self.exclude_modules, n)]
+
+    def match(self, names: Sequence[str]) -> MatchResult:
+        """`select`, but selecting nothing is a `LoraMatchError` that lists what exists, and an
+        adapted output layer is reported (not emitted: the caller decides how to surface it)."""
+        chosen = self.select(names)
+        if not chosen:
+            raise LoraMatchError(self._nothing_matched(names))
+        heads = [n for n in chosen if self.is_output(n)]
+        notes = (f"LoRA adapts the output layer ({', '.join(heads)}): a vocabulary-sized "
+                 "adapter that is rarely intended",) if heads else ()
+        return MatchResult(tuple(chosen), notes)
+
+    def _nothing_matched(self, names: Sequence[str]) -> str:
+        if self.semantics == "megatron" and not self.target_modules and not self.exclude_modules:
+            asked = f"the default Megatron targets {list(MEGATRON_DEFAULT_TARGETS)}"
+        else:
+            asked = (f"target_modules={list(self.target_modules)}, "
+                     f"exclude_modules={list(self.exclude_modules)}")
+        if not names:
+            return f"LoRA ({asked}) found no linear layers in the model at all"
+        shorts = sorted({short_name(n) for n in names})
+        more = f" (+{len(shorts) - _SAMPLE} more)" if len(shorts) > _SAMPLE else ""
+        examples = ", ".join(names[:4])
+        return (f"LoRA {asked} matches none of the model's {len(names)} linear layers. Their "
+                f"short names: {', '.join(shorts[:_SAMPLE])}{more}; full names look like: "
+                f"{examples}")
+
+
+def select(names: Sequence[str], cfg: DTensorLoraConfig | MegatronPeftConfig) -> list[str]:
+    """The linear module `names` a config adapts (may be empty); see the module docstring."""
+    return ModuleMatcher.from_config(cfg).select(names)
+
+
+def match_names(names: Sequence[str], cfg: DTensorLoraConfig | MegatronPeftConfig) -> list[str]:
+    """`select`; zero matches raises `LoraMatchError` listing the existing names, and adapting
+    the output layer emits a `LoraWarning`."""
+    result = ModuleMatcher.from_config(cfg).match(names)
+    for note in result.warnings:
+        warnings.warn(note, LoraWarning, stacklevel=2)
+    return list(result.names)

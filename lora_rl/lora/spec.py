@@ -1,4 +1,7 @@
-"""A backend-neutral LoRA specification, from either recipe block."""
+"""A backend-neutral LoRA specification, from either recipe block.
+
+Torch-free on purpose: `lora-rl validate` and `explain` build specs without paying for torch.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +11,48 @@ from typing import Literal
 from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
 
 Semantics = Literal["dtensor", "megatron"]
+InitMethod = Literal["zero", "xavier", "uniform", "normal", "kaiming"]
+
+INIT_METHODS: tuple[str, ...] = ("zero", "xavier", "uniform", "normal", "kaiming")
+ADAPTER_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
 class LoraSpec:
+    """What one adapter looks like; which modules get one is `ModuleMatcher`'s business."""
+
     rank: int
     alpha: float
-    dropout: float
-    dropout_position: Literal["pre", "post"]
-    a_init: str
-    b_init: str
-    dtype: str | None
-    use_triton: bool
+    dropout: float = 0.0
+    dropout_position: Literal["pre", "post"] = "post"
+    a_init: InitMethod = "xavier"
+    b_init: InitMethod = "zero"
+    dtype: str | None = None
+    """Adapter weight dtype name (`float32`, ...); None follows the base layer."""
+    use_triton: bool = False
+    """Ask for the fused Triton kernel; it only runs where `triton_path_active` says so."""
+
+    def __post_init__(self) -> None:
+        # Specs are also built by hand (tests, benchmarks, export), not only from validated
+        # configs, so the invariants the layer relies on are checked here once.
+        problems = []
+        if self.rank < 1:
+            problems.append(f"rank must be >= 1, got {self.rank}")
+        if not self.alpha > 0:
+            problems.append(f"alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.dropout_position not in ("pre", "post"):
+            problems.append(f"dropout_position must be 'pre' or 'post', got "
+                            f"{self.dropout_position!r}")
+        for which, method in (("a_init", self.a_init), ("b_init", self.b_init)):
+            if method not in INIT_METHODS:
+                problems.append(f"{which} must be one of {', '.join(INIT_METHODS)}, got {method!r}")
+        if self.dtype is not None and self.dtype not in ADAPTER_DTYPES:
+            problems.append(f"dtype must be one of {', '.join(ADAPTER_DTYPES)} or None, got "
+                            f"{self.dtype!r}")
+        if problems:
+            raise ValueError("invalid LoraSpec: " + "; ".join(problems))
 
     @property
     def scale(self) -> float:
@@ -28,10 +61,16 @@ class LoraSpec:
 
 def lora_spec_from_config(cfg: DTensorLoraConfig | MegatronPeftConfig) -> LoraSpec:
     if isinstance(cfg, MegatronPeftConfig):
-        return LoraSpec(cfg.dim, cfg.alpha, cfg.dropout, cfg.dropout_position,
-                        cfg.lora_A_init_method, cfg.lora_B_init_method, cfg.lora_dtype, False)
-    return LoraSpec(cfg.dim, cfg.alpha, cfg.dropout, cfg.dropout_position, cfg.lora_A_init,
-                    "zero", None, cfg.use_triton)
+        # Megatron-Bridge has no Triton LoRA path; its adapters may have their own dtype.
+        return LoraSpec(rank=cfg.dim, alpha=cfg.alpha, dropout=cfg.dropout,
+                        dropout_position=cfg.dropout_position, a_init=cfg.lora_A_init_method,
+                        b_init=cfg.lora_B_init_method, dtype=cfg.lora_dtype, use_triton=False)
+    if isinstance(cfg, DTensorLoraConfig):
+        # Automodel always starts B at zero and keeps adapters in the base dtype.
+        return LoraSpec(rank=cfg.dim, alpha=cfg.alpha, dropout=cfg.dropout,
+                        dropout_position=cfg.dropout_position, a_init=cfg.lora_A_init,
+                        b_init="zero", dtype=None, use_triton=cfg.use_triton)
+    raise TypeError(f"expected DTensorLoraConfig or MegatronPeftConfig, got {type(cfg).__name__}")
 
 
 def semantics_of(cfg: DTensorLoraConfig | MegatronPeftConfig) -> Semantics:

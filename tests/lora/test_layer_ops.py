@@ -149,3 +149,33 @@ def test_megatron_config_defaults_apply():
     spec_model.other = torch.nn.Linear(4, 4)
     report = apply_lora(spec_model, MegatronPeftConfig(enabled=True, dim=2))
     assert set(report.patched) == {"linear_qkv", "linear_proj"}
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dropout_position", ["pre", "post"])
+def test_fused_path_equals_module_path(bias, dropout_position):
+    """The fused autograd path (plain nn.Linear base) and the module-by-module path (any other
+    base) compute the same outputs and gradients, dropout included (same RNG state)."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(12, 10, bias=bias)
+    spec = LoraSpec(rank=3, alpha=6, dropout=0.3, dropout_position=dropout_position)
+    layer = LoraLinear(base, spec)
+    layer.lora_B.weight.data.normal_()
+    x = torch.randn(2, 5, 12)
+    results = []
+    for hooked in (False, True):
+        # A forward hook is enough to make the layer take the generic path.
+        handle = layer.register_forward_hook(lambda *_: None) if hooked else None
+        assert layer._fusable(x) is (not hooked and dropout_position == "pre")
+        inp = x.clone().requires_grad_(True)
+        torch.manual_seed(1)
+        out = layer(inp)
+        out.pow(2).sum().backward()
+        results.append((out.detach(), inp.grad, layer.lora_A.weight.grad.clone(),
+                        layer.lora_B.weight.grad.clone()))
+        layer.zero_grad()
+        if handle:
+            handle.remove()
+    for fused, generic in zip(*results, strict=True):
+        torch.testing.assert_close(fused, generic, rtol=1e-5, atol=1e-6)
+    assert base.weight.grad is None  # the frozen base gets no gradient on either path

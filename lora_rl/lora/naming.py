@@ -1,0 +1,57 @@
+"""Adapter tensor names: lora-rl's own, through wrappers, and Megatron-Bridge's.
+
+lora-rl names an adapter by the module path in the *unwrapped* Hugging Face model plus
+`.lora_A.weight` / `.lora_B.weight` (PEFT's layout minus `base_model.model.` and `.default`).
+Megatron-Bridge wraps the base as `<module>.to_wrap` and keeps the adapter in
+`<module>.adapter.linear_in` (A) / `.linear_out` (B); checkpoints meant for it are renamed at
+export time instead of giving the layer a second module structure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
+WRAPPER_COMPONENTS = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
+"""Path components inserted by torch.compile, FSDP1 and checkpoint_wrapper; none exists in the
+model the user loaded, so no adapter name should carry them."""
+
+_TO_BRIDGE = (("lora_A", ("adapter", "linear_in")), ("lora_B", ("adapter", "linear_out")),
+              ("base", ("to_wrap",)))
+
+
+def unwrapped_name(name: str) -> str:
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_COMPONENTS)
+
+
+def to_megatron_bridge_key(key: str) -> str:
+    """`x.lora_A.weight` -> `x.adapter.linear_in.weight`, `x.lora_B.weight` ->
+    `x.adapter.linear_out.weight`, `x.base.weight` -> `x.to_wrap.weight`; others unchanged."""
+    parts = key.split(".")
+    # The LoRA part is the component right before the parameter name; only that one is renamed,
+    # so a user module that happens to be called `base` elsewhere in the path is left alone.
+    if len(parts) >= 3:
+        for ours, theirs in _TO_BRIDGE:
+            if parts[-2] == ours:
+                return ".".join([*parts[:-2], *theirs, parts[-1]])
+    return key
+
+
+def from_megatron_bridge_key(key: str) -> str:
+    """The inverse of `to_megatron_bridge_key`."""
+    parts = key.split(".")
+    for ours, theirs in _TO_BRIDGE:
+        n = len(theirs)
+        if len(parts) > n + 1 and tuple(parts[-1 - n:-1]) == theirs:
+            return ".".join([*parts[:-1 - n], ours, parts[-1]])
+    return key
+
+
+def to_megatron_bridge(state: Mapping[str, T]) -> dict[str, T]:
+    return {to_megatron_bridge_key(k): v for k, v in state.items()}
+
+
+def from_megatron_bridge(state: Mapping[str, T]) -> dict[str, T]:
+    return {from_megatron_bridge_key(k): v for k, v in state.items()}
