@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from lora_rl.config.base import DType, PositiveInt, Section, compat
+from lora_rl.config.base import DType, NonNegativeInt, PositiveInt, Section, compat
 
 
 class VllmConfig(Section):
@@ -39,6 +39,26 @@ class VllmConfig(Section):
     """Skip loading the tokenizer in vLLM."""
     hf_overrides: dict[str, Any] | None = compat(None)
     """Overrides applied to the HF config in vLLM."""
+    kv_cache_dtype: str = compat("auto")
+    """KV cache dtype (e.g. fp8)."""
+    logprobs_mode: str = compat("processed_logprobs")
+    """Which log-probs vLLM returns."""
+    use_tqdm: bool = compat(True)
+    """vLLM progress bars."""
+    num_first_layers_in_bf16: NonNegativeInt = compat(0)
+    """FP8 generation detail."""
+    enable_vllm_metrics_logger: bool = compat(True)
+    """Log vLLM engine metrics."""
+    vllm_metrics_logger_interval: float = compat(0.5)
+    """Seconds between vLLM metrics samples."""
+    http_refit_api_key_env_var: str | None = compat(None)
+    """Environment variable holding the HTTP refit API key."""
+    http_refit_server_port: PositiveInt | None = compat(None)
+    """HTTP weight-refit server port."""
+    zmq_refit_server_port: PositiveInt | None = compat(None)
+    """ZMQ weight-refit server port."""
+    reset_encoder_cache_after_weight_update: bool = compat(False)
+    """Drop vLLM's encoder cache after a weight update."""
 
 
 class ColocatedResources(Section):
@@ -81,6 +101,26 @@ class GenerationConfig(Section):
     `split`: the generator runs base + adapter unmerged — exact train/generate parity."""
     model_name: str | None = compat(None)
     """Generator model; always `policy.model_name` in lora-rl."""
+    val_temperature: float | None = compat(None)
+    """Validation sampling temperature (lora-rl validates greedily)."""
+    val_top_p: float | None = compat(None)
+    """Validation nucleus mass."""
+    val_top_k: PositiveInt | None = compat(None)
+    """Validation top-k."""
+    port_range_low: PositiveInt = compat(3000)
+    """Lowest port of the generation servers."""
+    port_range_high: PositiveInt = compat(4999)
+    """Highest port of the generation servers."""
+    refit_transport: str | None = compat(None)
+    """Weight-refit transport to a separate generator."""
+    real_quant_export_cpu_offload: bool = compat(True)
+    """Offload during quantized weight export."""
+    refit_cfg: dict[str, Any] | None = compat(None)
+    """Weight-refit settings (NIXL buckets, device, backend)."""
+    mcore_generation_config: dict[str, Any] | None = compat(None)
+    """Megatron Core inference engine settings."""
+    vllm_kwargs: dict[str, Any] | None = compat({})
+    """Extra arguments to the vLLM engine."""
     vllm_cfg: VllmConfig = Field(default_factory=VllmConfig)
     """vLLM engine settings."""
     colocated: ColocatedConfig = Field(default_factory=ColocatedConfig)

@@ -8,7 +8,7 @@ from pydantic import Field
 from lora_rl.config.base import DType, PositiveInt, Section, compat
 from lora_rl.config.generation import GenerationConfig
 from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
-from lora_rl.config.megatron import MegatronConfig
+from lora_rl.config.megatron import EnvVars, MegatronConfig
 
 
 class TokenizerConfig(Section):
@@ -21,6 +21,8 @@ class TokenizerConfig(Section):
     tokenizer's own template when it has one."""
     chat_template_kwargs: dict[str, Any] | None = compat(None)
     """Extra arguments to the chat template."""
+    use_fastokens: bool = compat(False)
+    """NeMo RL's fast tokenizer wrapper."""
 
 
 OptimizerName = Literal["torch.optim.AdamW", "torch.optim.Adam", "torch.optim.SGD"]
@@ -41,7 +43,7 @@ class OptimizerKwargs(Section):
     """SGD momentum (SGD only)."""
     foreach: bool | None = None
     """Use the multi-tensor implementation; null lets torch decide."""
-    fused: bool | None = compat(None)
+    fused: bool | None = compat(False)
     """Fused CUDA kernels; ignored on CPU."""
 
 
@@ -98,7 +100,17 @@ class DTensorConfig(Section):
     """Import path of a custom TP plan."""
     clear_cache_every_n_steps: int | None = compat(None)
     """Empty the CUDA cache every n steps."""
-    env_vars: dict[str, str] = Field(default_factory=dict)
+    dp_replicate_size: PositiveInt = compat(1)
+    """HSDP replica groups (lora-rl shards over all data-parallel ranks)."""
+    expert_parallel_size: PositiveInt = compat(1)
+    """MoE expert parallelism."""
+    defer_fsdp_grad_sync: bool | None = compat(None)
+    """Defer FSDP gradient sync to the last micro-batch (lora-rl always does)."""
+    moe_parallelizer: dict[str, Any] | None = compat(None)
+    """Automodel MoE parallelizer settings."""
+    automodel_kwargs: dict[str, Any] | None = compat({})
+    """Extra arguments to NeMo Automodel (e.g. `force_hf`, `use_liger_kernel`)."""
+    env_vars: EnvVars = Field(default_factory=dict)
     """Environment variables set in every worker process."""
     lora_cfg: DTensorLoraConfig = Field(default_factory=DTensorLoraConfig)
     """LoRA on this backend."""
@@ -128,10 +140,21 @@ class PolicyConfig(Section):
     batch size."""
     max_total_sequence_length: PositiveInt = 1024
     """Longest prompt + response, in tokens."""
+    generation_batch_size: PositiveInt | None = compat(None)
+    """Prompts per generation call."""
+    logprob_chunk_size: PositiveInt | None = compat(None)
+    """Sequence chunk of the log-prob computation."""
+    offload_optimizer_for_logprob: bool = compat(False)
+    """Move optimizer state off the device while computing log-probs."""
+    hf_config_overrides: dict[str, Any] | None = compat({})
+    """Overrides applied to the model's Hugging Face config."""
+    draft: dict[str, Any] | None = compat(None)
+    """Draft model for speculative decoding (`enabled`, `model_name`, ...)."""
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Clip the global gradient norm to this; null disables clipping."""
-    make_sequence_length_divisible_by: PositiveInt | None = compat(None)
-    """Pad sequence lengths to a multiple of this."""
+    make_sequence_length_divisible_by: PositiveInt = compat(1)
+    """Pad sequence lengths to a multiple of this (lora-rl pads to the longest in the
+    micro-batch)."""
     refit_buffer_size_gb: float | None = compat(None)
     """Weight-refit buffer for a separate generation engine."""
     dynamic_batching: dict[str, Any] | None = compat(None)

@@ -1,12 +1,12 @@
 """The whole recipe: one algorithm section plus the shared sections."""
 
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from lora_rl.config.algorithms import DPOConfig, GRPOConfig, SFTConfig
-from lora_rl.config.base import Section
+from lora_rl.config.base import Section, compat
 from lora_rl.config.policy import PolicyConfig
 from lora_rl.config.sections import (
     CheckpointingConfig,
@@ -15,6 +15,7 @@ from lora_rl.config.sections import (
     EnvConfig,
     LoggerConfig,
     LossFnConfig,
+    RewardPenaltiesConfig,
 )
 
 AlgorithmName = Literal["sft", "dpo", "grpo"]
@@ -44,6 +45,12 @@ class RecipeConfig(Section):
     """Checkpoints and resume."""
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     """Processes / devices."""
+    reward_penalties: RewardPenaltiesConfig = Field(default_factory=RewardPenaltiesConfig)
+    """NeMo RL's GRPO reward penalties."""
+    data_plane: dict[str, Any] | None = compat(None)
+    """NeMo RL's transfer-queue data plane between generation and training."""
+    on_policy_distillation: dict[str, Any] | None = compat(None)
+    """NeMo RL's on-policy distillation from a teacher."""
 
     @property
     def present_algorithms(self) -> list[AlgorithmName]:

@@ -52,6 +52,15 @@ class DataConfig(Section):
     """NeMo RL prompt template file."""
     system_prompt_file: str | None = compat(None)
     """NeMo RL system prompt file."""
+    use_multiple_dataloader: bool = compat(False)
+    """One data loader per training data set."""
+    train: dict[str, Any] | list[dict[str, Any]] | None = compat(None)
+    """NeMo RL's newer data layout (`dataset_name`, `split`, ...); lora-rl reads
+    `train_data_path`."""
+    validation: dict[str, Any] | list[dict[str, Any]] | None = compat(None)
+    """NeMo RL's validation data set(s); lora-rl reads `val_data_path`."""
+    default: dict[str, Any] | None = compat(None)
+    """NeMo RL's per-dataset defaults (prompt file, processor, env name)."""
 
 
 class LossFnConfig(Section):
@@ -74,6 +83,29 @@ class LossFnConfig(Section):
     """Correct for generator/trainer mismatch."""
     sequence_level_importance_ratios: bool = compat(False)
     """GSPO-style sequence ratios."""
+    reference_policy_kl_type: Literal["k1", "k2", "k3"] = compat("k3")
+    """KL estimator; lora-rl always uses k3."""
+    kl_input_clamp_value: float | None = compat(20.0)
+    """Clamp of the log-ratio entering the KL (lora-rl does not clamp)."""
+    kl_output_clamp_value: float | None = compat(10.0)
+    """Clamp of the per-token KL (lora-rl does not clamp)."""
+    truncated_importance_sampling_type: Literal["tis", "icepop", "seq-mask-tis"] | None = \
+        compat(None)
+    """Truncated importance sampling variant."""
+    truncated_importance_sampling_ratio: float | None = compat(None)
+    """Upper truncation of the importance ratio."""
+    truncated_importance_sampling_ratio_min: float | None = compat(None)
+    """Lower truncation of the importance ratio."""
+    force_on_policy_ratio: bool = compat(False)
+    """Treat every step as on-policy (ratio 1)."""
+    use_kl_in_reward: bool = compat(False)
+    """Fold the KL penalty into the reward instead of the loss."""
+    use_cispo: bool = compat(False)
+    """CISPO clipped importance-sampling loss."""
+    disable_ppo_ratio: bool = compat(False)
+    """Drop the PPO ratio (REINFORCE-style loss)."""
+    positive_example_nll_weight: float = compat(0.0)
+    """Weight of an NLL term on positive-advantage samples."""
 
 
 class EnvConfig(Section):
@@ -148,10 +180,15 @@ class CheckpointingConfig(Section):
     """Rank direction of `metric_name`."""
     checkpoint_must_save_by: str | None = compat(None)
     """Wall-clock deadline for a final save."""
-    model_save_format: str | None = compat(None)
+    model_save_format: str | None = compat("safetensors")
     """Weights format (always safetensors in lora-rl)."""
     save_consolidated: bool = compat(False)
     """Write a consolidated HF checkpoint too (use `lora-rl export`)."""
+    save_optimizer: bool = compat(True)
+    """Include optimizer state; lora-rl always does, so resume is exact."""
+    pretrained_checkpoint: dict[str, Any] | None = compat(None)
+    """Megatron checkpoint to start from (`path`, `format`); lora-rl starts from
+    `policy.model_name` and `policy.init_adapter_path`."""
 
 
 class ClusterConfig(Section):
@@ -162,7 +199,28 @@ class ClusterConfig(Section):
     """Nodes."""
     gpus_per_node: PositiveInt = 1
     """Devices (on CPU: processes) per node."""
+    segment_size: PositiveInt | None = compat(None)
+    """Ray placement-group segment size."""
+    master_port_range_low: PositiveInt = compat(1400)
+    """Lowest rendezvous port NeMo RL tries (lora-rl picks a free port)."""
+    master_port_range_high: PositiveInt = compat(1999)
+    """Highest rendezvous port NeMo RL tries."""
 
     @property
     def world_size(self) -> int:
         return self.num_nodes * self.gpus_per_node
+
+
+class RewardPenaltiesConfig(Section):
+    """NeMo RL's GRPO reward penalties (top-level `reward_penalties:`)."""
+
+    penalize_duplicated_reasoning: bool = compat(False)
+    """Penalise repeated reasoning."""
+    penalize_empty_final_answer: bool = compat(False)
+    """Penalise responses without a final answer."""
+    penalize_unwanted_tokens: bool = compat(False)
+    """Penalise the tokens in `token_ids`."""
+    penalize_malformed_think_tag: bool = compat(False)
+    """Penalise malformed `<think>` tags."""
+    token_ids: list[int] | None = compat(None)
+    """Token ids `penalize_unwanted_tokens` penalises."""

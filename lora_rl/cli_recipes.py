@@ -1,0 +1,77 @@
+"""`lora-rl recipes ls | cp`: browse the shipped recipes and copy one to start from.
+
+Registered in `lora_rl.cli` with `app.add_typer(recipes_app, name="recipes")`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Shipped recipes: list them, copy one to edit.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+EXIT_INVALID, EXIT_USAGE = 1, 2
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+@app.command("ls")
+def list_command(
+    show_all: Annotated[bool, typer.Option("--all", help="Also list the shared parents in "
+                                                         "base/")] = False,
+) -> None:
+    """List the recipes: algorithm, backend, model, devices and LoRA, as validated."""
+    from rich.table import Table
+
+    from lora_rl.recipes_catalog import CatalogError, list_recipes, recipes_dir, summarize
+
+    try:
+        entries = list_recipes(include_bases=show_all)
+        root = recipes_dir()
+    except CatalogError as exc:
+        _console(stderr=True).print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    table = Table(title=f"recipes in {root}", title_justify="left")
+    for column in ("name", "algorithm", "backend", "model", "devices", "lora"):
+        table.add_column(column, no_wrap=column == "name")
+    summaries = [summarize(entry) for entry in entries]
+    for s in summaries:
+        name = s.name if not s.problems else f"{s.name} [red](invalid)[/red]"
+        table.add_row(name, s.algorithm, s.backend, s.model, s.devices, s.lora)
+    console = _console()
+    console.print(table)
+    console.print("devices = nodes x devices per node; copy one with "
+                  "`lora-rl recipes cp NAME my.yaml`")
+    if any(s.problems for s in summaries):
+        raise typer.Exit(EXIT_INVALID)
+
+
+@app.command("cp")
+def copy_command(
+    name: Annotated[str, typer.Argument(help="Recipe name, as `recipes ls` shows it")],
+    dest: Annotated[Path, typer.Argument(help="Target file, or an existing directory")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file")] = False,
+) -> None:
+    """Copy a recipe, keeping its comments; its `defaults:` parents stay in the catalogue."""
+    from lora_rl.recipes_catalog import CatalogError, copy_recipe
+
+    try:
+        target = copy_recipe(name, dest, force)
+    except CatalogError as exc:
+        _console(stderr=True).print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    except OSError as exc:
+        _console(stderr=True).print(f"error: cannot write {dest}: {exc.strerror}")
+        raise typer.Exit(EXIT_USAGE) from None
+    _console().print(f"wrote {target}; check it with `lora-rl validate {target}`")

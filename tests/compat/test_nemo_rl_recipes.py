@@ -1,0 +1,160 @@
+"""NeMo RL recipes load unchanged: lora-rl's own fixtures in NeMo RL's layout (key names,
+`defaults:` with relative paths, `${mul:...}`, `${.x}`, string `None`, `1e-5`, `_override_`)
+validate with no errors, and every NeMo RL-only key they set is named by an LR901 warning.
+
+NeMo RL's DPO and GRPO base files train without LoRA; lora-rl's reference policy is the base
+with the adapter off, so they are validated with the overrides NeMo RL's LoRA guide gives.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from lora_rl.config.validate import ValidationResult, validate_recipe
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LLM = "recipes/llm"
+VLLM_MISSING = importlib.util.find_spec("vllm") is None
+
+SFT_BASE = {"data.train", "data.validation", "data.default", "logger.monitor_gpus",
+            "logger.tensorboard", "logger.gpu_monitoring"}
+DPO_BASE = {"data.train", "data.validation", "logger.monitor_gpus", "logger.gpu_monitoring"}
+GRPO_BASE = {"policy.generation_batch_size", "policy.sequence_packing",
+             "policy.generation.val_temperature", "policy.generation.val_top_p",
+             "policy.generation.refit_cfg", "data.train", "data.default", "env.math"}
+GRPO_CHILD = GRPO_BASE - {"policy.sequence_packing"}
+MEGATRON_MOE = {"policy.megatron_cfg.freeze_moe_router", "policy.megatron_cfg.moe_router_dtype",
+                "policy.megatron_cfg.moe_router_load_balancing_type",
+                "policy.megatron_cfg.moe_router_bias_update_rate",
+                "policy.megatron_cfg.checkpoint.async_save",
+                "policy.megatron_cfg.checkpoint.ckpt_assume_constant_structure"}
+WEIGHT_DECAY_RAMP = {"policy.megatron_cfg.scheduler.start_weight_decay",
+                     "policy.megatron_cfg.scheduler.end_weight_decay"}
+
+EXPECTED_COMPAT = {
+    "sft.yaml": SFT_BASE,
+    "dpo.yaml": DPO_BASE,
+    "grpo_math_1B.yaml": GRPO_BASE,
+    f"{LLM}/sft-llama3.1-8b-1n8g-fsdp2tp1-lora.yaml":
+        SFT_BASE - {"data.validation", "logger.tensorboard"}
+        | {"policy.make_sequence_length_divisible_by", "data.add_generation_prompt"},
+    f"{LLM}/sft-llama3.1-8b-1n8g-megatron-lora.yaml": SFT_BASE | WEIGHT_DECAY_RAMP,
+    f"{LLM}/dpo-llama3.2-1b-1n8g-fsdp2-lora.yaml": DPO_BASE,
+    f"{LLM}/grpo-qwen3-8b-base-1n8g-fsdp2-lora.yaml": GRPO_CHILD,
+    f"{LLM}/grpo-qwen3-8b-base-1n8g-fsdp2-lora-tq.yaml":
+        GRPO_CHILD - {"data.train", "data.default"} | {"data_plane"},
+    f"{LLM}/grpo-qwen3-8b-base-1n8g-megatron-lora.yaml":
+        GRPO_CHILD | MEGATRON_MOE | {"logger.wandb_enabled", "logger.wandb"},
+}
+
+
+LORA_ON = "policy.dtensor_cfg.lora_cfg.enabled=true"
+GUIDE_OVERRIDES = {"dpo.yaml": [LORA_ON, "++policy.dtensor_cfg._v2=true"],
+                   "grpo_math_1B.yaml": [LORA_ON]}
+
+
+def _validate(name: str) -> ValidationResult:
+    return validate_recipe(FIXTURES / name, GUIDE_OVERRIDES.get(name, []))
+
+
+def _errors(result: ValidationResult) -> list[str]:
+    # generation.backend: vllm is NeMo RL's default; whether the optional vllm extra is
+    # installed here is LR304's business, not compatibility's.
+    return [f"{d.rule} {d.message}" for d in result.errors
+            if not (d.rule == "LR304" and VLLM_MISSING)]
+
+
+def test_every_fixture_is_listed() -> None:
+    found = {str(p.relative_to(FIXTURES)) for p in FIXTURES.rglob("*.yaml")}
+    assert found == set(EXPECTED_COMPAT)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_COMPAT))
+def test_validates_without_errors(name: str) -> None:
+    result = _validate(name)
+    assert result.config is not None and _errors(result) == []
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_COMPAT))
+def test_compat_keys_are_named_by_lr901(name: str) -> None:
+    warned = {".".join(d.path) for d in _validate(name).warnings if d.rule == "LR901"}
+    assert warned == EXPECTED_COMPAT[name]
+
+
+def test_nemo_spellings_resolve() -> None:
+    cfg = _validate("sft.yaml").config
+    assert cfg is not None
+    mg = cfg.policy.megatron_cfg
+    assert mg.peft.lora_dtype is None                       # `lora_dtype: None` (a string)
+    assert mg.optimizer.adam_eps == 1e-5                    # `1e-5` is a float
+    assert cfg.policy.dynamic_batching["train_mb_tokens"] == 1024   # ${mul:1024, 1}
+    assert cfg.policy.tokenizer.name == "meta-llama/Llama-3.2-1B"   # ${policy.model_name}
+    assert cfg.logger.wandb["name"] == "sft-dev-squad"      # text around an interpolation
+
+
+def test_relative_interpolation_and_null_env_vars() -> None:
+    dpo = _validate("dpo.yaml").config
+    grpo = _validate("grpo_math_1B.yaml").config
+    assert dpo is not None and grpo is not None
+    assert dpo.dpo.sft_average_log_probs is False           # ${.preference_average_log_probs}
+    assert grpo.policy.generation.val_temperature == 1.0    # ${.temperature}
+    assert grpo.policy.megatron_cfg.env_vars == {}          # `env_vars: null`
+
+
+def test_child_recipes_inherit_and_override() -> None:
+    sft = _validate(f"{LLM}/sft-llama3.1-8b-1n8g-fsdp2tp1-lora.yaml").config
+    assert sft is not None
+    lora = sft.policy.active_lora
+    assert lora is not None and (lora.dim, lora.alpha) == (64, 128)
+    assert sft.sft.val_batches == 4                         # inherited from ../../sft.yaml
+    assert sft.data.train["seed"] == 7                      # ${sft.seed}, resolved after merge
+
+    tq = _validate(f"{LLM}/grpo-qwen3-8b-base-1n8g-fsdp2-lora-tq.yaml").config
+    assert tq is not None
+    assert tq.data.train is None and tq.data.train_data_path == "data/math_train.jsonl"
+    assert tq.policy.dtensor_cfg.lora_cfg.dim == 128        # grandparent chain ./ then ../../
+
+
+def test_megatron_child_switches_backend() -> None:
+    cfg = _validate(f"{LLM}/grpo-qwen3-8b-base-1n8g-megatron-lora.yaml").config
+    assert cfg is not None and cfg.policy.backend == "megatron"
+    assert cfg.policy.megatron_cfg.peft.dim == 128
+
+
+def test_dpo_lora_without_v2_is_caught() -> None:
+    result = validate_recipe(FIXTURES / "dpo.yaml", [LORA_ON])
+    assert [d.rule for d in result.errors] == ["LR102"]
+
+
+@pytest.mark.parametrize("name", sorted(GUIDE_OVERRIDES))
+def test_reference_policy_without_lora_is_caught(name: str) -> None:
+    result = validate_recipe(FIXTURES / name)
+    assert "LR307" in {d.rule for d in result.errors}
+
+
+def test_advantage_estimator_must_agree_with_grpo() -> None:
+    grpo = FIXTURES / "grpo_math_1B.yaml"
+    agree = validate_recipe(grpo, [LORA_ON, "grpo.normalize_rewards=false"])
+    assert _errors(agree) == []                              # interpolated: they follow
+    differ = validate_recipe(grpo, [LORA_ON, "grpo.adv_estimator.normalize_rewards=false"])
+    assert any("adv_estimator.normalize_rewards" in e for e in _errors(differ))
+    other = validate_recipe(grpo, [LORA_ON, "grpo.adv_estimator.name=reinforce_plus_plus"])
+    assert [d.path for d in other.errors if d.rule == "LR002"] == \
+        [("grpo", "adv_estimator", "name")]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_COMPAT))
+def test_editors_accept_them(name: str) -> None:
+    """The JSON Schema (yaml-language-server) agrees: NeMo RL files show no squiggles."""
+    import jsonschema
+
+    from lora_rl.config.schema_export import recipe_json_schema
+    from lora_rl.config.yaml_source import parse_yaml
+
+    path = FIXTURES / name
+    data, _ = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    errors = jsonschema.Draft7Validator(recipe_json_schema("07")).iter_errors(data)
+    assert [f"{list(e.path)}: {e.message}" for e in errors] == []
