@@ -122,8 +122,22 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, step, tensors, state)
 
 
+def _restore_interrupted_replacements(root: Path) -> None:
+    """A kill between the two renames that replace `step_N` leaves the old, complete checkpoint
+    as `.old-step_N-<pid>` and no `step_N`: put it back rather than lose that step."""
+    if not root.is_dir():
+        return
+    for child in root.iterdir():
+        step = child.name.removeprefix(".old-step_").rpartition("-")[0]
+        if child.name.startswith(".old-step_") and step.isdigit():
+            final = root / f"step_{step}"
+            if not final.exists():
+                os.rename(child, final)
+
+
 def latest_checkpoint(root: Path, warn: Any = print) -> Checkpoint | None:
     """The newest checkpoint under `root` that verifies; broken ones are reported and skipped."""
+    _restore_interrupted_replacements(root)
     for _step, path in reversed(step_dirs(root)):
         try:
             return load_checkpoint(path)
