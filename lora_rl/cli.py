@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from lora_rl.cli_recipes import app as recipes_app
+
 app = typer.Typer(
     name="lora-rl",
     help="Validated, declarative LoRA fine-tuning with SFT, DPO and GRPO.",
@@ -19,6 +21,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+# cli_recipes imports only typer at module level: registering it costs `validate` nothing.
+app.add_typer(recipes_app, name="recipes")
 
 
 @cache
@@ -201,13 +207,52 @@ def export(
     _console().print(f"wrote {output_format.value} export to {path}")
 
 
+class ConvertTarget(str, Enum):
+    dtensor = "dtensor"
+    megatron = "megatron"
+    areal = "areal"
+
+
+@app.command()
+def convert(
+    file: Annotated[Path, typer.Argument(help="Recipe file (or an AReaL config)")],
+    to: Annotated[ConvertTarget, typer.Option("--to", help="Schema of the LoRA block to write")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here (default: "
+                                                                  "stdout)")] = None,
+) -> None:
+    """Rewrite the LoRA block between DTensor lora_cfg, Megatron peft and AReaL keys."""
+    from lora_rl.convert import ConvertError, convert_file
+
+    def say(line: str) -> None:  # plain stderr: rich would re-wrap long key paths
+        typer.echo(line, err=True)
+
+    try:
+        result = convert_file(file, to.value, out)
+    except ConvertError as exc:
+        say(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    # The YAML goes to stdout when there is no --out, so every message goes to stderr.
+    if out is None:
+        sys.stdout.write(result.text)
+    else:
+        say(f"wrote {out} ({result.source} -> {result.target})")
+    for note in result.notes:
+        say(f"note: {note}")
+    if result.losses:
+        say("not mapped exactly:")
+        for loss in result.losses:
+            say(f"  - {loss}")
+    for problem in result.output_errors:
+        say(f"error in the converted recipe: {problem}")
+    raise typer.Exit(EXIT_INVALID if result.output_errors else EXIT_OK)
+
+
 @app.command("init-model")
 def init_model(
     out: Annotated[Path | None, typer.Option("--out", help="Target directory")] = None,
 ) -> None:
     """Build the embedded tiny model, tokenizer and task data (deterministic, no download)."""
     from lora_rl.model_source import cache_root
-
     from lora_rl.tiny import build_tiny_model, ensure_tiny_model
 
     path = build_tiny_model(out) if out else ensure_tiny_model(cache_root())

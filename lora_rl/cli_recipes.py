@@ -21,9 +21,14 @@ EXIT_INVALID, EXIT_USAGE = 1, 2
 
 
 def _console(stderr: bool = False):
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    # Piped into grep or a file there is no terminal width to respect; rich would fall back to
+    # 80 columns and cut the model names.
+    width = None if (sys.stderr if stderr else sys.stdout).isatty() else 200
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 @app.command("ls")
@@ -44,7 +49,7 @@ def list_command(
         raise typer.Exit(EXIT_USAGE) from None
     table = Table(title=f"recipes in {root}", title_justify="left")
     for column in ("name", "algorithm", "backend", "model", "devices", "lora"):
-        table.add_column(column, no_wrap=column == "name")
+        table.add_column(column, no_wrap=True)
     summaries = [summarize(entry) for entry in entries]
     for s in summaries:
         name = s.name if not s.problems else f"{s.name} [red](invalid)[/red]"
