@@ -75,6 +75,33 @@ def current_rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+class RssPeak:
+    """The highest RSS seen while the block runs, sampled every millisecond from a thread.
+
+    `ru_maxrss` covers the whole process life, so transient peaks of model loading would hide
+    what the training steps themselves hold (weights, gradients, optimizer state, activations)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_mib = current_rss_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak_mib = max(self.peak_mib, current_rss_mib())
+
+    def __enter__(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mib = max(self.peak_mib, current_rss_mib())
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

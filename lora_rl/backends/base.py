@@ -6,6 +6,7 @@ micro-batches are scheduled and how gradients are reduced is the backend's busin
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -78,3 +79,29 @@ class TrainingBackend(Protocol):
 
     def eval_mode(self) -> Iterator[None]:
         """Context: dropout off, no grad."""
+
+
+# Shared by every backend: both hold one nn.Module whose LoRA layers come from lora_rl.lora.
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Dropout off and no autograd for the block; the previous training mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def adapter_off_reference(model: torch.nn.Module, has_lora: bool) -> Iterator[None]:
+    """The frozen reference policy: the same module with its adapters disabled (no copy)."""
+    from lora_rl.lora import disable_lora
+
+    if not has_lora:
+        raise RuntimeError("a reference policy needs LoRA (full fine-tuning keeps no copy)")
+    with disable_lora(model):
+        yield

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
@@ -14,13 +15,18 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from lora_rl.backends.base import LossFn, StepStats, TokenBatch
+from lora_rl.backends.base import (
+    LossFn,
+    StepStats,
+    TokenBatch,
+    adapter_off_reference,
+    eval_mode,
+)
 from lora_rl.backends.dtensor.generation_copy import GenerationCopy
 from lora_rl.backends.dtensor.model import build_policy_model
 from lora_rl.backends.dtensor.sharding import shard_model
 from lora_rl.backends.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
 from lora_rl.config.recipe import RecipeConfig
-from lora_rl.lora import disable_lora
 from lora_rl.training.optim import build_optimizer, build_scheduler, clip_gradients
 from lora_rl.training.runtime import Runtime
 
@@ -79,22 +85,11 @@ class DTensorBackend:
     def _grad_norm(self) -> float:
         return clip_gradients(self._trainable, self.max_grad_norm)
 
-    @contextlib.contextmanager
-    def reference_policy(self) -> Iterator[None]:
-        if self.built.lora_report is None:
-            raise RuntimeError("a reference policy needs LoRA (full fine-tuning keeps no copy)")
-        with disable_lora(self.model):
-            yield
+    def reference_policy(self) -> AbstractContextManager[None]:
+        return adapter_off_reference(self.model, self.built.lora_report is not None)
 
-    @contextlib.contextmanager
-    def eval_mode(self) -> Iterator[None]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.model.train(was_training)
+    def eval_mode(self) -> AbstractContextManager[None]:
+        return eval_mode(self.model)
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         if self.mesh is None or self.dp_size == 1:
