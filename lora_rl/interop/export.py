@@ -17,17 +17,22 @@ from safetensors.torch import save_file
 
 from lora_rl import __version__
 from lora_rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, step_dirs
-from lora_rl.config.lora import DTensorLoraConfig
+from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
 from lora_rl.interop.peft_format import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    AdapterFormatError,
     adapter_config,
     patched_modules,
     to_peft_keys,
+    wrap_adapter_modules,
 )
 
 EXPORT_SCHEMA_VERSION = 1
 ExportFormat = Literal["peft", "merged"]
+
+
+_LORA_CONFIGS = {"dtensor": DTensorLoraConfig, "megatron": MegatronPeftConfig}
 
 
 class ExportError(ValueError):
@@ -58,25 +63,36 @@ def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str 
     except CheckpointError as exc:
         raise ExportError(str(exc)) from None
     run = ckpt.state.get("run") or {}
-    if run.get("backend") != "dtensor":
-        raise ExportError(f"{ckpt.path}: exporting {run.get('backend')!r} checkpoints is not "
-                          "supported yet; lora-rl exports DTensor-backend checkpoints")
+    backend = run.get("backend")
+    if backend not in _LORA_CONFIGS:
+        raise ExportError(f"{ckpt.path}: unknown backend {backend!r} in the checkpoint's "
+                          f"state.json (lora-rl exports {' and '.join(_LORA_CONFIGS)} checkpoints)")
     if run.get("lora") is None or "adapter" not in ckpt.tensors:
         raise ExportError(f"{ckpt.path} is a full fine-tuning checkpoint, not a LoRA adapter")
-    lora = DTensorLoraConfig.model_validate(run["lora"])
+    try:
+        lora = _LORA_CONFIGS[backend].model_validate(run["lora"])
+    except ValueError as exc:
+        raise ExportError(f"{ckpt.path}: the LoRA config in state.json does not fit the "
+                          f"{backend} backend ({exc})") from None
     base_model = base or run.get("model_name")
     if not base_model:
         raise ExportError(f"{ckpt.path}: the checkpoint does not name its base model; pass --base")
+    adapter = ckpt.tensors["adapter"]
+    if backend == "megatron":
+        adapter = _megatron_adapter_in_hf_names(adapter, base_model, ckpt.path)
     if out.exists() and not force:
         raise OutputExistsError(f"{out} exists; pass --force to replace it")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        if fmt == "peft":
-            _write_peft(tmp, ckpt.tensors["adapter"], lora, base_model)
-        else:
-            _write_merged(tmp, ckpt.tensors["adapter"], lora, base_model)
+        try:
+            if fmt == "peft":
+                _write_peft(tmp, adapter, lora, base_model)
+            else:
+                _write_merged(tmp, adapter, lora, base_model)
+        except AdapterFormatError as exc:
+            raise ExportError(f"{ckpt.path}: {exc}") from None
         stamp = {"schema_version": EXPORT_SCHEMA_VERSION, "lora_rl_version": __version__,
                  "format": fmt, "source_checkpoint": str(ckpt.path), "step": ckpt.step,
                  "backend": run["backend"], "base_model": base_model}
@@ -89,8 +105,34 @@ def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str 
     return out
 
 
-def _write_peft(target: Path, adapter: dict[str, torch.Tensor], lora: DTensorLoraConfig,
-                base_model: str) -> None:
+def _megatron_adapter_in_hf_names(adapter: dict[str, torch.Tensor], base_model: str,
+                                  where: Path) -> dict[str, torch.Tensor]:
+    """A Megatron-backend adapter with HF module names. lora-rl's Megatron checkpoints already
+    store it so (bridge.megatron_to_hf at save time); an adapter in Megatron Core names
+    (`decoder.layers.N.self_attention.linear_qkv.lora_A.weight`, or Megatron-Bridge's
+    `.adapter.linear_in/linear_out`) is mapped here: linear_qkv's B is split into q/k/v after
+    undoing the per-query-group interleave, linear_fc1's into gate/up, and the shared A is
+    copied to each part."""
+    from lora_rl.lora.naming import from_megatron_bridge
+
+    adapter = from_megatron_bridge(adapter)
+    if not any(k.startswith(("decoder.", "output_layer.")) for k in adapter):
+        return adapter
+    from transformers import AutoConfig
+
+    from lora_rl.backends.megatron.bridge import LlamaShape, megatron_to_hf
+    from lora_rl.model_source import require_local_model_dir
+
+    config = AutoConfig.from_pretrained(require_local_model_dir(base_model))
+    try:
+        return megatron_to_hf(adapter, LlamaShape.from_hf(config))
+    except (KeyError, ValueError) as exc:
+        raise ExportError(f"{where}: cannot map the Megatron adapter to {base_model}'s HF "
+                          f"modules: {exc}") from None
+
+
+def _write_peft(target: Path, adapter: dict[str, torch.Tensor],
+                lora: DTensorLoraConfig | MegatronPeftConfig, base_model: str) -> None:
     config = adapter_config(rank=lora.dim, alpha=lora.alpha, dropout=lora.dropout,
                             modules=patched_modules(adapter), base_model=base_model)
     (target / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
@@ -98,16 +140,25 @@ def _write_peft(target: Path, adapter: dict[str, torch.Tensor], lora: DTensorLor
               str(target / ADAPTER_WEIGHTS))
 
 
-def _write_merged(target: Path, adapter: dict[str, torch.Tensor], lora: DTensorLoraConfig,
-                  base_model: str) -> None:
+def _write_merged(target: Path, adapter: dict[str, torch.Tensor],
+                  lora: DTensorLoraConfig | MegatronPeftConfig, base_model: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lora_rl.lora import apply_lora, load_lora_state_dict, merge_and_unwrap
+    from lora_rl.lora import (
+        apply_lora,
+        load_lora_state_dict,
+        lora_spec_from_config,
+        merge_and_unwrap,
+    )
     from lora_rl.model_source import require_local_model_dir
 
     directory = require_local_model_dir(base_model)
     model = AutoModelForCausalLM.from_pretrained(directory)
-    apply_lora(model, lora)
+    if isinstance(lora, MegatronPeftConfig):
+        # The recipe's targets are Megatron module names; the adapter names the HF modules.
+        wrap_adapter_modules(model, adapter, lora_spec_from_config(lora))
+    else:
+        apply_lora(model, lora)
     load_lora_state_dict(model, adapter)
     merge_and_unwrap(model)
     model.save_pretrained(target, safe_serialization=True)

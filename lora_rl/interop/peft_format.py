@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file
+
+if TYPE_CHECKING:
+    from lora_rl.lora.spec import LoraSpec
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_CONFIG = "adapter_config.json"
@@ -42,6 +45,33 @@ def from_peft_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def patched_modules(adapter: dict[str, torch.Tensor]) -> list[str]:
     return sorted({_LORA_KEY.match(k)["module"] for k in adapter if _LORA_KEY.match(k)})
+
+
+def wrap_adapter_modules(model: torch.nn.Module, adapter: dict[str, torch.Tensor],
+                         spec: LoraSpec) -> list[str]:
+    """Freeze `model` and wrap exactly the modules an HF-named adapter names in `LoraLinear`s
+    (in place); the wrapped module names. For adapters whose module set is not what a recipe's
+    matcher would pick on a HF model, e.g. one trained on the Megatron backend (q/k/v and
+    gate/up each get their own A, holding the fused module's shared values)."""
+    from lora_rl.lora import LoraLinear
+
+    modules = patched_modules(adapter)
+    if not modules:
+        raise AdapterFormatError("the adapter has no LoRA A/B weights")
+    model.requires_grad_(False)
+    for name in modules:
+        parent_name, _, child = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name) if parent_name else model
+            base = getattr(parent, child)
+        except AttributeError:
+            raise AdapterFormatError(f"the adapter names {name!r}, which the model does not "
+                                     "have (another base model?)") from None
+        if not isinstance(base, torch.nn.Linear):
+            raise AdapterFormatError(f"the adapter names {name!r}, which is a "
+                                     f"{type(base).__name__}, not a linear layer")
+        setattr(parent, child, LoraLinear(base, spec))
+    return modules
 
 
 def adapter_config(*, rank: int, alpha: float, dropout: float, modules: list[str],

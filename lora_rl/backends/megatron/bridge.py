@@ -144,10 +144,12 @@ def megatron_to_hf(tensors: dict[str, torch.Tensor], shape: LlamaShape) -> dict[
             raise KeyError(f"unexpected Megatron tensor name {key!r}")
         targets = hf_modules(match["module"])
         if len(targets) == 1 or match["param"] == "lora_A.weight":
-            pieces = [value] * len(targets)  # a fused adapter's A is shared by its parts
+            # A fused adapter's A is shared by its parts; separate copies, since safetensors
+            # refuses tensors that share memory.
+            pieces = [value.clone() for _ in targets]
         else:
             pieces = _split(value, len(targets), shape)
-        for target, piece in zip(targets, pieces):
+        for target, piece in zip(targets, pieces, strict=True):
             out[f"{target}.{match['param']}"] = piece.contiguous()
     return out
 

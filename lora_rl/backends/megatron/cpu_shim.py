@@ -92,12 +92,15 @@ def _cpu_torch() -> types.ModuleType:
 
 
 def import_megatron() -> types.ModuleType:
-    """`megatron.core`, with a clear install hint when it is missing. Its import warns that
-    Apex is absent (expected here: the local spec uses torch norms), which is silenced."""
+    """`megatron.core`, with a clear install hint when it is missing. Its import warns that Apex
+    and Transformer Engine are absent (expected: the local spec uses torch modules), about its
+    own deprecated modules and, through torch, about its `torch.jit.script` kernels; those
+    import-time warnings are silenced."""
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Apex.*")
-            warnings.filterwarnings("ignore", category=UserWarning, module="megatron.*")
+            warnings.filterwarnings("ignore", module=r"megatron\.")
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script",
+                                    category=DeprecationWarning)
             module = importlib.import_module("megatron.core")
             importlib.import_module("megatron.core.models.gpt.gpt_layer_specs")
     except ImportError as exc:

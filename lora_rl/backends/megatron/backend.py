@@ -1,0 +1,191 @@
+"""The Megatron Core backend: HF Llama -> GPTModel stage (tp/pp/dp) + LoRA -> train steps.
+
+Optimizer, schedule and clipping come from `policy.megatron_cfg` (`optimizer`, `scheduler`,
+`optimizer.clip_grad`), not from the DTensor-side `policy.optimizer` / `max_grad_norm`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from lora_rl.backends.base import (
+    LossFn,
+    StepStats,
+    TokenBatch,
+    adapter_off_reference,
+    eval_mode,
+)
+from lora_rl.backends.megatron import checkpoint_state, cpu_shim, schedule
+from lora_rl.backends.megatron.adapters import MegatronLora, apply_megatron_lora
+from lora_rl.backends.megatron.generation_copy import GenerationCopy
+from lora_rl.backends.megatron.model import (
+    build_stage,
+    load_hf_weights,
+    load_shape,
+    named_parameters,
+)
+from lora_rl.backends.megatron.optim import (
+    MainParams,
+    build_optimizer,
+    build_scheduler,
+    clip_gradients,
+    counted_once,
+    sum_gradients_over_data_parallel,
+)
+from lora_rl.backends.megatron.parallel import all_reduce_sum, init_model_parallel
+from lora_rl.backends.megatron.sharding import Sharder, kind_of
+from lora_rl.config.recipe import RecipeConfig
+from lora_rl.model_source import require_local_model_dir
+from lora_rl.training.runtime import Runtime
+
+
+class MegatronBackend:
+    def __init__(self, cfg: RecipeConfig, runtime: Runtime) -> None:
+        cpu_shim.import_megatron()
+        policy, mg = cfg.policy, cfg.policy.megatron_cfg
+        seed = cfg.algorithm_config.seed
+        if mg.pipeline_dtype not in (None, policy.precision):
+            raise ValueError(f"policy.megatron_cfg.pipeline_dtype is {mg.pipeline_dtype} but "
+                             f"policy.precision is {policy.precision}: pipeline stages exchange "
+                             "activations in the model's dtype; leave pipeline_dtype null")
+        self.cfg = cfg
+        self.runtime = runtime
+        self.layout = init_model_parallel(runtime, mg.tensor_model_parallel_size,
+                                          mg.pipeline_model_parallel_size, seed)
+        self.dp_rank, self.dp_size = self.layout.dp_rank, self.layout.dp
+        self.model_dir = require_local_model_dir(policy.model_name)
+        self.shape = load_shape(self.model_dir, policy.trust_remote_code)
+        self.sharder = Sharder(self.layout, self.shape.vocab_size)
+        dtype = getattr(torch, policy.precision)
+        self.model = build_stage(self.shape, self.layout, dtype, mg.activation_checkpointing)
+        load_hf_weights(self.model, self.model_dir, self.shape, self.sharder, dtype,
+                        policy.trust_remote_code)
+        self.lora: MegatronLora | None = None
+        if mg.peft.enabled:
+            self.lora = apply_megatron_lora(self.model, mg.peft, self.shape.linear_module_names(),
+                                            self.sharder, seed)
+        named = [(n, p) for n, p in named_parameters(self.model) if p.requires_grad]
+        self.trainable_names = [n for n, _ in named]
+        self.main = MainParams([p for _, p in named], getattr(torch, mg.optimizer.params_dtype))
+        if policy.init_adapter_path:
+            self._load_adapter(Path(policy.init_adapter_path))
+        self.optimizer = build_optimizer(self.main.params, mg.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, mg.optimizer, mg.scheduler,
+                                         cfg.algorithm_config.max_num_steps)
+        self.max_grad_norm = mg.optimizer.clip_grad
+        self.lora_dropout = mg.peft.dropout if self.lora is not None else 0.0
+        self._report = self._count_parameters()
+        self._generation_copy = GenerationCopy(self)
+
+    def _load_adapter(self, directory: Path) -> None:
+        from lora_rl.interop.peft_format import AdapterFormatError, read_adapter
+
+        if self.lora is None:
+            raise ValueError("policy.init_adapter_path needs megatron_cfg.peft.enabled")
+        config, tensors = read_adapter(directory)
+        peft = self.cfg.policy.megatron_cfg.peft
+        if config.get("r") != peft.dim or float(config.get("lora_alpha", 0)) != peft.alpha:
+            raise AdapterFormatError(
+                f"{directory}: adapter r={config.get('r')}, alpha={config.get('lora_alpha')} "
+                f"but the recipe has dim={peft.dim}, alpha={peft.alpha}")
+        checkpoint_state.load_weights(self, tensors)
+
+    def _count_parameters(self) -> dict[str, int | float | str]:
+        """Whole-model counts (collective): sharded parameters in full, replicated ones once."""
+        padding = self.sharder.padded_vocab_size - self.shape.vocab_size
+        last_tp_rank = self.layout.tp_rank == self.layout.tp - 1
+
+        def real(name: str, param: torch.Tensor) -> int:
+            # Vocabulary rows added to make the vocabulary divisible by tp sit on the last
+            # tensor-parallel rank's shard; they are not part of the model.
+            if padding and last_tp_rank and kind_of(name) == "vocab_rows":
+                return param.numel() - padding * param.shape[1]
+            return param.numel()
+
+        params = [(n, p) for n, p in named_parameters(self.model) if counted_once(n, self.layout)]
+        counts = torch.tensor([sum(real(n, p) for n, p in params if p.requires_grad),
+                               sum(real(n, p) for n, p in params)], dtype=torch.int64)
+        if self.layout.tp * self.layout.pp > 1:
+            dist.all_reduce(counts, group=self.layout.model_parallel_group)
+        report: dict[str, int | float | str] = {"trainable_params": int(counts[0]),
+                                                "total_params": int(counts[1])}
+        if self.lora is not None:
+            report["lora_scale"] = self.lora.scale
+            report["lora_modules"] = len(self.lora.adapted)
+        return report
+
+    # ---- forward / backward ---------------------------------------------------------------
+
+    def _same_dropout_across_tensor_parallel(self) -> None:
+        """LoRA dropout on a replicated activation (a column-parallel input, a row-parallel
+        output) must drop the same elements on every tensor-parallel rank, or the replicas drift
+        apart: give the tp group one seed, drawn from the first rank's per-step stream."""
+        if not (self.model.training and self.lora_dropout > 0 and self.layout.tp > 1):
+            return
+        from megatron.core import parallel_state
+
+        seed = torch.randint(0, 2**62, (1,), dtype=torch.int64)
+        dist.broadcast(seed, src=parallel_state.get_tensor_model_parallel_src_rank(),
+                       group=self.layout.tp_group)
+        torch.manual_seed(int(seed))
+
+    def token_logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        self._same_dropout_across_tensor_parallel()
+        return schedule.logprobs(self.model, self.layout, self.shape.vocab_size, batch)
+
+    def forward_backward(self, micro_batches: list[TokenBatch],
+                         loss_fn: LossFn) -> dict[str, float]:
+        self.model.train()
+        self._same_dropout_across_tensor_parallel()
+        return schedule.forward_backward(self.model, self.layout, self.shape.vocab_size,
+                                         micro_batches, loss_fn)
+
+    def optimizer_step(self) -> StepStats:
+        self.main.take_grads()
+        sum_gradients_over_data_parallel(self.main.params, self.layout)
+        norm = clip_gradients(self.trainable_names, self.main.params, self.max_grad_norm,
+                              self.layout)
+        finite = math.isfinite(norm)
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.main.publish()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)
+        return StepStats(grad_norm=norm, lr=self.scheduler.get_last_lr()[0], skipped=not finite)
+
+    def reference_policy(self) -> AbstractContextManager[None]:
+        return adapter_off_reference(self.model, self.lora is not None)
+
+    def eval_mode(self) -> AbstractContextManager[None]:
+        return eval_mode(self.model)
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        return all_reduce_sum(values, self.layout.dp_group, self.layout.dp)
+
+    # ---- checkpoints and export -----------------------------------------------------------
+
+    def checkpoint_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        return checkpoint_state.checkpoint_tensors(self)
+
+    def optimizer_meta(self) -> dict:
+        return checkpoint_state.optimizer_meta(self)
+
+    def load_checkpoint_tensors(self, tensors: dict[str, dict[str, torch.Tensor]],
+                                optimizer_meta: dict) -> None:
+        checkpoint_state.load_checkpoint_tensors(self, tensors, optimizer_meta)
+
+    def trainable_report(self) -> dict[str, int | float | str]:
+        return dict(self._report)
+
+    @contextlib.contextmanager
+    def generation_model(self) -> Iterator[torch.nn.Module]:
+        with self._generation_copy.synced() as module:
+            yield module

@@ -1,0 +1,54 @@
+"""An unsharded Hugging Face copy of the policy, for the torch generator and evaluation.
+
+Sampling runs a different number of forward passes on each rank, which a tensor/pipeline-split
+model cannot do without every rank stepping in lockstep; and the generator and exporters speak
+HF. So each rank keeps a plain `LlamaForCausalLM` and, before each use, receives the current
+trainable weights gathered from the Megatron model and mapped back to HF names (the LoRA adapter
+only, or every weight for full fine-tuning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+
+from lora_rl.backends.megatron.checkpoint_state import whole_weights
+from lora_rl.interop.peft_format import wrap_adapter_modules
+from lora_rl.lora import load_lora_state_dict, lora_spec_from_config
+
+if TYPE_CHECKING:
+    from lora_rl.backends.megatron.backend import MegatronBackend
+
+class GenerationCopy:
+    def __init__(self, backend: MegatronBackend) -> None:
+        self.backend = backend
+        self.model: torch.nn.Module | None = None
+
+    def _build(self, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        policy = self.backend.cfg.policy
+        model = AutoModelForCausalLM.from_pretrained(
+            self.backend.model_dir, dtype=getattr(torch, policy.precision),
+            trust_remote_code=policy.trust_remote_code, attn_implementation="sdpa")
+        if self.backend.lora is not None:
+            # Exactly the HF modules the adapter names: q/k/v (or gate/up) each get their own
+            # A, loaded with the fused module's shared values (as in a PEFT export).
+            wrap_adapter_modules(model, weights, lora_spec_from_config(policy.megatron_cfg.peft))
+        return model.requires_grad_(False)
+
+    @contextlib.contextmanager
+    def synced(self) -> Iterator[torch.nn.Module]:
+        """Collective: every rank of the training model must enter it."""
+        weights = whole_weights(self.backend)
+        if self.model is None:
+            self.model = self._build(weights)
+        if self.backend.lora is not None:
+            load_lora_state_dict(self.model, weights)
+        else:
+            self.model.load_state_dict(weights, strict=True)
+        self.model.eval()
+        yield self.model

@@ -1,0 +1,120 @@
+"""This rank's pipeline stage of a Megatron Core GPTModel, filled with a HF Llama's weights.
+
+The model uses Megatron's local layer spec (torch modules, no Transformer Engine). Parameter
+names inside a stage count layers from 0; lora-rl names them by *global* layer index everywhere
+(checkpoints, LoRA matching), via `global_name`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from lora_rl.backends.megatron import cpu_shim
+from lora_rl.backends.megatron.bridge import LlamaShape, hf_to_megatron
+from lora_rl.backends.megatron.parallel import Layout
+from lora_rl.backends.megatron.sharding import Sharder, padded_vocab_size
+
+_LOCAL_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
+
+
+def load_shape(model_dir: Path, trust_remote_code: bool) -> LlamaShape:
+    from transformers import AutoConfig
+
+    return LlamaShape.from_hf(AutoConfig.from_pretrained(model_dir,
+                                                         trust_remote_code=trust_remote_code))
+
+
+def transformer_config(shape: LlamaShape, layout: Layout, dtype: torch.dtype):
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    fields = dict(
+        num_layers=shape.num_layers, hidden_size=shape.hidden_size,
+        ffn_hidden_size=shape.ffn_hidden_size, num_attention_heads=shape.num_heads,
+        num_query_groups=shape.num_kv_heads, kv_channels=shape.head_dim,
+        normalization="RMSNorm", layernorm_epsilon=shape.rms_norm_eps,
+        gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False,
+        hidden_dropout=0.0, attention_dropout=shape.attention_dropout,
+        params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
+        # Weights come from the HF checkpoint: skip Megatron's random init, build on the CPU.
+        use_cpu_initialization=True, perform_initialization=False,
+        # Micro-batches are padded per batch, so shapes differ; pipeline stages exchange them.
+        variable_seq_lengths=True,
+        # Losses arrive normalised for the global batch: the schedule must not rescale them.
+        calculate_per_token_loss=True,
+        # Dense model, no MoE: the dispatcher is unused, but the default ("allgather") rejects
+        # variable_seq_lengths at config time.
+        moe_token_dispatcher_type="alltoall",
+        **(cpu_shim.CPU_CONFIG if cpu_shim.needed() else {}),
+    )
+    with warnings.catch_warnings():
+        # Megatron warns about its own default CUDA-graph scope, which is unused here.
+        warnings.filterwarnings("ignore", message="full scope is deprecated")
+        return TransformerConfig(**fields)
+
+
+def build_stage(shape: LlamaShape, layout: Layout, dtype: torch.dtype,
+                activation_checkpointing: bool) -> torch.nn.Module:
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    model = GPTModel(
+        transformer_config(shape, layout, dtype), get_gpt_layer_local_spec(normalization="RMSNorm"),
+        vocab_size=padded_vocab_size(shape.vocab_size, layout.tp),
+        max_sequence_length=shape.max_positions,
+        pre_process=layout.first_stage, post_process=layout.last_stage,
+        parallel_output=True, share_embeddings_and_output_weights=False,
+        position_embedding_type="rope", rotary_base=int(shape.rope_theta),
+    )
+    if activation_checkpointing:
+        for layer in model.decoder.layers:
+            # torch's non-reentrant checkpoint, not Megatron's recompute: the latter saves and
+            # restores CUDA RNG states.
+            layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+    return model
+
+
+def global_name(model: torch.nn.Module, local: str) -> str:
+    match = _LOCAL_LAYER.match(local)
+    if match is None:
+        return local
+    layer = model.decoder.layers[int(match[1])]
+    return f"decoder.layers.{layer.layer_number - 1}.{local[match.end():]}"
+
+
+def named_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter]]:
+    """(global name, parameter) for this stage."""
+    for local, param in model.named_parameters():
+        yield global_name(model, local), param
+
+
+@torch.no_grad()
+def load_whole(params: dict[str, torch.Tensor], whole: dict[str, torch.Tensor],
+               sharder: Sharder, names: list[str]) -> None:
+    """Copy this rank's shard of each whole tensor into the parameters named `names`."""
+    for name in names:
+        local = sharder.shard(name, whole[name])
+        if local.shape != params[name].shape:
+            raise ValueError(f"{name}: shard shape {tuple(local.shape)} does not fit the "
+                             f"parameter {tuple(params[name].shape)}")
+        params[name].copy_(local)
+
+
+def load_hf_weights(model: torch.nn.Module, model_dir: Path, shape: LlamaShape, sharder: Sharder,
+                    dtype: torch.dtype, trust_remote_code: bool) -> None:
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
+                                              trust_remote_code=trust_remote_code)
+    params = dict(named_parameters(model))
+    names = list(params)
+    load_whole(params, hf_to_megatron(hf.state_dict(), names, shape), sharder, names)

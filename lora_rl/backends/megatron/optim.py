@@ -1,0 +1,133 @@
+"""Optimizer, learning-rate schedule and gradient reductions from `megatron_cfg`.
+
+Megatron's "adam" is AdamW (decoupled weight decay), built here as torch's AdamW over the
+trainable parameters' main copies (`MainParams`); the schedule reproduces Megatron's
+OptimizerParamScheduler learning rate (linear warm-up from `lr_warmup_init`, then constant /
+linear / cosine decay to `min_lr`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from lora_rl.backends.megatron.parallel import Layout
+from lora_rl.backends.megatron.sharding import kind_of
+from lora_rl.config.megatron import MegatronOptimizerConfig, MegatronSchedulerConfig
+
+
+class MainParams:
+    """The parameters the optimizer updates, in `optimizer.params_dtype` (Megatron's main
+    parameters): a trainable weight stored in a lower precision (bf16 model, `lora_dtype` null)
+    gets a float32 copy, so small updates are not rounded away. Weights already in that dtype
+    are their own main copy and cost nothing."""
+
+    def __init__(self, params: list[torch.nn.Parameter], dtype: torch.dtype) -> None:
+        self.model = params
+        self.params = [p if p.dtype == dtype else
+                       torch.nn.Parameter(p.detach().to(dtype), requires_grad=True)
+                       for p in params]
+
+    def take_grads(self) -> None:
+        """Model gradients -> main gradients (after backward, before reductions)."""
+        for model, main in zip(self.model, self.params, strict=True):
+            if main is not model and model.grad is not None:
+                main.grad = model.grad.to(main.dtype)
+                model.grad = None
+
+    @torch.no_grad()
+    def publish(self) -> None:
+        """Main values -> model weights (after an update or a load)."""
+        for model, main in zip(self.model, self.params, strict=True):
+            if main is not model:
+                model.copy_(main)
+
+
+def build_optimizer(params: list[torch.nn.Parameter],
+                    cfg: MegatronOptimizerConfig) -> torch.optim.Optimizer:
+    if not params:
+        raise ValueError("no trainable parameters: LoRA matched nothing on this pipeline stage "
+                         "and full fine-tuning is off")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+
+
+class MegatronLR:
+    """LR multiplier at an optimizer step, as Megatron's scheduler computes the LR.
+    A plain object (not a closure) so LambdaLR's state_dict captures it."""
+
+    def __init__(self, optim: MegatronOptimizerConfig, sched: MegatronSchedulerConfig,
+                 total_steps: int) -> None:
+        self.peak = optim.lr
+        self.floor = optim.min_lr
+        self.init = sched.lr_warmup_init
+        self.warmup = sched.lr_warmup_iters
+        self.decay_steps = sched.lr_decay_iters or total_steps
+        self.style = sched.lr_decay_style
+
+    def __call__(self, step: int) -> float:
+        return self.lr(step) / self.peak
+
+    def lr(self, step: int) -> float:
+        if self.warmup > 0 and step <= self.warmup:
+            return self.init + (self.peak - self.init) * step / self.warmup
+        if self.style == "constant":
+            return self.peak
+        if step > self.decay_steps:
+            return self.floor
+        ratio = (step - self.warmup) / max(1, self.decay_steps - self.warmup)
+        if self.style == "linear":
+            coeff = 1.0 - ratio
+        else:
+            coeff = 0.5 * (math.cos(math.pi * ratio) + 1.0)
+        return self.floor + coeff * (self.peak - self.floor)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: MegatronOptimizerConfig,
+                    sched: MegatronSchedulerConfig, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, MegatronLR(optim, sched, total_steps))
+
+
+def sum_gradients_over_data_parallel(params: list[torch.nn.Parameter], layout: Layout) -> None:
+    """Each replica's loss is already a share of the global-batch mean: sum, do not average.
+    One flat buffer per step (gloo is latency-bound on many small tensors)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if layout.dp == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=layout.dp_group)
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+def counted_once(name: str, layout: Layout) -> bool:
+    """Whether this rank contributes parameter `name` to whole-model sums: every shard of a
+    split parameter, a replicated one on tensor-parallel rank 0 only."""
+    return kind_of(name) != "replicated" or layout.tp_rank == 0
+
+
+def clip_gradients(names: list[str], params: list[torch.nn.Parameter], max_norm: float | None,
+                   layout: Layout) -> float:
+    """Global L2 norm over the whole model (sharded parameters in full, replicated ones once),
+    as a single process would compute it; scales gradients down to `max_norm`."""
+    grads = [(n, p.grad) for n, p in zip(names, params, strict=True) if p.grad is not None]
+    squares = torch.zeros((), dtype=torch.float64)
+    for name, grad in grads:
+        if counted_once(name, layout):
+            squares += torch.linalg.vector_norm(grad, 2).double() ** 2
+    if layout.tp * layout.pp > 1:
+        dist.all_reduce(squares, group=layout.model_parallel_group)
+    total = float(squares.sqrt())
+    if max_norm is not None and math.isfinite(total):
+        coef = max_norm / (total + 1e-6)
+        if coef < 1.0:
+            for _, grad in grads:
+                grad.mul_(coef)
+    return total

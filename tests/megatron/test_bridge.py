@@ -1,0 +1,145 @@
+"""The HF <-> Megatron mapping and the tensor-parallel sharding rules (no processes, fast)."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lora_rl.backends.megatron.bridge import (
+    LlamaShape,
+    UnsupportedModelError,
+    hf_to_megatron,
+    megatron_to_hf,
+)
+from lora_rl.backends.megatron.parallel import Layout
+from lora_rl.backends.megatron.sharding import Sharder, kind_of
+from lora_rl.config.lora import MegatronPeftConfig
+from lora_rl.lora import match_names
+
+
+def _config(**changes) -> LlamaConfig:
+    fields = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=40,
+                  tie_word_embeddings=False)
+    return LlamaConfig(**{**fields, **changes})
+
+
+@pytest.fixture(scope="module")
+def hf_state():
+    torch.manual_seed(0)
+    return {k: v.clone() for k, v in LlamaForCausalLM(_config()).state_dict().items()}
+
+
+def _megatron_names(shape: LlamaShape) -> list[str]:
+    names = ["embedding.word_embeddings.weight", "decoder.final_layernorm.weight",
+             "output_layer.weight"]
+    for i in range(shape.num_layers):
+        names += [f"decoder.layers.{i}.{m}.weight" for m in (
+            "input_layernorm", "self_attention.linear_qkv", "self_attention.linear_proj",
+            "pre_mlp_layernorm", "mlp.linear_fc1", "mlp.linear_fc2")]
+    return names
+
+
+def test_weights_round_trip_exactly(hf_state):
+    shape = LlamaShape.from_hf(_config())
+    megatron = hf_to_megatron(hf_state, _megatron_names(shape), shape)
+    assert megatron["decoder.layers.1.self_attention.linear_qkv.weight"].shape == (64, 32)
+    assert megatron["decoder.layers.1.mlp.linear_fc1.weight"].shape == (96, 32)
+    back = megatron_to_hf(megatron, shape)
+    assert back.keys() == hf_state.keys()
+    assert all(torch.equal(back[k], hf_state[k]) for k in hf_state)
+
+
+def test_qkv_is_interleaved_per_query_group(hf_state):
+    """Rows of group g: its 2 query heads, then its key head, then its value head."""
+    shape = LlamaShape.from_hf(_config())
+    qkv = hf_to_megatron(hf_state, ["decoder.layers.0.self_attention.linear_qkv.weight"],
+                         shape)["decoder.layers.0.self_attention.linear_qkv.weight"]
+    q, k, v = (hf_state[f"model.layers.0.self_attn.{p}_proj.weight"] for p in "qkv")
+    d = shape.head_dim
+    group1 = qkv[4 * d:]
+    assert torch.equal(group1[: 2 * d], q[2 * d:])
+    assert torch.equal(group1[2 * d: 3 * d], k[d:])
+    assert torch.equal(group1[3 * d:], v[d:])
+
+
+def test_fused_adapter_shares_a_and_splits_b():
+    shape = LlamaShape.from_hf(_config())
+    a, b = torch.randn(4, 32), torch.randn(64, 4)
+    base = "decoder.layers.1.self_attention.linear_qkv"
+    hf = megatron_to_hf({f"{base}.lora_A.weight": a, f"{base}.lora_B.weight": b}, shape)
+    names = [f"model.layers.1.self_attn.{p}_proj.lora_A.weight" for p in "qkv"]
+    assert all(torch.equal(hf[n], a) for n in names)
+    # separate storage: safetensors refuses tensors that share memory
+    assert len({hf[n].data_ptr() for n in names}) == 3
+    assert hf["model.layers.1.self_attn.k_proj.lora_B.weight"].shape == (16, 4)
+    keys = [f"{base}.lora_A.weight", f"{base}.lora_B.weight"]
+    again = hf_to_megatron(hf, keys, shape)
+    assert torch.equal(again[keys[0]], a) and torch.equal(again[keys[1]], b)
+
+
+def test_adapter_with_separate_q_k_v_a_is_rejected_by_name():
+    shape = LlamaShape.from_hf(_config())
+    hf = {f"model.layers.0.self_attn.{p}_proj.lora_A.weight": torch.randn(4, 32) for p in "qkv"}
+    with pytest.raises(ValueError, match="one LoRA A for all of them"):
+        hf_to_megatron(hf, ["decoder.layers.0.self_attention.linear_qkv.lora_A.weight"], shape)
+
+
+def test_unsupported_llama_variants_are_named_together():
+    config = _config(tie_word_embeddings=True, attention_bias=True,
+                     rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4})
+    with pytest.raises(UnsupportedModelError) as caught:
+        LlamaShape.from_hf(config)
+    message = str(caught.value)
+    assert "tied" in message and "biases" in message and "'linear'" in message
+
+
+def test_layer_wildcards_use_global_indices_and_literal_dots():
+    shape = LlamaShape.from_hf(_config(num_hidden_layers=12))
+    cfg = MegatronPeftConfig(enabled=True, target_modules=["*.layers.1.*"])
+    chosen = match_names(shape.linear_module_names(), cfg)
+    assert len(chosen) == 4 and all(".layers.1." in n for n in chosen)
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("embedding.word_embeddings.weight", "vocab_rows"),
+    ("output_layer.weight", "vocab_rows"),
+    ("output_layer.lora_B.weight", "vocab_rows"),
+    ("output_layer.lora_A.weight", "replicated"),
+    ("decoder.layers.3.self_attention.linear_qkv.base.weight", "rows"),
+    ("decoder.layers.3.self_attention.linear_qkv.lora_A.weight", "replicated"),
+    ("decoder.layers.3.self_attention.linear_qkv.lora_B.weight", "rows"),
+    ("decoder.layers.3.mlp.linear_fc1.weight", "gated_rows"),
+    ("decoder.layers.3.mlp.linear_fc1.lora_B.weight", "gated_rows"),
+    ("decoder.layers.3.self_attention.linear_proj.weight", "cols"),
+    ("decoder.layers.3.mlp.linear_fc2.lora_A.weight", "cols"),
+    ("decoder.layers.3.mlp.linear_fc2.lora_B.weight", "replicated"),
+    ("decoder.layers.3.input_layernorm.weight", "replicated"),
+])
+def test_sharding_kind_follows_the_base_layer(name, kind):
+    assert kind_of(name) == kind
+
+
+def _sharder(tp_rank: int, tp: int, vocab: int = 43) -> Sharder:
+    return Sharder(Layout(tp=tp, pp=1, dp=1, tp_rank=tp_rank, pp_rank=0, dp_rank=0), vocab)
+
+
+def test_gated_rows_give_each_rank_its_gate_and_up_slices():
+    whole = torch.arange(8.0)[:, None]  # gate rows 0-3, up rows 4-7
+    shard = _sharder(1, 2).shard("decoder.layers.0.mlp.linear_fc1.weight", whole)
+    assert shard.flatten().tolist() == [2.0, 3.0, 6.0, 7.0]
+
+
+def test_vocab_rows_are_padded_to_a_multiple_of_tp_and_trimmed_back():
+    whole = torch.randn(43, 8)
+    last = _sharder(1, 2).shard("output_layer.weight", whole)
+    assert last.shape == (22, 8) and torch.equal(last[-1], torch.zeros(8))
+    single = _sharder(0, 1)
+    padded = single.shard("output_layer.weight", whole)
+    assert torch.equal(single.gather("output_layer.weight", padded), whole)
+
+
+def test_gather_returns_copies_not_live_views():
+    param = torch.ones(3)
+    copy = _sharder(0, 1).gather("decoder.final_layernorm.weight", param)
+    param.add_(1)
+    assert torch.equal(copy, torch.ones(3))

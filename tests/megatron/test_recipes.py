@@ -1,0 +1,184 @@
+"""The shipped Megatron recipes: they validate; SFT trains through `lora-rl run` with the same
+losses at tp=2 and pp=2 (the initial adapter does not depend on the layout) and resumes on
+another layout; DPO and GRPO learn by the same criteria as their DTensor counterparts."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.megatron.conftest import MEGATRON_MISSING, REPO, megatron_available
+from tests.training.conftest import QUIET, Runner, model_cache  # noqa: F401  (fixture)
+
+RECIPES = ["recipes/sft-tiny-megatron-lora.yaml", "recipes/dpo-tiny-megatron-lora.yaml",
+           "recipes/grpo-tiny-megatron-lora.yaml"]
+needs_megatron = pytest.mark.skipif(not megatron_available(), reason=MEGATRON_MISSING)
+
+
+def test_megatron_recipes_validate_strictly():
+    done = subprocess.run([sys.executable, "-m", "lora_rl", "validate", "--strict", *RECIPES],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+@needs_megatron
+def test_sft_recipe_trains_identically_at_tp2_and_pp2_and_resumes_across_layouts(
+        tmp_path, model_cache):  # noqa: F811
+    runner = Runner(tmp_path, model_cache)
+    steps = ["sft.max_num_steps=8", "sft.val_period=8", "sft.val_at_start=false",
+             "checkpointing.save_period=8", *QUIET]
+    recipe = "recipes/sft-tiny-megatron-lora.yaml"
+    runner.run("run", recipe, *steps, "logger.log_dir=logs/tp2")
+    runner.run("run", recipe, *steps, "logger.log_dir=logs/pp2",
+               "checkpointing.checkpoint_dir=results/pp2",
+               "policy.megatron_cfg.tensor_model_parallel_size=1",
+               "policy.megatron_cfg.pipeline_model_parallel_size=2")
+    tp2, pp2 = runner.metrics("logs/tp2"), runner.metrics("logs/pp2")
+    losses = [r["loss"] for r in tp2]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    assert max(abs(a - r["loss"]) for a, r in zip(losses, pp2, strict=True)) < 1e-4
+    assert "val_accuracy" in tp2[-1] and abs(tp2[-1]["val_loss"] - pp2[-1]["val_loss"]) < 1e-4
+    adapter = load_file(tmp_path / "results/sft-tiny-megatron-lora/step_8/adapter.safetensors")
+    assert "model.layers.1.self_attn.v_proj.lora_B.weight" in adapter  # HF PEFT-style names
+    # Stop after step 4 at tp=2, resume at pp=2 from that checkpoint: steps 5-8 continue the
+    # uninterrupted tp=2 run (checkpoints are whole tensors, free of the layout).
+    resume = ["sft.val_period=0", "sft.val_at_start=false", "checkpointing.save_period=4",
+              "logger.log_dir=logs/r", "checkpointing.checkpoint_dir=results/r", *QUIET]
+    runner.run("run", recipe, *resume, "sft.max_num_steps=4")
+    done = runner.run("run", recipe, *resume, "sft.max_num_steps=8",
+                      "policy.megatron_cfg.tensor_model_parallel_size=1",
+                      "policy.megatron_cfg.pipeline_model_parallel_size=2")
+    assert "resuming from results/r/step_4" in done.stdout
+    resumed = {r["step"]: r["loss"] for r in runner.metrics("logs/r") if "loss" in r}
+    assert sorted(resumed) == list(range(1, 9))
+    assert max(abs(resumed[s] - losses[s - 1]) for s in range(1, 9)) < 1e-4
+
+
+@pytest.mark.slow
+@needs_megatron
+def test_dpo_recipe_starts_at_log2_and_preference_accuracy_rises(tmp_path, model_cache):  # noqa: F811
+    runner = Runner(tmp_path, model_cache)
+    runner.run("run", "recipes/dpo-tiny-megatron-lora.yaml", "dpo.max_num_steps=60",
+               "dpo.val_period=60", "checkpointing.enabled=false", *QUIET)
+    rows = runner.metrics("logs/dpo-tiny-megatron-lora")
+    train = [r for r in rows if "loss" in r]
+    val = [r for r in rows if "val_accuracy" in r]
+    assert train[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert val[0]["val_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert sum(r["accuracy"] for r in train[-10:]) / 10 > 0.9
+    assert val[-1]["val_accuracy"] > val[0]["val_accuracy"]
+
+
+@pytest.mark.slow
+@needs_megatron
+def test_sft_then_grpo_from_the_exported_adapter_raise_accuracy_and_reward(
+        tmp_path, model_cache):  # noqa: F811
+    """The GRPO recipe's documented path: 100 SFT steps, export to PEFT, GRPO from it."""
+    runner = Runner(tmp_path, model_cache)
+    runner.run("run", "recipes/sft-tiny-megatron-lora.yaml", "sft.max_num_steps=100",
+               "sft.val_period=100", *QUIET)
+    rows = runner.metrics("logs/sft-tiny-megatron-lora")
+    losses = [r["loss"] for r in rows if "loss" in r]
+    val = [r for r in rows if "val_loss" in r]
+    assert sum(losses[-10:]) / 10 < losses[0] / 4  # the loss falls a lot (7.2 -> ~0.8)
+    assert val[-1]["val_loss"] < val[0]["val_loss"] / 4
+    runner.run("export", "--checkpoint", "results/sft-tiny-megatron-lora", "--format", "peft",
+               "--out", "results/sft-tiny-megatron-peft")
+    gains = []
+    for seed in (1, 2, 3):
+        log_dir = f"logs/grpo-{seed}"
+        runner.run("run", "recipes/grpo-tiny-megatron-lora.yaml", f"grpo.seed={seed}",
+                   f"logger.log_dir={log_dir}", f"checkpointing.checkpoint_dir=results/g{seed}",
+                   "grpo.val_period=0", "grpo.val_at_start=false", *QUIET)
+        rows = [r for r in runner.metrics(log_dir) if "reward" in r]
+        # the generator is a HF copy that receives the adapter: trainer and generator agree
+        assert all(abs(r["gen_kl_error"]) < 1e-4 for r in rows)
+        gains.append(sum(r["reward"] for r in rows[-10:]) / 10 -
+                     sum(r["reward"] for r in rows[:5]) / 5)
+    # From the same adapter and seed the DTensor backend samples the same first rollouts and
+    # computes the same first loss (later steps differ: fused vs separate A, see above).
+    runner.run("run", "recipes/grpo-tiny-dtensor-lora.yaml", "grpo.seed=1", "grpo.max_num_steps=1",
+               "policy.init_adapter_path=results/sft-tiny-megatron-peft", "logger.log_dir=logs/d1",
+               "checkpointing.enabled=false", "grpo.val_period=0", "grpo.val_at_start=false",
+               *QUIET)
+    first_megatron = next(r for r in runner.metrics("logs/grpo-1") if "reward" in r)
+    first_dtensor = next(r for r in runner.metrics("logs/d1") if "reward" in r)
+    assert first_megatron["reward"] == first_dtensor["reward"]
+    assert abs(first_megatron["loss"] - first_dtensor["loss"]) < 1e-6
+    # The DTensor GRPO test's margin: the last 10 steps' mean reward beats the first 5's by
+    # >= 0.1 on average over 3 seeds, and every seed gains. (Measured 2025-11: NOT met from the
+    # Megatron 100-step SFT adapter — gains 0.011/-0.130/-0.181; the DTensor backend from the
+    # same adapter, seed 1, gains -0.008 — so this is the starting adapter, not the backend.)
+    assert sum(gains) / 3 >= 0.1, gains
+    assert min(gains) > 0, gains
+
+
+def _initial_adapter(directory, model_dir, modules: tuple[str, ...]) -> None:
+    """A PEFT adapter on `modules` of every layer: xavier A, zero B (the recipes' init). q/k/v
+    share one A and gate/up share one A, the only form the Megatron backend's fused linears can
+    hold (the DTensor backend loads the shared values into its separate A's)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    generator = torch.Generator().manual_seed(0)
+    groups = [("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"),
+              ("down_proj",)]
+    tensors = {}
+    for i, layer in enumerate(model.model.layers):
+        for group in [g for g in groups if g[0] in modules]:
+            block = "mlp" if group[0] in ("gate_proj", "down_proj") else "self_attn"
+            linears = [getattr(getattr(layer, block), name) for name in group]
+            a = torch.empty(8, linears[0].in_features)
+            torch.nn.init.xavier_uniform_(a, generator=generator)
+            for name, linear in zip(group, linears, strict=True):
+                key = f"base_model.model.model.layers.{i}.{block}.{name}"
+                tensors[f"{key}.lora_A.weight"] = a.clone()
+                tensors[f"{key}.lora_B.weight"] = torch.zeros(linear.out_features, 8)
+    directory.mkdir()
+    save_file(tensors, str(directory / "adapter_model.safetensors"))
+    (directory / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": list(modules)}))
+
+
+@pytest.mark.slow
+@needs_megatron
+def test_first_five_sft_losses_equal_the_dtensor_backend(tmp_path, model_cache):  # noqa: F811
+    """Megatron (tp=2) vs DTensor (one process), same recipe settings, same initial adapter.
+
+    On o_proj/down_proj (linear_proj/linear_fc2) the two parametrisations are the same, and all
+    five losses agree. On all linears the Megatron backend's fused linear_qkv/linear_fc1 have one
+    A for q/k/v and for gate/up where the DTensor backend has one per projection: with B = 0 at
+    the start, A gets no gradient in step 1, so steps 1-2 agree; from step 3 on the shared A
+    follows the summed gradient and the runs differ by design (measured: 0.08 in step 3)."""
+    runner = Runner(tmp_path, model_cache)
+    common = ["sft.max_num_steps=5", "sft.val_period=0", "sft.val_at_start=false",
+              "checkpointing.enabled=false", *QUIET]
+    base_dir = model_cache / "tiny-llama-v1"
+    cases = {
+        "proj": (("o_proj", "down_proj"), 5,
+                 ["policy.megatron_cfg.peft.target_modules=[linear_proj,linear_fc2]"],
+                 ["policy.dtensor_cfg.lora_cfg.match_all_linear=false",
+                  "policy.dtensor_cfg.lora_cfg.target_modules=[o_proj,down_proj]"]),
+        "all": (("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), 2,
+                [], []),
+    }
+    for case, (modules, equal_steps, megatron_args, dtensor_args) in cases.items():
+        _initial_adapter(tmp_path / f"init-{case}", base_dir, modules)
+        init = f"policy.init_adapter_path=init-{case}"
+        runner.run("run", "recipes/sft-tiny-megatron-lora.yaml", *common, init, *megatron_args,
+                   f"logger.log_dir=logs/megatron-{case}")
+        runner.run("run", "recipes/sft-tiny-dtensor-lora.yaml", *common, init, *dtensor_args,
+                   f"logger.log_dir=logs/dtensor-{case}")
+        megatron, dtensor = ([r["loss"] for r in runner.metrics(f"logs/{b}-{case}")]
+                             for b in ("megatron", "dtensor"))
+        assert len(megatron) == len(dtensor) == 5
+        assert max(abs(m - d) for m, d in zip(megatron[:equal_steps], dtensor[:equal_steps],
+                                              strict=True)) < 1e-4, (case, megatron, dtensor)
+        assert megatron[-1] < megatron[0] / 1.5  # and it trains
