@@ -76,14 +76,18 @@ def test_dpo_recipe_starts_at_log2_and_preference_accuracy_rises(tmp_path, model
 @needs_megatron
 def test_sft_then_grpo_from_the_exported_adapter_raise_accuracy_and_reward(
         tmp_path, model_cache):  # noqa: F811
-    """The GRPO recipe's documented path: 100 SFT steps, export to PEFT, GRPO from it."""
+    """The GRPO recipe's documented path: SFT, export to PEFT, GRPO from it.
+
+    250 SFT steps, not the DTensor test's 100: Megatron's fused adapters (one A for q/k/v, one
+    for gate/up) learn the task more slowly, and from a 100-step adapter GRPO's reward moved
+    by +0.01/-0.13/-0.18 (seeds 1-3); from 250 steps it rose by +0.41/+0.27/+0.26."""
     runner = Runner(tmp_path, model_cache)
-    runner.run("run", "recipes/sft-tiny-megatron-lora.yaml", "sft.max_num_steps=100",
-               "sft.val_period=100", *QUIET)
+    runner.run("run", "recipes/sft-tiny-megatron-lora.yaml", "sft.max_num_steps=250",
+               "sft.val_period=125", *QUIET)
     rows = runner.metrics("logs/sft-tiny-megatron-lora")
     losses = [r["loss"] for r in rows if "loss" in r]
     val = [r for r in rows if "val_loss" in r]
-    assert sum(losses[-10:]) / 10 < losses[0] / 4  # the loss falls a lot (7.2 -> ~0.8)
+    assert sum(losses[-10:]) / 10 < losses[0] / 4  # the loss falls a lot (7.2 -> ~0.5)
     assert val[-1]["val_loss"] < val[0]["val_loss"] / 4
     runner.run("export", "--checkpoint", "results/sft-tiny-megatron-lora", "--format", "peft",
                "--out", "results/sft-tiny-megatron-peft")
@@ -109,9 +113,7 @@ def test_sft_then_grpo_from_the_exported_adapter_raise_accuracy_and_reward(
     assert first_megatron["reward"] == first_dtensor["reward"]
     assert abs(first_megatron["loss"] - first_dtensor["loss"]) < 1e-6
     # The DTensor GRPO test's margin: the last 10 steps' mean reward beats the first 5's by
-    # >= 0.1 on average over 3 seeds, and every seed gains. (Measured 2025-11: NOT met from the
-    # Megatron 100-step SFT adapter — gains 0.011/-0.130/-0.181; the DTensor backend from the
-    # same adapter, seed 1, gains -0.008 — so this is the starting adapter, not the backend.)
+    # >= 0.1 on average over 3 seeds, and every seed gains.
     assert sum(gains) / 3 >= 0.1, gains
     assert min(gains) > 0, gains
 
