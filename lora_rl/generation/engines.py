@@ -24,6 +24,9 @@ class RolloutEngine(Protocol):
                generator: torch.Generator) -> tuple[Generated, dict[str, float]]:
         """Sampled responses and timings (`generation_time_s`, `weight_sync_time_s`)."""
 
+    def close(self) -> None:
+        """Release the engine's resources; must run before torch.distributed is torn down."""
+
 
 class TorchEngine:
     def __init__(self, cfg: RecipeConfig, backend: TrainingBackend, tokenizer) -> None:
@@ -51,6 +54,9 @@ class TorchEngine:
                     unmerge_lora(model)
                     sync_s += time.perf_counter() - started
         return out, {"generation_time_s": gen_s, "weight_sync_time_s": sync_s}
+
+    def close(self) -> None:
+        """Nothing to release: the torch engine samples from the training module itself."""
 
 
 def build_engine(cfg: RecipeConfig, backend: TrainingBackend, tokenizer) -> RolloutEngine:

