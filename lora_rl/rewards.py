@@ -19,7 +19,7 @@ def normalise(text: str) -> str:
 
 def exact_match(prompts: list[str], responses: list[str], answers: list[str]) -> list[float]:
     """1.0 when the response equals the reference answer (whitespace-normalised)."""
-    return [float(normalise(r) == normalise(a)) for r, a in zip(responses, answers)]
+    return [float(normalise(r) == normalise(a)) for r, a in zip(responses, answers, strict=True)]
 
 
 def format_reward(prompts: list[str], responses: list[str], answers: list[str]) -> list[float]:
@@ -31,7 +31,8 @@ def exact_match_and_format(prompts: list[str], responses: list[str],
                            answers: list[str]) -> list[float]:
     """0.9 x exact match + 0.1 x format."""
     return [0.9 * e + 0.1 * f for e, f in zip(exact_match(prompts, responses, answers),
-                                              format_reward(prompts, responses, answers))]
+                                              format_reward(prompts, responses, answers),
+                                              strict=True)]
 
 
 BUILTIN: dict[str, RewardFn] = {

@@ -17,8 +17,15 @@ from lora_rl.config.recipe import RecipeConfig
 from lora_rl.data.examples import Example, completion_example
 from lora_rl.data.jsonl import Record
 from lora_rl.data.order import DataOrder
-from lora_rl.data.sources import chunks, collate, limits, load_records, load_tokenizer, \
-    rank_slice, text_format
+from lora_rl.data.sources import (
+    chunks,
+    collate,
+    limits,
+    load_records,
+    load_tokenizer,
+    rank_slice,
+    text_format,
+)
 from lora_rl.training.runtime import Runtime, seed_step
 from lora_rl.training.session import TrainingSession
 
@@ -41,9 +48,7 @@ class DPO:
         self.train_pairs = self._pairs(load_records(self.cfg, "train", keys))
         self.val_pairs = self._pairs(load_records(self.cfg, "val", keys))
         self.order = DataOrder(len(self.train_pairs), self.algo.seed, data.shuffle)
-        self.start_step, state = self.session.resume()
-        if state:
-            self.order.load_state(state["data"])
+        self.start_step = self.session.resume(self.order)
         self.session.say(f"DPO: {len(self.train_pairs)} preference pairs, "
                          f"{self.backend.trainable_report()}")
 
@@ -83,8 +88,8 @@ class DPO:
             if self.algo.val_period and step % self.algo.val_period == 0 and self.val_pairs:
                 metrics.update(self.validate())
             self.session.log(step, metrics)
-            self.session.maybe_save(step, {"data": self.order.state()})
-        self.session.maybe_save(step, {"data": self.order.state()}, final=step > self.start_step)
+            self.session.maybe_save(step)
+        self.session.maybe_save(step, final=step > self.start_step)
 
     def _reference(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
         with self.backend.eval_mode(), self.backend.reference_policy():
@@ -114,7 +119,7 @@ class DPO:
 
         sums = self.backend.forward_backward(micro, loss_fn)
         keys = ["loss_sum", "chosen_reward_sum", "rejected_reward_sum", "correct", "margin_sum"]
-        totals = dict(zip(keys, self.backend.all_reduce_sum([sums[k] for k in keys])))
+        totals = dict(zip(keys, self.backend.all_reduce_sum([sums[k] for k in keys]), strict=True))
         stats = self.backend.optimizer_step()
         return {"loss": totals["loss_sum"] / n_pairs, "lr": stats.lr,
                 "grad_norm": stats.grad_norm, "skipped_step": stats.skipped,

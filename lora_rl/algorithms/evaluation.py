@@ -8,9 +8,8 @@ from lora_rl.data.examples import TextFormat
 from lora_rl.data.jsonl import Record
 from lora_rl.data.sources import chunks
 from lora_rl.generation.torch_generator import SamplingParams, generate
-from lora_rl.training.runtime import Runtime
-
 from lora_rl.rewards import normalise
+from lora_rl.training.runtime import Runtime
 
 EVAL_BATCH = 64
 
@@ -30,7 +29,7 @@ def exact_match_accuracy(backend: TrainingBackend, fmt: TextFormat, records: lis
             for chunk in chunks(records, EVAL_BATCH):
                 prompts = [fmt.prompt_ids(r.text(cfg.data.prompt_key)) for r in chunk]
                 out = generate(model, prompts, params, pad_id=tokenizer.pad_token_id)
-                for record, tokens in zip(chunk, out.tokens):
+                for record, tokens in zip(chunk, out.tokens, strict=True):
                     text = tokenizer.decode(tokens, skip_special_tokens=True)
                     correct += normalise(text) == normalise(record.text(key))
     return float(runtime.broadcast_object(correct / len(records)))

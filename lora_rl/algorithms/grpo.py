@@ -21,8 +21,15 @@ from lora_rl.backends.base import TokenBatch, TrainingBackend
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.data.examples import Example, prompt_only
 from lora_rl.data.order import DataOrder
-from lora_rl.data.sources import chunks, collate, limits, load_records, load_tokenizer, \
-    rank_slice, text_format
+from lora_rl.data.sources import (
+    chunks,
+    collate,
+    limits,
+    load_records,
+    load_tokenizer,
+    rank_slice,
+    text_format,
+)
 from lora_rl.generation.engines import build_engine
 from lora_rl.generation.torch_generator import SamplingParams
 from lora_rl.rewards import load_reward, score
@@ -84,9 +91,7 @@ class GRPO:
             stop_strings=tuple(self.gen_cfg.stop_strings or ()))
         self.engine = build_engine(self.cfg, self.backend, self.tokenizer)
         self.order = DataOrder(len(self.train_records), self.algo.seed, data.shuffle)
-        self.start_step, state = self.session.resume()
-        if state:
-            self.order.load_state(state["data"])
+        self.start_step = self.session.resume(self.order)
         self.session.say(f"GRPO: {len(self.train_records)} prompts, "
                          f"{self.backend.trainable_report()}")
 
@@ -110,7 +115,7 @@ class GRPO:
         advantages = group_advantages(rewards, group, self.algo.use_leave_one_out_baseline,
                                       self.algo.normalize_rewards)
         examples = []
-        for prompt, tokens, stopped in zip(prompts, out.tokens, out.stopped):
+        for prompt, tokens, stopped in zip(prompts, out.tokens, out.stopped, strict=True):
             keep = stopped or not self.algo.overlong_filtering
             examples.append(Example(tuple(prompt + tokens),
                                     tuple([0] * len(prompt) + [int(keep)] * len(tokens))))
@@ -138,8 +143,8 @@ class GRPO:
             if self.algo.val_period and step % self.algo.val_period == 0 and self.val_records:
                 metrics.update(self.validate(step))
             self.session.log(step, metrics)
-            self.session.maybe_save(step, {"data": self.order.state()})
-        self.session.maybe_save(step, {"data": self.order.state()}, final=step > self.start_step)
+            self.session.maybe_save(step)
+        self.session.maybe_save(step, final=step > self.start_step)
 
     def _logprobs_no_grad(self, batch: TokenBatch, reference: bool) -> torch.Tensor:
         ctx = self.backend.reference_policy() if reference else contextlib.nullcontext()
@@ -169,7 +174,8 @@ class GRPO:
                                          tokens.loss_mask, rollouts.advantages[part], old, ref,
                                          gen))
 
-            def loss_fn(logprobs: torch.Tensor, batch: TokenBatch):
+            def loss_fn(logprobs: torch.Tensor, batch: TokenBatch,
+                        token_count: float = token_count, seq_count: float = seq_count):
                 mask = batch.target_mask
                 pg, clipped = clipped_policy_loss(logprobs, batch.old, batch.advantages,
                                                   loss_cfg.ratio_clip_min, loss_cfg.ratio_clip_max,
@@ -191,7 +197,7 @@ class GRPO:
 
             sums = self.backend.forward_backward(micro, loss_fn)
             reduced = self.backend.all_reduce_sum([sums[k] for k in totals])
-            for key, value in zip(totals, reduced):
+            for key, value in zip(totals, reduced, strict=True):
                 totals[key] += value
             stats = self.backend.optimizer_step()
         tokens = max(totals["tokens"], 1.0)

@@ -15,8 +15,15 @@ from lora_rl.backends.base import TokenBatch, TrainingBackend
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.data.examples import Example, completion_example
 from lora_rl.data.order import DataOrder
-from lora_rl.data.sources import chunks, collate, limits, load_records, load_tokenizer, \
-    rank_slice, text_format
+from lora_rl.data.sources import (
+    chunks,
+    collate,
+    limits,
+    load_records,
+    load_tokenizer,
+    rank_slice,
+    text_format,
+)
 from lora_rl.training.runtime import Runtime, seed_step
 from lora_rl.training.session import TrainingSession
 
@@ -42,9 +49,7 @@ class SFT:
         self.val_records = load_records(self.cfg, "val", keys)
         self.val_set = self._examples(self.val_records)
         self.order = DataOrder(len(self.train_set), self.algo.seed, data.shuffle)
-        self.start_step, state = self.session.resume()
-        if state:
-            self.order.load_state(state["data"])
+        self.start_step = self.session.resume(self.order)
         self.session.say(f"SFT: {len(self.train_set)} training examples, "
                          f"{self.backend.trainable_report()}")
 
@@ -77,8 +82,8 @@ class SFT:
             if self.algo.val_period and step % self.algo.val_period == 0:
                 metrics.update(self.validate())
             self.session.log(step, metrics)
-            self.session.maybe_save(step, {"data": self.order.state()})
-        self.session.maybe_save(step, {"data": self.order.state()}, final=step > self.start_step)
+            self.session.maybe_save(step)
+        self.session.maybe_save(step, final=step > self.start_step)
 
     def _train_step(self, indices: list[int]) -> dict[str, Any]:
         examples = [self.train_set[i] for i in indices]

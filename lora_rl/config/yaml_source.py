@@ -7,11 +7,10 @@ a "billion laughs" document is an error instead of an out-of-memory kill.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import re
 
 import yaml
 

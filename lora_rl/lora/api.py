@@ -184,7 +184,7 @@ def disable_lora(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for layer, was in zip(layers, previous):
+        for layer, was in zip(layers, previous, strict=True):
             layer.disabled = was
 
 

@@ -10,6 +10,7 @@ from lora_rl import __version__
 from lora_rl.backends.base import TrainingBackend
 from lora_rl.checkpoint import latest_checkpoint, prune_checkpoints, save_checkpoint
 from lora_rl.config.recipe import RecipeConfig
+from lora_rl.data.order import DataOrder
 from lora_rl.metrics import MetricsLog
 from lora_rl.training.runtime import Runtime
 
@@ -32,24 +33,29 @@ class TrainingSession:
         self.last_metrics: dict[str, Any] = {}
         self._progress = None
         self._saved_step: int | None = None
+        self.order: DataOrder | None = None
+        """The data position, saved with every checkpoint (set by `resume`)."""
 
     # ---- resume ---------------------------------------------------------------------------
 
-    def resume(self) -> tuple[int, dict[str, Any]]:
-        """(first step to run, algorithm state) from the latest good checkpoint, or (0, {})."""
+    def resume(self, order: DataOrder) -> int:
+        """Restore weights, optimizer and `order` (the data position) from the latest good
+        checkpoint; the first step to run (0 for a fresh run). `maybe_save` records `order`."""
+        self.order = order
         found = latest_checkpoint(self.root, warn=self.say) if self.ckpt.enabled else None
-        step, state = 0, {}
+        step = 0
         if found is not None:
             self._check_same_run(found.state, found.path)
             self.backend.load_checkpoint_tensors(found.tensors, found.state["optimizer_meta"])
-            step, state = found.step, found.state["algorithm"]
+            order.load_state(found.state["algorithm"]["data"])
+            step = found.step
             self._saved_step = step
             self.say(f"resuming from {found.path} (step {step})")
         if self.runtime.is_main:
             log_dir = Path(self.cfg.logger.log_dir)
             self.metrics = MetricsLog(log_dir, step if found else None,
                                       self.cfg.logger.tensorboard_enabled)
-        return step, state
+        return step
 
     def _check_same_run(self, state: dict[str, Any], path: Path) -> None:
         ours = run_identity(self.cfg)
@@ -81,7 +87,7 @@ class TrainingSession:
             self.metrics.log(step, metrics)
             self._show(step, metrics)
 
-    def maybe_save(self, step: int, algorithm_state: dict[str, Any], final: bool = False) -> None:
+    def maybe_save(self, step: int, final: bool = False) -> None:
         due = final or step % self.ckpt.save_period == 0
         if not self.ckpt.enabled or not due or step == self._saved_step:
             return
@@ -94,7 +100,7 @@ class TrainingSession:
         if self.runtime.is_main:
             state = {
                 "run": run_identity(self.cfg),
-                "algorithm": algorithm_state,
+                "algorithm": {"data": self.order.state()},
                 "optimizer_meta": self.backend.optimizer_meta(),
                 "metrics": {k: v for k, v in self.last_metrics.items()
                             if isinstance(v, (int, float))},

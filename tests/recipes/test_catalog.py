@@ -13,8 +13,14 @@ from typer.testing import CliRunner
 
 from lora_rl.cli_recipes import app as recipes_app
 from lora_rl.config.validate import validate_recipe
-from lora_rl.recipes_catalog import CatalogError, copy_recipe, find_recipe, list_recipes, \
-    recipes_dir, summarize
+from lora_rl.recipes_catalog import (
+    CatalogError,
+    copy_recipe,
+    find_recipe,
+    list_recipes,
+    recipes_dir,
+    summarize,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRIES = list_recipes(include_bases=True)

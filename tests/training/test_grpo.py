@@ -52,8 +52,8 @@ def test_merge_weight_generation_equals_split_weight(model_cache):
                       generator=torch.Generator().manual_seed(3))
     unmerge_lora(model)
     assert merged.tokens == split.tokens
-    for a, b in zip(merged.logprobs, split.logprobs):
-        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+    for a, b in zip(merged.logprobs, split.logprobs, strict=True):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4
 
 
 @pytest.mark.slow

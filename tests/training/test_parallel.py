@@ -24,8 +24,8 @@ def test_fsdp2_and_tp2_reproduce_single_process_losses(runner):
     fsdp = _losses(runner, "sft-tiny-dtensor-lora-fsdp2.yaml", "fsdp")
     tp = _losses(runner, "sft-tiny-dtensor-lora-tp2.yaml", "tp")
     assert len(single) == len(fsdp) == len(tp) == 10
-    assert max(abs(a - b) for a, b in zip(single, fsdp)) < 1e-4
-    assert max(abs(a - b) for a, b in zip(single, tp)) < 1e-4
+    assert max(abs(a - b) for a, b in zip(single, fsdp, strict=True)) < 1e-4
+    assert max(abs(a - b) for a, b in zip(single, tp, strict=True)) < 1e-4
 
 
 @pytest.mark.slow
