@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
+from lora_rl.algorithms.base import Algorithm
 from lora_rl.algorithms.dpo_loss import dpo_losses, sequence_logprobs
-from lora_rl.backends.base import TokenBatch, TrainingBackend
-from lora_rl.config.recipe import RecipeConfig
+from lora_rl.backends.base import TokenBatch
+from lora_rl.config.algorithms import DPOConfig
 from lora_rl.data.examples import Example, completion_example
 from lora_rl.data.jsonl import Record
 from lora_rl.data.order import DataOrder
@@ -26,19 +27,13 @@ from lora_rl.data.sources import (
     rank_slice,
     text_format,
 )
-from lora_rl.training.runtime import Runtime, seed_step
-from lora_rl.training.session import TrainingSession
+from lora_rl.training.runtime import seed_step
 
 Pair = tuple[Example, Example]
 
 
-class DPO:
-    def __init__(self, cfg: RecipeConfig, backend: TrainingBackend, runtime: Runtime) -> None:
-        self.cfg = cfg
-        self.algo = cfg.dpo
-        self.backend = backend
-        self.runtime = runtime
-        self.session = TrainingSession(cfg, backend, runtime)
+class DPO(Algorithm):
+    algo: DPOConfig
 
     def setup(self) -> None:
         data = self.cfg.data
@@ -148,5 +143,3 @@ class DPO:
         loss, correct, count = self.backend.all_reduce_sum([loss, correct, float(len(mine))])
         return {"val_loss": loss / count, "val_accuracy": correct / count}
 
-    def cleanup(self) -> None:
-        self.session.close()

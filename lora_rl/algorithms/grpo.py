@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
+from lora_rl.algorithms.base import Algorithm
 from lora_rl.algorithms.grpo_loss import clipped_policy_loss, group_advantages, k3_kl
 from lora_rl.backends.base import TokenBatch, TrainingBackend
+from lora_rl.config.algorithms import GRPOConfig
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.data.examples import Example, prompt_only
 from lora_rl.data.order import DataOrder
@@ -30,11 +32,10 @@ from lora_rl.data.sources import (
     rank_slice,
     text_format,
 )
-from lora_rl.generation.engines import build_engine
+from lora_rl.generation.engines import RolloutEngine, build_engine
 from lora_rl.generation.torch_generator import SamplingParams
 from lora_rl.rewards import load_reward, score
 from lora_rl.training.runtime import Runtime, seed_step
-from lora_rl.training.session import TrainingSession
 
 
 @dataclass
@@ -63,14 +64,13 @@ class PolicyBatch(TokenBatch):
     """[B, L-1] the generator's log-probs of the sampled tokens."""
 
 
-class GRPO:
+class GRPO(Algorithm):
+    algo: GRPOConfig
+
     def __init__(self, cfg: RecipeConfig, backend: TrainingBackend, runtime: Runtime) -> None:
-        self.cfg = cfg
-        self.algo = cfg.grpo
+        super().__init__(cfg, backend, runtime)
         self.gen_cfg = cfg.policy.generation
-        self.backend = backend
-        self.runtime = runtime
-        self.session = TrainingSession(cfg, backend, runtime)
+        self.engine: RolloutEngine | None = None
 
     def setup(self) -> None:
         from lora_rl.config.generation import GenerationConfig
@@ -220,9 +220,9 @@ class GRPO:
 
     def cleanup(self) -> None:
         # The engine first: vLLM's shutdown needs the process groups the session tears down.
-        if getattr(self, "engine", None) is not None:
+        if self.engine is not None:
             self.engine.close()
-        self.session.close()
+        super().cleanup()
 
 
 def _aligned(batch: TokenBatch, gen_logprobs: list[list[float]],

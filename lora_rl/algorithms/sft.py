@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
+from lora_rl.algorithms.base import Algorithm
 from lora_rl.algorithms.evaluation import exact_match_accuracy
-from lora_rl.backends.base import TokenBatch, TrainingBackend
-from lora_rl.config.recipe import RecipeConfig
+from lora_rl.backends.base import TokenBatch
+from lora_rl.config.algorithms import SFTConfig
 from lora_rl.data.examples import Example, completion_example
 from lora_rl.data.order import DataOrder
 from lora_rl.data.sources import (
@@ -24,21 +25,15 @@ from lora_rl.data.sources import (
     rank_slice,
     text_format,
 )
-from lora_rl.training.runtime import Runtime, seed_step
-from lora_rl.training.session import TrainingSession
+from lora_rl.training.runtime import seed_step
 
 
 def masked_nll_sum(token_logprobs: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
     return -(token_logprobs * batch.target_mask).sum()
 
 
-class SFT:
-    def __init__(self, cfg: RecipeConfig, backend: TrainingBackend, runtime: Runtime) -> None:
-        self.cfg = cfg
-        self.algo = cfg.sft
-        self.backend = backend
-        self.runtime = runtime
-        self.session = TrainingSession(cfg, backend, runtime)
+class SFT(Algorithm):
+    algo: SFTConfig
 
     def setup(self) -> None:
         data = self.cfg.data
@@ -128,8 +123,6 @@ class SFT:
                                                        self.cfg, self.runtime)
         return metrics
 
-    def cleanup(self) -> None:
-        self.session.close()
 
 
 def _now() -> float:
