@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import sys
 from enum import Enum
-from functools import cache
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from lora_rl.cli_output import EXIT_INVALID, EXIT_OK, EXIT_USAGE
+from lora_rl.cli_output import console as _console
 from lora_rl.cli_recipes import app as recipes_app
 
 app = typer.Typer(
@@ -27,15 +28,6 @@ app = typer.Typer(
 app.add_typer(recipes_app, name="recipes")
 
 
-@cache
-def _console(stderr: bool = False):
-    # rich costs ~20 ms to import; `validate --format json` never needs it.
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 IO_RULES = frozenset({"LR010"})
 
 

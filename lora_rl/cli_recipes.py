@@ -10,6 +10,9 @@ from typing import Annotated
 
 import typer
 
+from lora_rl.cli_output import EXIT_INVALID, EXIT_USAGE
+from lora_rl.cli_output import console as _console
+
 app = typer.Typer(
     help="Shipped recipes: list them, copy one to edit.",
     no_args_is_help=True,
@@ -17,18 +20,8 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-EXIT_INVALID, EXIT_USAGE = 1, 2
 
 
-def _console(stderr: bool = False):
-    import sys
-
-    from rich.console import Console
-
-    # Piped into grep or a file there is no terminal width to respect; rich would fall back to
-    # 80 columns and cut the model names.
-    width = None if (sys.stderr if stderr else sys.stdout).isatty() else 200
-    return Console(stderr=stderr, highlight=False, width=width)
 
 
 @app.command("ls")
