@@ -2,7 +2,6 @@
 losses at tp=2 and pp=2 (the initial adapter does not depend on the layout) and resumes on
 another layout; DPO and GRPO learn by the same criteria as their DTensor counterparts."""
 
-import math
 import subprocess
 import sys
 
@@ -10,7 +9,14 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.megatron.conftest import MEGATRON_MISSING, REPO, megatron_available
-from tests.training.conftest import QUIET, Runner, model_cache  # noqa: F401  (fixture)
+from tests.training.conftest import (  # noqa: F401  (model_cache is a fixture)
+    QUIET,
+    Runner,
+    model_cache,
+    reward_gain,
+    run_grpo_seeds,
+    run_tiny_dpo,
+)
 
 RECIPES = ["recipes/sft-tiny-megatron-lora.yaml", "recipes/dpo-tiny-megatron-lora.yaml",
            "recipes/grpo-tiny-megatron-lora.yaml"]
@@ -60,16 +66,7 @@ def test_sft_recipe_trains_identically_at_tp2_and_pp2_and_resumes_across_layouts
 @pytest.mark.slow
 @needs_megatron
 def test_dpo_recipe_starts_at_log2_and_preference_accuracy_rises(tmp_path, model_cache):  # noqa: F811
-    runner = Runner(tmp_path, model_cache)
-    runner.run("run", "recipes/dpo-tiny-megatron-lora.yaml", "dpo.max_num_steps=60",
-               "dpo.val_period=60", "checkpointing.enabled=false", *QUIET)
-    rows = runner.metrics("logs/dpo-tiny-megatron-lora")
-    train = [r for r in rows if "loss" in r]
-    val = [r for r in rows if "val_accuracy" in r]
-    assert train[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
-    assert val[0]["val_loss"] == pytest.approx(math.log(2), abs=1e-6)
-    assert sum(r["accuracy"] for r in train[-10:]) / 10 > 0.9
-    assert val[-1]["val_accuracy"] > val[0]["val_accuracy"]
+    run_tiny_dpo(Runner(tmp_path, model_cache), "megatron")
 
 
 @pytest.mark.slow
@@ -91,17 +88,10 @@ def test_sft_then_grpo_from_the_exported_adapter_raise_accuracy_and_reward(
     assert val[-1]["val_loss"] < val[0]["val_loss"] / 4
     runner.run("export", "--checkpoint", "results/sft-tiny-megatron-lora", "--format", "peft",
                "--out", "results/sft-tiny-megatron-peft")
-    gains = []
-    for seed in (1, 2, 3):
-        log_dir = f"logs/grpo-{seed}"
-        runner.run("run", "recipes/grpo-tiny-megatron-lora.yaml", f"grpo.seed={seed}",
-                   f"logger.log_dir={log_dir}", f"checkpointing.checkpoint_dir=results/g{seed}",
-                   "grpo.val_period=0", "grpo.val_at_start=false", *QUIET)
-        rows = [r for r in runner.metrics(log_dir) if "reward" in r]
-        # the generator is a HF copy that receives the adapter: trainer and generator agree
-        assert all(abs(r["gen_kl_error"]) < 1e-4 for r in rows)
-        gains.append(sum(r["reward"] for r in rows[-10:]) / 10 -
-                     sum(r["reward"] for r in rows[:5]) / 5)
+    runs = run_grpo_seeds(runner, "recipes/grpo-tiny-megatron-lora.yaml")
+    # the generator is a HF copy that receives the adapter: trainer and generator agree
+    assert all(abs(r["gen_kl_error"]) < 1e-4 for rows in runs for r in rows)
+    gains = [reward_gain(rows) for rows in runs]
     # From the same adapter and seed the DTensor backend samples the same first rollouts and
     # computes the same first loss (later steps differ: fused vs separate A, see above).
     runner.run("run", "recipes/grpo-tiny-dtensor-lora.yaml", "grpo.seed=1", "grpo.max_num_steps=1",

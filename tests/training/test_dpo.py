@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lora_rl.algorithms.dpo_loss import dpo_losses, sequence_logprobs
-from tests.training.conftest import QUIET
+from tests.training.conftest import run_tiny_dpo
 
 
 def test_dpo_loss_equals_hand_computation():
@@ -36,13 +36,5 @@ def test_sequence_logprobs_sum_and_average():
 
 
 def test_dpo_recipe_starts_at_log2_and_preference_accuracy_rises(runner):
-    runner.run("run", "recipes/dpo-tiny-dtensor-lora.yaml", "dpo.max_num_steps=60",
-               "dpo.val_period=60", "checkpointing.enabled=false", *QUIET)
-    rows = runner.metrics("logs/dpo-tiny-dtensor-lora")
-    train = [r for r in rows if "loss" in r]
-    val = [r for r in rows if "val_accuracy" in r]
-    assert train[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
-    assert val[0]["val_loss"] == pytest.approx(math.log(2), abs=1e-6)
-    assert sum(r["accuracy"] for r in train[-10:]) / 10 > 0.9
-    assert val[-1]["val_accuracy"] > val[0]["val_accuracy"]
+    train = run_tiny_dpo(runner, "dtensor")
     assert {"rewards_chosen", "rewards_rejected", "margin"} <= set(train[-1])
