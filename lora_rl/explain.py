@@ -35,6 +35,11 @@ def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
                      "all four: linear_qkv, linear_proj, linear_fc1, linear_fc2"))
         if peft.exclude_modules:
             rows.append(("excluded", ", ".join(peft.exclude_modules)))
+        from lora_rl.lora.matching import ModuleMatcher
+
+        rows.append(("fused qkv / fc1", "canonical: one adapter per projection"
+                     if ModuleMatcher.from_config(peft).canonical
+                     else "one shared A per fused module"))
         rows.append(("A / B init", f"{peft.lora_A_init_method} / {peft.lora_B_init_method}"))
         rows.append(("adapter dtype", peft.lora_dtype or "follows the base layer"))
     else:

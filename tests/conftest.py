@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,12 +118,16 @@ class RecipeKit:
 
     @staticmethod
     def position(text: str, dotted: str) -> Position:
-        """The position of a mapping key in block-style YAML (as `dump` writes it), found by
-        indentation alone, independently of the loader under test."""
+        """The position of a mapping key, or of a list item (`key[2]`, last part only), in
+        block-style YAML (as `dump` writes it), found by indentation alone, independently of
+        the loader under test."""
         lines = text.splitlines()
         start, stop, indent = 0, len(lines), 0
         found = -1
         parts = dotted.split(".")
+        item = re.fullmatch(r"(.+)\[(\d+)\]", parts[-1])
+        if item:
+            parts[-1] = item[1]
         for depth, part in enumerate(parts):
             found = -1
             for index in range(start, stop):
@@ -144,6 +149,10 @@ class RecipeKit:
             start, stop = found + 1, end
             indent += 2
         key_column = indent + 1
+        if item:
+            # `dump` writes a block list's items at its key's indent, one per line: "- value".
+            line = found + 2 + int(item[2])
+            return Position(line, key_column, key_column + 2)
         return Position(found + 1, key_column, key_column + len(parts[-1]) + 2)
 
 

@@ -55,9 +55,14 @@ class MegatronPeftConfig(Section):
     """Train LoRA adapters instead of the full model."""
     target_modules: list[str] | None = Field(default_factory=list)
     """Megatron module names: `linear_qkv`, `linear_proj`, `linear_fc1`, `linear_fc2`, or full
-    names with `*` wildcards (`*.layers.0.*.linear_qkv`). Empty means all four."""
+    names with `*` wildcards (`*.layers.0.*.linear_qkv`). Empty means all four. Canonical LoRA
+    (one adapter per projection, like PEFT on q/k/v_proj, gate/up_proj): name the projections
+    inside the fused modules instead, `linear_q`, `linear_k`, `linear_v`, `linear_fc1_gate`,
+    `linear_fc1_up`; fused and canonical names do not mix."""
     exclude_modules: list[str] | None = Field(default_factory=list)
-    """Linear modules to leave alone; requires `target_modules` empty or null."""
+    """Linear modules to leave alone; requires `target_modules` empty or null. Canonical names
+    here (`linear_k`) leave one projection of a fused module alone and adapt the others
+    separately."""
     dim: int = Field(32, ge=1)
     """LoRA rank r."""
     alpha: float = Field(32, gt=0)

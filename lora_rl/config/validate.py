@@ -126,7 +126,9 @@ def run_rules(config: RecipeConfig, context: RuleContext,
     out = []
     for rule in RULES.values():
         for finding in rule.check(config, context):
-            path: KeyPath = tuple(finding.path.split(".")) if finding.path else ()
+            # A numeric component is a list index (`target_modules.2`), as in the source map.
+            path: KeyPath = tuple(int(part) if part.isdigit() else part
+                                  for part in finding.path.split(".")) if finding.path else ()
             where = locate(positions, path, prefer_key=False)
             if where is not None and path not in positions:
                 where = replace(where, via=f"{dotted(path)} is not written here: its default "

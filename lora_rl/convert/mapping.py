@@ -1,7 +1,8 @@
 """The LoRA block of each schema, as one neutral `LoraSpec`, and the tables that map between them.
 
 Schemas: DTensor `policy.dtensor_cfg.lora_cfg` (Hugging Face module names), Megatron
-`policy.megatron_cfg.peft` (Megatron-Bridge names, q/k/v and gate/up fused) and AReaL's flat
+`policy.megatron_cfg.peft` (Megatron-Bridge names: q/k/v and gate/up fused, or canonical names
+for one adapter per projection) and AReaL's flat
 actor keys (`use_lora`, `lora_rank`, `lora_alpha`, `target_modules`, `peft_type`). Every
 difference between them is data in this file; `rewrite.py` only edits YAML.
 
@@ -50,6 +51,12 @@ for _hf, _mg in HF_TO_MEGATRON.items():
     MEGATRON_TO_HF.setdefault(_mg, []).append(_hf)
 MEGATRON_ALL = list(MEGATRON_TO_HF)
 """Megatron's empty `target_modules` means these four."""
+HF_TO_CANONICAL: dict[str, str] = {
+    "q_proj": "linear_q", "k_proj": "linear_k", "v_proj": "linear_v",
+    "gate_proj": "linear_fc1_gate", "up_proj": "linear_fc1_up",
+}
+"""Canonical LoRA: a projection inside a fused module, adapted on its own."""
+CANONICAL_TO_HF = {mg: [hf] for hf, mg in HF_TO_CANONICAL.items()}
 
 AREAL_ALL_LINEAR = "all-linear"
 """PEFT's magic target that AReaL passes through: every linear layer but the output layer."""
@@ -201,7 +208,7 @@ def _names_to_hf(names: list[str], key: str) -> tuple[list[str], list[Loss]]:
     losses: list[Loss] = []
     for name in names:
         layer, short = _split(name)
-        parts = MEGATRON_TO_HF.get(short)
+        parts = MEGATRON_TO_HF.get(short) or CANONICAL_TO_HF.get(short)
         if parts is None:
             out.append(name)
             losses.append(Loss(key, f"'{name}' is not a Megatron LoRA module name; kept as is"))
@@ -217,54 +224,54 @@ def _names_to_hf(names: list[str], key: str) -> tuple[list[str], list[Loss]]:
 
 
 def _megatron_names(spec: LoraSpec) -> tuple[list[str], list[str], list[Loss]]:
-    """HF targets/excludes -> Megatron's. A fused module is adapted when any of its HF parts is
-    (q_proj alone still adapts linear_qkv, i.e. k and v too): Megatron cannot split it."""
+    """HF targets/excludes -> Megatron's. When every fused module is named whole, the fused
+    names (Megatron-Bridge's usual LoRA); when a q/k/v or gate/up set is partial (q_proj and
+    v_proj only, or k_proj excluded), canonical names throughout, which adapt exactly those
+    projections."""
     losses: list[Loss] = []
     if spec.match_all and not spec.targets and not spec.excludes:
         return [], [], losses
+    canonical = _partial_fused_set(spec.targets) or _partial_fused_set(spec.excludes)
     if spec.targets:
-        targets = _fused(spec.targets, "target_modules", losses)
+        targets = _megatron_module_names(spec.targets, "target_modules", losses, canonical)
         if spec.excludes:
             # Megatron takes targets or excludes, not both (LR106): fold the excludes in.
-            dropped = set(_fused(spec.excludes, "exclude_modules", losses, whole_only=True))
+            dropped = set(_megatron_module_names(spec.excludes, "exclude_modules", losses,
+                                                 canonical))
             targets = [t for t in targets if t not in dropped]
             losses.append(Loss("exclude_modules", "folded into target_modules (Megatron takes "
                                "one or the other)"))
         return targets, [], losses
-    excludes = _fused(spec.excludes, "exclude_modules", losses, whole_only=True)
-    return [], excludes, losses
+    return [], _megatron_module_names(spec.excludes, "exclude_modules", losses, canonical), \
+        losses
 
 
-def _fused(names: list[str], key: str, losses: list[Loss],
-           whole_only: bool = False) -> list[str]:
-    """HF names -> Megatron names. With `whole_only` (excludes) a fused module is listed only when
-    all its parts are, so nothing the source adapted is left out."""
-    wanted: dict[tuple[str | None, str], set[str]] = {}
+def _partial_fused_set(names: list[str]) -> bool:
+    """Whether `names` name some, not all, of a fused module's parts (per layer pattern)."""
+    named: dict[tuple[str | None, str], set[str]] = {}
+    for name in names:
+        layer, short = _split(name)
+        if short in HF_TO_CANONICAL:
+            key = (layer if _is_pattern(name) else None, HF_TO_MEGATRON[short])
+            named.setdefault(key, set()).add(short)
+    return any(len(parts) < len(MEGATRON_TO_HF[fused]) for (_, fused), parts in named.items())
+
+
+def _megatron_module_names(names: list[str], key: str, losses: list[Loss],
+                           canonical: bool) -> list[str]:
     out: list[str] = []
     for name in names:
         layer, short = _split(name)
-        fused = HF_TO_MEGATRON.get(short)
-        if fused is None:
+        mapped = (HF_TO_CANONICAL.get(short) if canonical else None) or HF_TO_MEGATRON.get(short)
+        if mapped is None:
             losses.append(Loss(key, f"'{name}' has no Megatron counterpart; kept as is"))
             out.append(name)
             continue
-        wanted.setdefault((layer if _is_pattern(name) else None, fused), set()).add(short)
         if _is_pattern(name):
             losses.append(Loss(key, f"'{name}' is a full-name pattern; rewritten from its layer "
                                "index and last component, check it"))
-    for (layer, fused), parts in wanted.items():
-        missing = [p for p in MEGATRON_TO_HF[fused] if p not in parts]
-        name = fused if layer is None else f"*.layers.{layer}.*.{fused}"
-        if missing and whole_only:
-            losses.append(Loss(key, f"{', '.join(sorted(parts))} alone cannot be excluded: "
-                               f"{fused} fuses {', '.join(MEGATRON_TO_HF[fused])}; it stays "
-                               "adapted"))
-            continue
-        if missing:
-            losses.append(Loss(key, f"{', '.join(sorted(parts))} without "
-                               f"{', '.join(missing)} cannot map exactly: {fused} fuses "
-                               f"{', '.join(MEGATRON_TO_HF[fused])}, so all are adapted"))
-        out.append(name)
+            mapped = f"*.layers.{layer}.*.{mapped}" if layer is not None else mapped
+        out.append(mapped)
     return _unique(out)
 
 

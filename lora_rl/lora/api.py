@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
-from lora_rl.lora.layer import LoraLinear
+from lora_rl.lora.layer import AdapterLayer, LoraLinear
 from lora_rl.lora.matching import LoraMatchError, LoraWarning, ModuleMatcher, short_name
 from lora_rl.lora.naming import unwrapped_name
 from lora_rl.lora.spec import LoraSpec, Semantics, lora_spec_from_config, semantics_of
@@ -173,8 +173,10 @@ def merge_and_unwrap(model: nn.Module) -> None:
 @contextlib.contextmanager
 def disable_lora(model: nn.Module) -> Iterator[None]:
     """The frozen base model (the DPO/GRPO reference policy), without copying weights."""
-    layers = [layer for _, layer in iter_lora_layers(model)]
-    merged = [name for name, layer in iter_lora_layers(model) if layer.merged]
+    named = [(unwrapped_name(path), m) for path, m in model.named_modules()
+             if isinstance(m, AdapterLayer)]
+    layers = [layer for _, layer in named]
+    merged = [name for name, layer in named if layer.merged]
     if merged:
         raise RuntimeError(f"cannot disable LoRA while it is merged ({merged[0]}, ...); the base "
                            "weights include the adapters; unmerge first")

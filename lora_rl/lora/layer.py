@@ -18,6 +18,7 @@ Three compute paths, numerically the same:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -92,7 +93,30 @@ class _FusedLoraLinear(torch.autograd.Function):
         return dx, dh, dw, dbias, da, db, None
 
 
-class LoraLinear(nn.Module):
+def low_rank_update(x: torch.Tensor, lora_A: nn.Module, lora_B: nn.Module, scale: float,
+                    dropout: nn.Module, dropout_position: str,
+                    kernel: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """scale * B(A(x)) with dropout before A ("pre") or on the result ("post"), computed in the
+    adapter's dtype; `kernel` replaces the B(A(h) * scale) product (Triton)."""
+    adapter_dtype = lora_A.weight.dtype
+    h = x.to(adapter_dtype) if x.dtype != adapter_dtype else x
+    if dropout_position == "pre":
+        h = dropout(h)
+    out = kernel(h) if kernel is not None else lora_B(lora_A(h) * scale)
+    if dropout_position == "post":
+        out = dropout(out)
+    return out
+
+
+class AdapterLayer(nn.Module):
+    """A frozen base module plus LoRA update(s) that can be switched off, leaving the base
+    alone (the DPO/GRPO reference policy)."""
+
+    disabled: bool = False
+    merged: bool = False
+
+
+class LoraLinear(AdapterLayer):
     def __init__(self, base: nn.Module, spec: LoraSpec) -> None:
         super().__init__()
         self.base = base
@@ -139,24 +163,17 @@ class LoraLinear(nn.Module):
 
     def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
         """scale * B(A(x)) with the configured dropout, in the adapter dtype."""
-        adapter_dtype = self.lora_A.weight.dtype
-        h = x.to(adapter_dtype) if x.dtype != adapter_dtype else x
-        if self.dropout_position == "pre":
-            h = self.dropout(h)
-        if self.use_triton and h.is_cuda:
+        kernel = None
+        if self.use_triton and x.is_cuda:
             from lora_rl.lora.kernel_select import triton_installed
 
             if triton_installed():
                 from lora_rl.lora.triton_kernel import fused_lora
 
-                out = fused_lora(h, self.lora_A.weight, self.lora_B.weight, self.scale)
-            else:
-                out = self.lora_B(self.lora_A(h) * self.scale)
-        else:
-            out = self.lora_B(self.lora_A(h) * self.scale)
-        if self.dropout_position == "post":
-            out = self.dropout(out)
-        return out
+                def kernel(h: torch.Tensor) -> torch.Tensor:
+                    return fused_lora(h, self.lora_A.weight, self.lora_B.weight, self.scale)
+        return low_rank_update(x, self.lora_A, self.lora_B, self.scale, self.dropout,
+                               self.dropout_position, kernel)
 
     def _dropping(self) -> bool:
         return self.training and isinstance(self.dropout, nn.Dropout)

@@ -11,7 +11,12 @@ Megatron-Bridge semantics:
   - `target_modules` (default, when empty or null: linear_qkv, linear_proj, linear_fc1,
     linear_fc2);
   - `exclude_modules` only with empty targets: every linear layer except the output layer and
-    the excluded ones.
+    the excluded ones;
+  - canonical LoRA (Megatron-Bridge's `CanonicalLoRA`): patterns naming `linear_q`, `linear_k`,
+    `linear_v`, `linear_fc1_gate` or `linear_fc1_up` give the fused `linear_qkv` / `linear_fc1`
+    one adapter per projection, as PEFT does on q/k/v_proj and gate/up_proj. The matcher then
+    sees each fused module as its parts (`...self_attention.linear_q`, `...linear_k`, ...), so
+    targets, excludes and wildcards work on the parts. Fused and canonical names do not mix.
 A pattern matches a module when it equals the module's short name (last component) or its full
 dotted name, or matches the full name as an `fnmatchcase` glob: dots are literal and `*` spans
 anything, so `*.layers.1.*.linear_qkv` matches layer 1 and not layer 11 (Megatron-Bridge's
@@ -34,6 +39,10 @@ from lora_rl.lora.spec import Semantics
 
 OUTPUT_LAYERS = frozenset({"lm_head", "output_layer"})
 MEGATRON_DEFAULT_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+CANONICAL_PARTS = {"linear_qkv": ("linear_q", "linear_k", "linear_v"),
+                   "linear_fc1": ("linear_fc1_gate", "linear_fc1_up")}
+"""Megatron-Bridge's canonical names for the projections inside each fused module."""
+_CANONICAL_NAMES = tuple(part for parts in CANONICAL_PARTS.values() for part in parts)
 _SAMPLE = 12
 """How many module names an error message shows: enough to spot the naming scheme."""
 
@@ -48,6 +57,35 @@ class LoraWarning(UserWarning):
 
 def short_name(name: str) -> str:
     return name.rsplit(".", 1)[-1]
+
+
+def names_canonical_part(pattern: str) -> bool:
+    """Whether a Megatron pattern names a projection inside a fused module (`linear_q`,
+    `*.layers.0.*.linear_fc1_up`, ...); the same test Megatron-Bridge applies."""
+    return pattern.endswith(_CANONICAL_NAMES)
+
+
+def names_fused_module(pattern: str) -> bool:
+    return pattern.endswith(tuple(CANONICAL_PARTS))
+
+
+def canonical_units(names: Sequence[str]) -> list[str]:
+    """Megatron module names with each fused module replaced by its projections, in order."""
+    out = []
+    for name in names:
+        parent, _, short = name.rpartition(".")
+        parts = CANONICAL_PARTS.get(short)
+        out += [f"{parent}.{p}" if parent else p for p in parts] if parts else [name]
+    return out
+
+
+def fused_module_of(unit: str) -> tuple[str, str | None]:
+    """(Megatron module, projection) for a canonical unit name; (name, None) otherwise."""
+    parent, _, short = unit.rpartition(".")
+    for fused, parts in CANONICAL_PARTS.items():
+        if short in parts:
+            return (f"{parent}.{fused}" if parent else fused), short
+    return unit, None
 
 
 def matches(pattern: str, name: str) -> bool:
@@ -95,6 +133,11 @@ class ModuleMatcher:
     def conflict(self) -> str | None:
         """Why these lists contradict each other, or None. `validate` reports the same cases as
         rules with locations; this is for callers that never went through validation."""
+        if self.canonical and any(names_fused_module(p)
+                                  for p in (*self.target_modules, *self.exclude_modules)):
+            return ("Megatron LoRA: target_modules/exclude_modules mix fused names (linear_qkv, "
+                    "linear_fc1) with canonical ones (linear_q/k/v, linear_fc1_gate/up); use "
+                    "one kind")
         if self.semantics == "megatron" and self.target_modules and self.exclude_modules:
             return ("Megatron LoRA: exclude_modules requires target_modules to be empty; got "
                     f"target_modules={list(self.target_modules)} and "
@@ -105,11 +148,20 @@ class ModuleMatcher:
                     "exclude_modules; set match_all_linear: false")
         return None
 
+    @property
+    def canonical(self) -> bool:
+        """Megatron semantics with per-projection adapters on the fused modules."""
+        return self.semantics == "megatron" and any(
+            names_canonical_part(p) for p in (*self.target_modules, *self.exclude_modules))
+
     def is_output(self, name: str) -> bool:
         return short_name(name) in OUTPUT_LAYERS or name in self.output_names
 
     def select(self, names: Sequence[str]) -> list[str]:
-        """The subset of linear module `names` to adapt, in model order (may be empty)."""
+        """The subset of linear module `names` to adapt, in model order (may be empty); with
+        canonical patterns, the fused modules are matched (and returned) as their parts."""
+        if self.canonical:
+            names = canonical_units(names)
         body = [n for n in names if not self.is_output(n)]
         if self.semantics == "megatron":
             if self.target_modules:

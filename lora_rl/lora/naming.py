@@ -3,8 +3,10 @@
 lora-rl names an adapter by the module path in the *unwrapped* Hugging Face model plus
 `.lora_A.weight` / `.lora_B.weight` (PEFT's layout minus `base_model.model.` and `.default`).
 Megatron-Bridge wraps the base as `<module>.to_wrap` and keeps the adapter in
-`<module>.adapter.linear_in` (A) / `.linear_out` (B); checkpoints meant for it are renamed at
-export time instead of giving the layer a second module structure.
+`<module>.adapter.linear_in` (A) / `.linear_out` (B); its canonical LoRA keeps one adapter per
+projection of a fused module in `<module>.adapter.adapter_q.linear_in` (lora-rl:
+`<module>.adapter_q.lora_A`). Checkpoints meant for it are renamed at export time instead of
+giving the layer a second module structure.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ model the user loaded, so no adapter name should carry them."""
 
 _TO_BRIDGE = (("lora_A", ("adapter", "linear_in")), ("lora_B", ("adapter", "linear_out")),
               ("base", ("to_wrap",)))
+_PROJECTION = "adapter_"
+"""Canonical LoRA's per-projection adapters: adapter_q/k/v, adapter_gate/up."""
 
 
 def unwrapped_name(name: str) -> str:
@@ -35,6 +39,9 @@ def to_megatron_bridge_key(key: str) -> str:
     if len(parts) >= 3:
         for ours, theirs in _TO_BRIDGE:
             if parts[-2] == ours:
+                if ours != "base" and len(parts) >= 4 and parts[-3].startswith(_PROJECTION):
+                    # canonical: x.adapter_q.lora_A.weight -> x.adapter.adapter_q.linear_in.weight
+                    return ".".join([*parts[:-3], "adapter", parts[-3], theirs[-1], parts[-1]])
                 return ".".join([*parts[:-2], *theirs, parts[-1]])
     return key
 
@@ -42,6 +49,10 @@ def to_megatron_bridge_key(key: str) -> str:
 def from_megatron_bridge_key(key: str) -> str:
     """The inverse of `to_megatron_bridge_key`."""
     parts = key.split(".")
+    if len(parts) >= 5 and parts[-4] == "adapter" and parts[-3].startswith(_PROJECTION):
+        lora = {"linear_in": "lora_A", "linear_out": "lora_B"}.get(parts[-2])
+        if lora:
+            return ".".join([*parts[:-4], parts[-3], lora, parts[-1]])
     for ours, theirs in _TO_BRIDGE:
         n = len(theirs)
         if len(parts) > n + 1 and tuple(parts[-1 - n:-1]) == theirs:

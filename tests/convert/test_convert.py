@@ -83,15 +83,27 @@ def test_every_recipe_converts_to_a_valid_recipe(recipe: Path, tmp_path: Path) -
     assert source_schema(validated(tmp_path / "sub" / recipe.name)) == OTHER[source]
 
 
-def test_partial_qkv_set_is_reported(tmp_path: Path) -> None:
+def test_partial_qkv_set_maps_exactly_to_canonical_names(tmp_path: Path) -> None:
+    """q_proj + v_proj cannot be said with the fused linear_qkv (it would adapt k too, with one
+    shared A); canonical names say it exactly, for every fused module of the recipe."""
     path = edited(tmp_path, "qv.yaml", {"match_all_linear": False,
-                                        "target_modules": ["q_proj", "v_proj"]})
+                                        "target_modules": ["q_proj", "v_proj", "gate_proj",
+                                                           "up_proj"]})
     result = convert_file(path, "megatron", tmp_path / "out.yaml")
     assert validated(tmp_path / "out.yaml").policy.megatron_cfg.peft.target_modules == [
-        "linear_qkv"]
-    [loss] = result.losses
-    assert loss.key == "target_modules"
-    assert "k_proj" in loss.detail and "linear_qkv" in loss.detail
+        "linear_q", "linear_v", "linear_fc1_gate", "linear_fc1_up"]
+    assert result.losses == []
+    _, before, after = round_trip(path, tmp_path)
+    assert after == before
+
+
+def test_partial_exclude_maps_to_canonical_excludes(tmp_path: Path) -> None:
+    path = edited(tmp_path, "no-k.yaml", {"match_all_linear": False,
+                                          "exclude_modules": ["k_proj"]})
+    result = convert_file(path, "megatron", tmp_path / "out.yaml")
+    peft = validated(tmp_path / "out.yaml").policy.megatron_cfg.peft
+    assert (peft.target_modules, peft.exclude_modules) == ([], ["linear_k"])
+    assert result.losses == []
 
 
 @pytest.mark.parametrize(("source", "lora", "target", "lost"), [

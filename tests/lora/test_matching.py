@@ -46,7 +46,18 @@ def test_dtensor_semantics(cfg, expected_count, must, must_not):
      ["decoder.layers.1.self_attention.linear_qkv"], ["decoder.layers.11.self_attention.linear_qkv"]),
     (M(target_modules=[], exclude_modules=["linear_fc2"]), 9, ["decoder.layers.0.mlp.linear_fc1"],
      ["decoder.layers.0.mlp.linear_fc2", "output_layer"]),
-], ids=["default-four", "null-target", "short-name", "layer-1-not-11", "exclude"])
+    (M(target_modules=["linear_q", "linear_v"]), 6,
+     ["decoder.layers.0.self_attention.linear_q", "decoder.layers.11.self_attention.linear_v"],
+     ["decoder.layers.0.self_attention.linear_qkv", "decoder.layers.0.self_attention.linear_k"]),
+    (M(target_modules=["*.layers.1.*.linear_fc1_up"]), 1, ["decoder.layers.1.mlp.linear_fc1_up"],
+     ["decoder.layers.11.mlp.linear_fc1_up", "decoder.layers.1.mlp.linear_fc1_gate"]),
+    (M(target_modules=[], exclude_modules=["linear_k"]), 18,
+     ["decoder.layers.0.self_attention.linear_q", "decoder.layers.0.mlp.linear_fc1_gate",
+      "decoder.layers.0.self_attention.linear_proj"],
+     ["decoder.layers.0.self_attention.linear_k", "decoder.layers.0.mlp.linear_fc1",
+      "output_layer"]),
+], ids=["default-four", "null-target", "short-name", "layer-1-not-11", "exclude",
+        "canonical-q-v", "canonical-wildcard", "canonical-exclude"])
 def test_megatron_semantics(cfg, expected_count, must, must_not):
     chosen = select(MG, cfg)
     assert len(chosen) == expected_count
@@ -64,3 +75,12 @@ def test_output_layer_warns():
         warnings.simplefilter("always")
         match_names(HF, D(match_all_linear=False, target_modules=["lm_head", "q_proj"]))
     assert any(issubclass(w.category, LoraWarning) and "lm_head" in str(w.message) for w in caught)
+
+
+def test_fused_and_canonical_names_conflict():
+    from lora_rl.lora.matching import ModuleMatcher
+
+    matcher = ModuleMatcher.from_config(M(target_modules=["linear_q", "linear_fc1"]))
+    assert "linear_fc1_gate/up" in matcher.conflict()
+    assert ModuleMatcher.from_config(M(target_modules=["linear_q", "linear_proj"])).conflict() \
+        is None

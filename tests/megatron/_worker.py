@@ -1,8 +1,9 @@
 """One rank of a Megatron backend check, started by `conftest.run_ranks` (torchrun-style env).
 
-    python tests/megatron/_worker.py MODEL_DIR TP PP RECOMPUTE OUT_DIR
+    python tests/megatron/_worker.py MODEL_DIR TP PP RECOMPUTE OUT_DIR [TARGETS]
 
-RECOMPUTE (0/1) turns on activation checkpointing.
+RECOMPUTE (0/1) turns on activation checkpointing; TARGETS, comma-separated `peft.target_modules`
+(default: none given, i.e. the four fused modules).
 
 Builds the backend with LoRA on a fixed batch and writes, from one rank, `result.pt`:
 - `logits`: whole-vocabulary logits before training (LoRA B starts at zero, so = base model);
@@ -40,7 +41,8 @@ def fixed_batch(vocab: int) -> TokenBatch:
     return TokenBatch(ids, attention, loss_mask)
 
 
-def recipe(model_dir: str, tp: int, pp: int, recompute: bool, world: int) -> RecipeConfig:
+def recipe(model_dir: str, tp: int, pp: int, recompute: bool, world: int,
+           targets: list[str]) -> RecipeConfig:
     return RecipeConfig.model_validate({
         "sft": {"max_num_steps": 5, "seed": 7},
         "policy": {
@@ -51,7 +53,7 @@ def recipe(model_dir: str, tp: int, pp: int, recompute: bool, world: int) -> Rec
                 "enabled": True, "tensor_model_parallel_size": tp,
                 "pipeline_model_parallel_size": pp, "activation_checkpointing": recompute,
                 "optimizer": {"lr": 1e-2, "weight_decay": 0.01, "clip_grad": 1.0},
-                "peft": {"enabled": True, "dim": 4, "alpha": 8},
+                "peft": {"enabled": True, "dim": 4, "alpha": 8, "target_modules": targets},
             },
         },
         "cluster": {"gpus_per_node": world},
@@ -101,11 +103,13 @@ def train_steps(backend, batch: TokenBatch, steps: int) -> tuple[list[float], li
     return losses, norms
 
 
-def main(model_dir: str, tp: int, pp: int, recompute: bool, out_dir: str) -> None:
+def main(model_dir: str, tp: int, pp: int, recompute: bool, out_dir: str,
+         targets: list[str]) -> None:
     runtime = start_runtime()
     from lora_rl.backends.megatron import MegatronBackend
 
-    backend = MegatronBackend(recipe(model_dir, tp, pp, recompute, runtime.world_size), runtime)
+    backend = MegatronBackend(recipe(model_dir, tp, pp, recompute, runtime.world_size, targets),
+                              runtime)
     batch = fixed_batch(backend.shape.vocab_size)
     result = {"logits": whole_logits(backend, batch),
               "adapter0": backend.checkpoint_tensors()["adapter"],
@@ -132,4 +136,5 @@ def main(model_dir: str, tp: int, pp: int, recompute: bool, out_dir: str) -> Non
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5])
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5],
+         sys.argv[6].split(",") if len(sys.argv) > 6 else [])

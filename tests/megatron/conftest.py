@@ -75,15 +75,17 @@ def run_ranks(world: int, args: list[str], timeout: float = 300, worker: Path = 
 
 @pytest.fixture(scope="session")
 def megatron_run(tiny_llama_dir, tmp_path_factory):
-    """(tp, pp, world, recompute) -> the worker's result.pt, each run once per session."""
-    cache: dict[tuple[int, int, int, bool], dict] = {}
+    """(tp, pp, world, recompute, targets) -> the worker's result.pt, each run once per
+    session; `targets` are `peft.target_modules` (default: the four fused modules)."""
+    cache: dict[tuple, dict] = {}
 
-    def run(tp: int, pp: int, world: int, recompute: bool = False) -> dict:
-        key = (tp, pp, world, recompute)
+    def run(tp: int, pp: int, world: int, recompute: bool = False,
+            targets: tuple[str, ...] = ()) -> dict:
+        key = (tp, pp, world, recompute, targets)
         if key not in cache:
             out = tmp_path_factory.mktemp(f"megatron-tp{tp}-pp{pp}-w{world}")
             run_ranks(world, [str(tiny_llama_dir), str(tp), str(pp), str(int(recompute)),
-                              str(out)])
+                              str(out), *([",".join(targets)] if targets else [])])
             cache[key] = torch.load(out / "result.pt")
         return cache[key]
 

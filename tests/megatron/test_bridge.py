@@ -13,7 +13,7 @@ from lora_rl.backends.megatron.bridge import (
 from lora_rl.backends.megatron.parallel import Layout
 from lora_rl.backends.megatron.sharding import Sharder, kind_of
 from lora_rl.config.lora import MegatronPeftConfig
-from lora_rl.lora import match_names
+from lora_rl.lora import from_megatron_bridge, match_names, to_megatron_bridge
 
 
 def _config(**changes) -> LlamaConfig:
@@ -80,8 +80,24 @@ def test_fused_adapter_shares_a_and_splits_b():
 def test_adapter_with_separate_q_k_v_a_is_rejected_by_name():
     shape = LlamaShape.from_hf(_config())
     hf = {f"model.layers.0.self_attn.{p}_proj.lora_A.weight": torch.randn(4, 32) for p in "qkv"}
-    with pytest.raises(ValueError, match="one LoRA A for all of them"):
+    with pytest.raises(ValueError, match="one LoRA A for all of them.*linear_q, linear_k"):
         hf_to_megatron(hf, ["decoder.layers.0.self_attention.linear_qkv.lora_A.weight"], shape)
+
+
+def test_canonical_adapters_map_one_to_one_in_both_namings():
+    shape = LlamaShape.from_hf(_config())
+    ours = {"decoder.layers.0.self_attention.linear_qkv.adapter_k.lora_B.weight": torch.randn(16, 4),
+            "decoder.layers.0.mlp.linear_fc1.adapter_gate.lora_A.weight": torch.randn(4, 32)}
+    hf = megatron_to_hf(ours, shape)
+    assert set(hf) == {"model.layers.0.self_attn.k_proj.lora_B.weight",
+                       "model.layers.0.mlp.gate_proj.lora_A.weight"}
+    assert all(torch.equal(hf_to_megatron(hf, list(ours), shape)[k], v) for k, v in ours.items())
+    bridge = to_megatron_bridge(ours)
+    # Megatron-Bridge's CanonicalLoRA keeps the per-projection adapters under `.adapter.`
+    assert "decoder.layers.0.self_attention.linear_qkv.adapter.adapter_k.linear_out.weight" \
+        in bridge
+    assert "decoder.layers.0.mlp.linear_fc1.adapter.adapter_gate.linear_in.weight" in bridge
+    assert from_megatron_bridge(bridge).keys() == ours.keys()
 
 
 def test_unsupported_llama_variants_are_named_together():
@@ -114,6 +130,9 @@ def test_layer_wildcards_use_global_indices_and_literal_dots():
     ("decoder.layers.3.mlp.linear_fc2.lora_A.weight", "cols"),
     ("decoder.layers.3.mlp.linear_fc2.lora_B.weight", "replicated"),
     ("decoder.layers.3.input_layernorm.weight", "replicated"),
+    ("decoder.layers.3.self_attention.linear_qkv.adapter_q.lora_A.weight", "replicated"),
+    ("decoder.layers.3.self_attention.linear_qkv.adapter_q.lora_B.weight", "rows"),
+    ("decoder.layers.3.mlp.linear_fc1.adapter_up.lora_B.weight", "rows"),
 ])
 def test_sharding_kind_follows_the_base_layer(name, kind):
     assert kind_of(name) == kind

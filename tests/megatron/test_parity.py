@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from lora_rl.config.lora import MegatronPeftConfig
-from lora_rl.lora import LoraLinear, load_lora_state_dict, lora_spec_from_config, lora_state_dict
+from lora_rl.config.lora import DTensorLoraConfig
+from lora_rl.lora import (
+    LoraLinear,
+    apply_lora,
+    load_lora_state_dict,
+    lora_spec_from_config,
+    lora_state_dict,
+)
 from tests.megatron._worker import fixed_batch
 from tests.megatron.conftest import MEGATRON_MISSING, megatron_available
 
@@ -48,11 +55,9 @@ def _fused_lora(model):
     return model
 
 
-@pytest.fixture(scope="module")
-def hf_reference(tiny_llama_dir, megatron_run):
-    """Five single-process SFT steps from the tp=1 run's initial adapter."""
-    model = _fused_lora(_hf_model(tiny_llama_dir))
-    load_lora_state_dict(model, megatron_run(*LAYOUTS["tp1"])["adapter0"])
+def _train_five_steps(model, adapter0):
+    """Five single-process SFT steps (AdamW, clipping) from `adapter0`."""
+    load_lora_state_dict(model, adapter0)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01)
     batch = fixed_batch(model.config.vocab_size)
@@ -67,6 +72,24 @@ def hf_reference(tiny_llama_dir, megatron_run):
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
     return {"losses": losses, "grad_norms": norms, "adapter": lora_state_dict(model)}
+
+
+@pytest.fixture(scope="module")
+def hf_reference(tiny_llama_dir, megatron_run):
+    return _train_five_steps(_fused_lora(_hf_model(tiny_llama_dir)),
+                             megatron_run(*LAYOUTS["tp1"])["adapter0"])
+
+
+def _assert_same_training(run, reference):
+    losses, expected = torch.tensor(run["losses"]), torch.tensor(reference["losses"])
+    assert (losses - expected).abs().max() < 1e-4
+    norms, expected = torch.tensor(run["grad_norms"]), torch.tensor(reference["grad_norms"])
+    assert (norms - expected).abs().max() < 1e-3
+    # Adam moves each weight by ~lr whatever its gradient's size, so float32 rounding in a
+    # near-zero gradient entry can show as a few percent of lr (1e-2) in the weights.
+    assert run["adapter5"].keys() == reference["adapter"].keys()
+    for key, value in reference["adapter"].items():
+        assert (run["adapter5"][key] - value).abs().max() < 1e-3, key
 
 
 @pytest.mark.parametrize("layout", ["tp1", "tp2", "pp2"])
@@ -93,15 +116,36 @@ def test_initial_adapter_does_not_depend_on_the_layout(megatron_run):
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_first_five_sft_losses_match_single_process_hf_lora(layout, megatron_run, hf_reference):
-    run = megatron_run(*LAYOUTS[layout])
-    losses, expected = torch.tensor(run["losses"]), torch.tensor(hf_reference["losses"])
-    assert (losses - expected).abs().max() < 1e-4
-    norms, expected = torch.tensor(run["grad_norms"]), torch.tensor(hf_reference["grad_norms"])
-    assert (norms - expected).abs().max() < 1e-3
-    # Adam moves each weight by ~lr whatever its gradient's size, so float32 rounding in a
-    # near-zero gradient entry can show as a few percent of lr (1e-2) in the weights.
-    for key, value in hf_reference["adapter"].items():
-        assert (run["adapter5"][key] - value).abs().max() < 1e-3, key
+    _assert_same_training(megatron_run(*LAYOUTS[layout]), hf_reference)
+
+
+# Canonical LoRA, with k and up left out: their slices of the fused outputs get no update.
+CANONICAL = ("linear_q", "linear_v", "linear_proj", "linear_fc1_gate", "linear_fc2")
+CANONICAL_HF = ("q_proj", "v_proj", "o_proj", "gate_proj", "down_proj")
+
+
+@pytest.mark.parametrize("layout", ["tp1", "tp2", "tp2-pp2-recompute"])
+def test_canonical_lora_trains_like_hf_lora_with_one_adapter_per_projection(
+        layout, megatron_run, tiny_llama_dir):
+    """Canonical targets on the fused linear_qkv/linear_fc1 are PEFT's per-projection LoRA:
+    same five losses, gradient norms and adapters as plain LoRA on the HF modules."""
+    run = megatron_run(*LAYOUTS[layout], targets=CANONICAL)
+    adapter0 = run["adapter0"]
+    assert {k.split(".")[-3] for k in adapter0} == set(CANONICAL_HF)
+    q, v = (adapter0[f"model.layers.1.self_attn.{m}.lora_A.weight"] for m in ("q_proj", "v_proj"))
+    assert not torch.equal(q, v)  # one A each
+    model = _hf_model(tiny_llama_dir)
+    apply_lora(model, DTensorLoraConfig(enabled=True, match_all_linear=False, dim=4, alpha=8,
+                                        target_modules=list(CANONICAL_HF)))
+    _assert_same_training(run, _train_five_steps(model, adapter0))
+    # The HF generation copy carries the same per-projection adapters.
+    real = fixed_batch(128).attention_mask[:, 1:].bool()
+    assert (run["generation_logprobs"] - run["logprobs"])[real].abs().max() < 1e-5
+    rank, hidden, ffn, kv = 4, 64, 128, 32
+    per_layer = (rank * hidden + hidden * rank) * 2 + (rank * hidden + kv * rank) \
+        + (rank * hidden + ffn * rank) + (rank * ffn + hidden * rank)  # q, o; v; gate; down
+    assert run["report"]["trainable_params"] == 4 * per_layer
+    assert run["report"]["lora_modules"] == 4 * len(CANONICAL)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -12,6 +12,9 @@ r-wide output is summed over ranks, and B is replicated.
 
 A and B are initialised whole, from a seed and the module's global name, and then sharded: the
 initial adapter is the same whatever the tp/pp layout, and xavier/kaiming see the true fan-in.
+
+Canonical targets (`linear_q`, `linear_fc1_up`, ...) give a fused module one adapter per
+projection instead (canonical_lora.py); each is column-parallel like its slice of the output.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lora_rl.backends.megatron.canonical_lora import SplitLoraLinear, adapter_module_name
 from lora_rl.backends.megatron.model import global_name
 from lora_rl.backends.megatron.sharding import Sharder, kind_of
 from lora_rl.config.lora import MegatronPeftConfig
 from lora_rl.lora import LoraLinear, linear_module_names, lora_spec_from_config, match_names
 from lora_rl.lora.init import init_weight
+from lora_rl.lora.matching import LoraMatchError, ModuleMatcher, fused_module_of, short_name
 
 
 class _SumGradOverTensorParallel(nn.Linear):
@@ -51,7 +56,8 @@ class _SumOutputOverTensorParallel(nn.Linear):
 @dataclass(frozen=True)
 class MegatronLora:
     adapted: tuple[str, ...]
-    """Global names of every adapted module of the whole model (all stages)."""
+    """Global names of every adapted module of the whole model (all stages); with canonical
+    targets, the projections of fused modules (`...linear_qkv` -> `...linear_q`, ...)."""
     local: tuple[str, ...]
     """Those on this rank's stage."""
     scale: float
@@ -64,7 +70,7 @@ def _with_communication(linear: nn.Linear, cls: type[nn.Linear]) -> nn.Linear:
 
 
 @torch.no_grad()
-def _init_whole(layer: LoraLinear, name: str, spec, sharder: Sharder, seed: int) -> None:
+def _init_whole(layer: nn.Module, name: str, spec, sharder: Sharder, seed: int) -> None:
     """Initialise A and B at their whole shapes with a per-module seed, then keep this shard."""
     tp = sharder.layout.tp
     with torch.random.fork_rng(devices=[]):
@@ -82,29 +88,65 @@ def _init_whole(layer: LoraLinear, name: str, spec, sharder: Sharder, seed: int)
             param.copy_(sharder.shard(key, whole).to(param.dtype))
 
 
+def _projection_rows(base: nn.Module, fused: str, tp: int) -> tuple[dict[str, int], int]:
+    """This rank's output rows of each projection of a fused linear, and its query groups."""
+    if fused == "linear_fc1":
+        half = int(base.weight.shape[0]) // 2
+        return {"linear_fc1_gate": half, "linear_fc1_up": half}, 0
+    config = base.config
+    heads = config.num_attention_heads
+    all_groups = config.num_query_groups or heads
+    groups, d = all_groups // tp, config.kv_channels
+    return {"linear_q": groups * (heads // all_groups) * d, "linear_k": groups * d,
+            "linear_v": groups * d}, groups
+
+
+def _split_lora(base: nn.Module, full: str, projections: list[str], spec, sharder: Sharder,
+                seed: int) -> SplitLoraLinear:
+    fused = short_name(full)
+    rows, groups = _projection_rows(base, fused, sharder.layout.tp)
+    layer = SplitLoraLinear(base, fused, projections, spec, rows, groups,
+                            _SumGradOverTensorParallel)
+    for projection, adapter in layer.adapters().items():
+        _init_whole(adapter, f"{full}.{adapter_module_name(projection)}", spec, sharder, seed)
+    return layer
+
+
 def apply_megatron_lora(model: nn.Module, cfg: MegatronPeftConfig, all_linear: list[str],
                         sharder: Sharder, seed: int) -> MegatronLora:
     """Freeze `model` and wrap the matched linears of this stage (in place)."""
     from megatron.core.tensor_parallel import ColumnParallelLinear
 
+    conflict = ModuleMatcher.from_config(cfg).conflict()
+    if conflict:
+        raise LoraMatchError(conflict)
     spec = lora_spec_from_config(cfg)
     adapted = match_names(all_linear, cfg)
-    chosen = set(adapted)
+    projections: dict[str, list[str]] = {}
+    for unit in adapted:
+        module, projection = fused_module_of(unit)
+        projections.setdefault(module, [])
+        if projection:
+            projections[module].append(projection)
     model.requires_grad_(False)
     local = []
     for name in linear_module_names(model):
         full = global_name(model, name)
-        if full not in chosen:
+        if full not in projections:
             continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, child)
-        layer = LoraLinear(base, spec)
-        if isinstance(base, ColumnParallelLinear):
-            layer.lora_B = _with_communication(layer.lora_B, _SumGradOverTensorParallel)
+        if projections[full]:
+            layer = _split_lora(base, full, projections[full], spec, sharder, seed)
+            local += [f"{full.rpartition('.')[0]}.{p}" for p in projections[full]]
         else:
-            layer.lora_A = _with_communication(layer.lora_A, _SumOutputOverTensorParallel)
-        _init_whole(layer, full, spec, sharder, seed)
+            layer = LoraLinear(base, spec)
+            if isinstance(base, ColumnParallelLinear):
+                layer.lora_B = _with_communication(layer.lora_B, _SumGradOverTensorParallel)
+            else:
+                layer.lora_A = _with_communication(layer.lora_A, _SumOutputOverTensorParallel)
+            _init_whole(layer, full, spec, sharder, seed)
+            local.append(full)
         setattr(parent, child, layer)
-        local.append(full)
     return MegatronLora(tuple(adapted), tuple(local), spec.scale)

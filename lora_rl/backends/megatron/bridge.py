@@ -12,7 +12,9 @@ Two HF tensors groups are fused on the Megatron side:
 - gate/up -> `linear_fc1` = [gate; up] (SwiGLU's first half is the gate).
 A LoRA adapter on a fused module has one A shared by its HF parts and a B split like the weight:
 `q_proj.lora_A == k_proj.lora_A == v_proj.lora_A`. That is the exact HF PEFT form of the fused
-adapter, so exported adapters load in PEFT and vLLM unchanged.
+adapter, so exported adapters load in PEFT and vLLM unchanged. Canonical LoRA's per-projection
+adapters (`linear_qkv.adapter_q`, `linear_fc1.adapter_gate`, ...) are already in HF row order and
+map one to one.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ _LAYER = {  # Megatron module (under decoder.layers.N.) -> HF modules (under mod
     "pre_mlp_layernorm": ("post_attention_layernorm",),
     "mlp.linear_fc1": ("mlp.gate_proj", "mlp.up_proj"),
     "mlp.linear_fc2": ("mlp.down_proj",),
+    # canonical LoRA: one adapter per projection of a fused module
+    "self_attention.linear_qkv.adapter_q": ("self_attn.q_proj",),
+    "self_attention.linear_qkv.adapter_k": ("self_attn.k_proj",),
+    "self_attention.linear_qkv.adapter_v": ("self_attn.v_proj",),
+    "mlp.linear_fc1.adapter_gate": ("mlp.gate_proj",),
+    "mlp.linear_fc1.adapter_up": ("mlp.up_proj",),
 }
 _MEGATRON_KEY = re.compile(r"^(?P<module>.+?)\.(?P<param>weight|lora_A\.weight|lora_B\.weight)$")
 _LAYER_MODULE = re.compile(r"^decoder\.layers\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -173,8 +181,9 @@ def hf_to_megatron(tensors: dict[str, torch.Tensor], keys: list[str],
             if any(not torch.equal(parts[0], p) for p in parts[1:]):
                 raise ValueError(
                     f"{', '.join(sources)} differ: the fused Megatron module {match['module']} "
-                    "has one LoRA A for all of them (adapters trained with separate q/k/v or "
-                    "gate/up A matrices, e.g. on the DTensor backend, do not fit)")
+                    "has one LoRA A for all of them; an adapter with separate q/k/v or gate/up "
+                    "A matrices (e.g. from the DTensor backend or PEFT) needs canonical LoRA: "
+                    "target linear_q, linear_k, linear_v / linear_fc1_gate, linear_fc1_up")
             out[key] = parts[0]
         else:
             out[key] = _fuse(parts, shape)

@@ -10,6 +10,9 @@
 - `gated_rows`: `linear_fc1` and its LoRA B. Each rank holds [gate shard; up shard], because the
   MLP halves its *local* output into gate and up, so the whole tensor is not a plain row concat;
 - `replicated`: norms, and the LoRA A of a column-parallel base / B of a row-parallel base.
+Canonical LoRA's per-projection adapters (`linear_qkv.adapter_q.lora_B`, ...) have A replicated
+and B in `rows`: each projection's rows are ordered by head (q) or by half (gate/up), so a row
+split hands each rank the projection's slice for its own query groups or gate/up shard.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def kind_of(name: str) -> Kind:
     parts = name.split(".")
     lora = parts[-2] if parts[-2] in ("lora_A", "lora_B") else None
     module = parts[-3] if lora or parts[-2] == "base" else parts[-2]
+    if lora and module.startswith("adapter_"):
+        return "rows" if lora == "lora_B" else "replicated"
     if module in _ROW_PARALLEL:
         return "replicated" if lora == "lora_B" else "cols"
     if module in (*_VOCAB, "linear_qkv", "linear_fc1"):

@@ -1,0 +1,101 @@
+"""Canonical LoRA: one adapter per projection inside Megatron's fused column-parallel linears.
+
+`linear_qkv` computes q, k and v in one matmul, its output interleaved per query group
+([q heads of group 0, k0, v0, q heads of group 1, ...]); `linear_fc1` computes [gate; up]. Plain
+LoRA on them trains one A shared by the projections. Canonical LoRA (Megatron-Bridge's
+`CanonicalLoRA`) gives each projection its own A and B, as PEFT does on q/k/v_proj and
+gate/up_proj, so an adapter moves between the two backends (and PEFT) without loss.
+
+Each projection's adapter is sharded like its slice of the fused output: A is replicated and B
+is split by rows, so each tensor-parallel rank computes whole query groups (q heads, k and v of
+its groups) or its [gate; up] shard. The per-projection updates are then laid out the way the
+base layer lays out its local output, and added to it. A projection the recipe does not target
+contributes nothing (zeros), so `[linear_q, linear_v]` is exactly PEFT's q/v LoRA.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lora_rl.lora.layer import AdapterLayer, low_rank_update
+from lora_rl.lora.matching import CANONICAL_PARTS
+from lora_rl.lora.spec import LoraSpec
+
+ADAPTER_PREFIX = "adapter_"
+"""Child module names: `adapter_q`, `adapter_k`, `adapter_v`, `adapter_gate`, `adapter_up`
+(Megatron-Bridge's names for the same adapters)."""
+
+
+def adapter_module_name(projection: str) -> str:
+    """`linear_q` -> `adapter_q`, `linear_fc1_gate` -> `adapter_gate`."""
+    return ADAPTER_PREFIX + projection.rsplit("_", 1)[-1]
+
+
+class ProjectionAdapter(nn.Module):
+    """The A and B of one projection inside a fused linear; `lora_B` is swapped for a
+    communicating subclass by the caller (its input gradient is summed over tp ranks)."""
+
+    def __init__(self, in_features: int, out_features: int, spec: LoraSpec,
+                 weight: torch.Tensor, b_class: type[nn.Linear]) -> None:
+        super().__init__()
+        dtype = getattr(torch, spec.dtype) if spec.dtype else weight.dtype
+        self.lora_A = nn.Linear(in_features, spec.rank, bias=False, dtype=dtype,
+                                device=weight.device)
+        self.lora_B = b_class(spec.rank, out_features, bias=False, dtype=dtype,
+                              device=weight.device)
+        self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, scale: float, dropout_position: str) -> torch.Tensor:
+        return low_rank_update(x, self.lora_A, self.lora_B, scale, self.dropout, dropout_position)
+
+
+class SplitLoraLinear(AdapterLayer):
+    """A fused Megatron linear (`linear_qkv` or `linear_fc1`) with per-projection adapters."""
+
+    def __init__(self, base: nn.Module, fused: str, projections: list[str], spec: LoraSpec,
+                 local_rows: dict[str, int], local_groups: int, b_class: type[nn.Linear]) -> None:
+        """`local_rows`: this rank's output rows of every projection of the fused module;
+        `local_groups`: this rank's query groups (linear_qkv only)."""
+        super().__init__()
+        self.base = base
+        self.base.requires_grad_(False)
+        self.fused = fused
+        self.order = CANONICAL_PARTS[fused]
+        self.local_rows = local_rows
+        self.local_groups = local_groups
+        self.scale = spec.scale
+        self.dropout_position = spec.dropout_position
+        self.disabled = False
+        in_features = int(base.weight.shape[1])
+        for projection in projections:
+            self.add_module(adapter_module_name(projection),
+                            ProjectionAdapter(in_features, local_rows[projection], spec,
+                                              base.weight, b_class))
+
+    def adapters(self) -> dict[str, ProjectionAdapter]:
+        return {p: getattr(self, adapter_module_name(p)) for p in self.order
+                if hasattr(self, adapter_module_name(p))}
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        output, *rest = self.base(x, *args, **kwargs)
+        if self.disabled:
+            return (output, *rest)
+        adapters = self.adapters()
+        updates = [adapters[p](x, self.scale, self.dropout_position) if p in adapters
+                   else output.new_zeros(*output.shape[:-1], self.local_rows[p])
+                   for p in self.order]
+        return (output + self._fused_layout(updates).to(output.dtype), *rest)
+
+    def _fused_layout(self, updates: list[torch.Tensor]) -> torch.Tensor:
+        """The projections' local outputs in the order the base layer emits them."""
+        if self.fused == "linear_fc1":
+            return torch.cat(updates, dim=-1)  # [gate shard; up shard]
+        lead = updates[0].shape[:-1]
+        grouped = [u.reshape(*lead, self.local_groups, -1) for u in updates]
+        return torch.cat(grouped, dim=-1).reshape(*lead, -1)
+
+    def extra_repr(self) -> str:
+        return f"{self.fused}: {', '.join(self.adapters())}, scale={self.scale:g}"
