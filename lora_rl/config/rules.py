@@ -389,22 +389,19 @@ def _reference_needs_lora(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Findi
                                             ", or loss_fn.reference_policy_kl_penalty: 0"))
 
 
-@rule("LR308", "error", "vLLM rollouts run inside the one training process")
+@rule("LR308", "error", "vLLM rollouts: one engine per training process, split rank <= 512")
 def _vllm_in_process(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     gen = cfg.policy.generation
     if cfg.grpo is None or gen is None or gen.backend != "vllm":
         return
-    # lora-rl hands weights to vLLM by reference inside the trainer's process: a multi-rank run
-    # would start one engine per rank over the trainer's process group, which vLLM cannot do.
-    if cfg.cluster.world_size > 1:
-        yield Finding("cluster.gpus_per_node", f"generation.backend vllm runs in the training "
-                      f"process, which needs a single training process, not "
-                      f"{cfg.cluster.world_size}", "set cluster.num_nodes: 1 and "
-                      "gpus_per_node: 1, or generation.backend: torch")
+    # lora-rl hands weights to vLLM by reference inside each training process: every rank runs
+    # a whole engine (a vLLM data-parallel rank), so an engine never spans processes.
     for key in ("tensor_parallel_size", "pipeline_parallel_size"):
         if getattr(gen.vllm_cfg, key) != 1:
-            yield Finding(f"{GEN}.vllm_cfg.{key}", f"an in-process vLLM engine supports "
-                          f"{key} 1 only", f"set vllm_cfg.{key}: 1")
+            yield Finding(f"{GEN}.vllm_cfg.{key}", f"each training process runs a whole vLLM "
+                          f"engine in-process, so {key} must be 1, not "
+                          f"{getattr(gen.vllm_cfg, key)}", f"set vllm_cfg.{key}: 1 (the "
+                          "training ranks generate in parallel as vLLM data-parallel ranks)")
     lora = cfg.policy.active_lora
     if lora is not None and gen.lora_weight_sync == "split" and lora.dim > VLLM_MAX_LORA_RANK:
         yield Finding(f"{GEN}.lora_weight_sync", f"split-weight sync serves the adapter with "

@@ -9,6 +9,12 @@ current weights, per `policy.generation.lora_weight_sync`:
 - split: the adapter is written in PEFT layout and loaded under a fresh LoRA id; vLLM runs base +
   adapter unmerged, like the trainer, so base weights are never touched.
 
+Several training processes: every rank starts its own engine as one data-parallel rank of a
+vLLM "external launcher" group over the trainer's process group (vLLM adds its groups to it; the
+ranks' engines step in lockstep). Each rank generates an equal share of the step's prompts and
+the shares are gathered, so every rank ends with the same rollouts, each request keeping the
+seed of its global index: the rollouts do not depend on how many ranks generate them.
+
 Log-probs: vLLM's default `logprobs_mode="raw_logprobs"` returns log_softmax of the model's fp32
 logits before temperature / top-k / top-p, which is what `torch_generator` returns (the
 unprocessed model distribution), so GRPO's `gen_kl_error` compares like with like.
@@ -135,8 +141,7 @@ class VllmEngine:
     def __init__(self, cfg: RecipeConfig, backend: TrainingBackend, tokenizer) -> None:
         gen = cfg.policy.generation
         vcfg = gen.vllm_cfg
-        # One training process, vLLM tp = pp = 1 and a split-servable rank are validated up front
-        # (rule LR308).
+        # vLLM tp = pp = 1 and a split-servable rank are validated up front (rule LR308).
         lora = cfg.policy.active_lora
         self.split = lora is not None and gen.lora_weight_sync == "split"
         self.backend = backend
@@ -156,11 +161,21 @@ class VllmEngine:
         if self.split:
             options = {"enable_lora": True, "max_loras": 2, "max_cpu_loras": 2,
                        "max_lora_rank": next(r for r in _LORA_RANKS if r >= lora.dim)}
+        self.world = torch.distributed.get_world_size() \
+            if torch.distributed.is_initialized() else 1
+        self.rank = torch.distributed.get_rank() if self.world > 1 else 0
+        if self.world > 1:
+            # One engine per training rank, joined as vLLM data-parallel ranks over the
+            # trainer's process group (it reads RANK/LOCAL_RANK/MASTER_* like torchrun).
+            options.update(distributed_executor_backend="external_launcher",
+                           data_parallel_size=self.world)
+        else:
+            options.update(distributed_executor_backend="uni")
         started = time.perf_counter()
         with _process_state_kept():
             self.llm = vllm.LLM(
                 model=str(self.model_dir), dtype=dtype, max_model_len=max_model_len,
-                enforce_eager=vcfg.enforce_eager or on_cpu, distributed_executor_backend="uni",
+                enforce_eager=vcfg.enforce_eager or on_cpu,
                 gpu_memory_utilization=vcfg.gpu_memory_utilization,
                 kv_cache_memory_bytes=kv_bytes, trust_remote_code=cfg.policy.trust_remote_code,
                 # Sampling settings come from the recipe, never from generation_config.json.
@@ -209,17 +224,18 @@ class VllmEngine:
 
     # ---- sampling -------------------------------------------------------------------------
 
-    def _sampling_params(self, params: SamplingParams, seed: int, count: int) -> list:
+    def _sampling_params(self, params: SamplingParams, seed: int, indices: range) -> list:
         from vllm import SamplingParams as VllmSamplingParams
 
-        # One seed per request: requests with the same seed (a prompt's G copies) would
-        # otherwise draw identical samples. EOS stops only when listed, as in torch_generator.
+        # One seed per request, from its index in the whole step: requests with the same seed
+        # (a prompt's G copies) would otherwise draw identical samples, and a request samples
+        # the same whichever rank runs it. EOS stops only when listed, as in torch_generator.
         return [VllmSamplingParams(
             n=1, max_tokens=params.max_new_tokens, temperature=params.temperature,
             top_p=params.top_p, top_k=params.top_k or 0, seed=(seed + index) % 2**63,
             stop_token_ids=sorted(params.stop_token_ids), stop=list(params.stop_strings),
             include_stop_str_in_output=True, ignore_eos=True, logprobs=0,
-            detokenize=bool(params.stop_strings)) for index in range(count)]
+            detokenize=bool(params.stop_strings)) for index in indices]
 
     def sample(self, prompts: list[list[int]], params: SamplingParams,
                generator: torch.Generator) -> tuple[Generated, dict[str, float]]:
@@ -233,21 +249,37 @@ class VllmEngine:
                 self._sync_merged(model)
         sync_s = time.perf_counter() - started
         started = time.perf_counter()
+        # This rank's share of the prompts: a stride, so that every rank gets as many
+        # (prompt groups are contiguous, and a stride spreads their lengths evenly too).
+        share = range(self.rank, len(prompts), self.world)
         outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
-            self._sampling_params(params, generator.initial_seed(), len(prompts)),
+            [TokensPrompt(prompt_token_ids=list(prompts[i])) for i in share],
+            self._sampling_params(params, generator.initial_seed(), share),
             lora_request=self._lora_request, use_tqdm=False)
+        local = [_completion(output) for output in outputs]
         gen_s = time.perf_counter() - started
-        tokens, logprobs, stopped = [], [], []
-        for output in outputs:
-            completion = output.outputs[0]
-            ids = list(completion.token_ids)
-            tokens.append(ids)
-            steps = zip(ids, completion.logprobs, strict=True)
-            logprobs.append([step[token].logprob for token, step in steps])
-            stopped.append(completion.finish_reason == "stop")
+        results = local if self.world == 1 else self._gathered(local, len(prompts))
+        tokens, logprobs, stopped = (list(column) for column in zip(*results, strict=True)) \
+            if results else ([], [], [])
         return Generated(tokens, logprobs, stopped), {"generation_time_s": gen_s,
                                                       "weight_sync_time_s": sync_s}
+
+    def _gathered(self, local: list, total: int) -> list:
+        """Every rank's share, back in prompt order, on every rank (collective)."""
+        shares: list = [None] * self.world
+        torch.distributed.all_gather_object(shares, local)
+        ordered = [None] * total
+        for rank, share in enumerate(shares):
+            ordered[rank::self.world] = share
+        return ordered
+
+
+def _completion(output) -> tuple[list[int], list[float], bool]:
+    completion = output.outputs[0]
+    ids = list(completion.token_ids)
+    steps = zip(ids, completion.logprobs, strict=True)
+    return ids, [step[token].logprob for token, step in steps], \
+        completion.finish_reason == "stop"
 
 
 def _shutdown(engine_core) -> None:

@@ -62,22 +62,10 @@ def _validate(name: str) -> ValidationResult:
 
 def _errors(result: ValidationResult) -> list[str]:
     # generation.backend: vllm is NeMo RL's default; whether the optional vllm extra is
-    # installed here is LR304's business, not compatibility's. LR308 is a capability lora-rl
-    # lacks, not a key it misreads: its vLLM engine lives in the one training process, so
-    # NeMo RL's 8-GPU GRPO recipes are told to use generation.backend: torch
-    # (test_multi_process_vllm_is_reported_by_lr308 pins that down).
+    # installed here is LR304's business, not compatibility's. (NeMo RL's 8-GPU GRPO recipes
+    # run vLLM with one engine per training rank, which lora-rl does too.)
     return [f"{d.rule} {d.message}" for d in result.errors
-            if not (d.rule == "LR304" and VLLM_MISSING) and d.rule != "LR308"]
-
-
-@pytest.mark.parametrize("name", ["recipes/llm/grpo-qwen3-8b-base-1n8g-fsdp2-lora.yaml",
-                                  "recipes/llm/grpo-qwen3-8b-base-1n8g-megatron-lora.yaml"])
-def test_multi_process_vllm_is_reported_by_lr308(name: str) -> None:
-    lr308 = [d for d in _validate(name).errors if d.rule == "LR308"]
-    assert [d.message for d in lr308] == [
-        "generation.backend vllm runs in the training process, which needs a single training "
-        "process, not 8"]
-    assert "generation.backend: torch" in lr308[0].fix
+            if not (d.rule == "LR304" and VLLM_MISSING)]
 
 
 def test_every_fixture_is_listed() -> None:

@@ -38,18 +38,38 @@ def start_adapter(vllm_cache, tmp_path_factory):
     return target
 
 
+@pytest.fixture(scope="module")
+def grpo_run(vllm_cache, start_adapter, tmp_path_factory):
+    """(mode, processes) -> (metrics rows with a reward, stderr) of a short GRPO run with vLLM
+    rollouts, each run once per module."""
+    runs: dict[tuple[str, int], tuple[list[dict], str]] = {}
+
+    def run(mode: str, processes: int) -> tuple[list[dict], str]:
+        if (mode, processes) not in runs:
+            runner = Runner(tmp_path_factory.mktemp(f"grpo-{mode}-{processes}"), vllm_cache)
+            done = runner.run(
+                "run", "recipes/grpo-tiny-dtensor-lora.yaml", "policy.generation.backend=vllm",
+                f"policy.generation.lora_weight_sync={mode}",
+                f"policy.init_adapter_path={start_adapter}", f"grpo.max_num_steps={STEPS}",
+                "grpo.num_prompts_per_step=4", f"cluster.gpus_per_node={processes}",
+                "policy.train_global_batch_size=32",
+                f"policy.train_micro_batch_size={32 // processes}",
+                "grpo.val_at_start=false", "grpo.val_period=0", "checkpointing.enabled=false",
+                "logger.log_dir=logs/grpo-vllm", *QUIET)
+            rows = [r for r in runner.metrics("logs/grpo-vllm") if "reward" in r]
+            runs[mode, processes] = rows, done.stderr
+        return runs[mode, processes]
+
+    return run
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])
 @pytest.mark.parametrize("mode", ["merge", "split"])
-def test_grpo_runs_with_vllm_rollouts(mode, tmp_path, vllm_cache, start_adapter):
-    runner = Runner(tmp_path, vllm_cache)
-    done = runner.run(
-        "run", "recipes/grpo-tiny-dtensor-lora.yaml", "policy.generation.backend=vllm",
-        f"policy.generation.lora_weight_sync={mode}", f"policy.init_adapter_path={start_adapter}",
-        f"grpo.max_num_steps={STEPS}", "grpo.num_prompts_per_step=4",
-        "policy.train_global_batch_size=32", "policy.train_micro_batch_size=32",
-        "grpo.val_at_start=false", "grpo.val_period=0", "checkpointing.enabled=false",
-        "logger.log_dir=logs/grpo-vllm", *QUIET)
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    rows = [r for r in runner.metrics("logs/grpo-vllm") if "reward" in r]
+def test_grpo_runs_with_vllm_rollouts(mode, processes, grpo_run):
+    """Two processes: each rank runs its own engine as a vLLM data-parallel rank, generates
+    half of the rollouts, and the halves are gathered."""
+    rows, stderr = grpo_run(mode, processes)
+    assert "Traceback" not in stderr, stderr[-3000:]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     for row in rows:
         for key in ("weight_sync_time_s", "generation_time_s", "training_time_s", "loss",
@@ -59,3 +79,13 @@ def test_grpo_runs_with_vllm_rollouts(mode, tmp_path, vllm_cache, start_adapter)
         assert abs(row["gen_kl_error"]) < 1e-3, row
         assert row["weight_sync_time_s"] > 0
         assert row["kl_to_reference"] > 0 and row["grad_norm"] > 0, row
+
+
+@pytest.mark.parametrize("mode", ["merge", "split"])
+def test_rollouts_do_not_depend_on_how_many_processes_generate_them(mode, grpo_run):
+    """Step 1 starts from the same adapter: each request keeps the seed of its index in the
+    step, so the two-process run samples exactly the single-process rollouts."""
+    one, _ = grpo_run(mode, 1)
+    two, _ = grpo_run(mode, 2)
+    for key in ("reward", "response_length", "gen_kl_error"):
+        assert two[0][key] == pytest.approx(one[0][key], abs=1e-6), key
