@@ -13,6 +13,9 @@ from tests.training.conftest import QUIET, Runner
 pytestmark = pytest.mark.vllm
 
 STEPS = 3
+CANONICAL = ",".join(["linear_q", "linear_k", "linear_v", "linear_proj", "linear_fc1_gate",
+                      "linear_fc1_up", "linear_fc2"])
+"""Megatron targets that hold the DTensor/PEFT adapter as it is (one A per projection)."""
 
 
 @pytest.fixture(scope="module")
@@ -40,35 +43,46 @@ def start_adapter(vllm_cache, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def grpo_run(vllm_cache, start_adapter, tmp_path_factory):
-    """(mode, processes) -> (metrics rows with a reward, stderr) of a short GRPO run with vLLM
-    rollouts, each run once per module."""
-    runs: dict[tuple[str, int], tuple[list[dict], str]] = {}
+    """(mode, processes, backend) -> (metrics rows with a reward, stderr) of a short GRPO run
+    with vLLM rollouts, each run once per module. The Megatron backend (tp=2, so always two
+    processes) takes the DTensor adapter through canonical LoRA targets."""
+    runs: dict[tuple[str, int, str], tuple[list[dict], str]] = {}
 
-    def run(mode: str, processes: int) -> tuple[list[dict], str]:
-        if (mode, processes) not in runs:
-            runner = Runner(tmp_path_factory.mktemp(f"grpo-{mode}-{processes}"), vllm_cache)
+    def run(mode: str, processes: int, backend: str = "dtensor") -> tuple[list[dict], str]:
+        key = (mode, processes, backend)
+        if key not in runs:
+            runner = Runner(tmp_path_factory.mktemp(f"grpo-{mode}-{processes}-{backend}"),
+                            vllm_cache)
+            # Megatron tp=2 has one data-parallel rank: the whole batch is one micro-batch.
+            micro = 32 if backend == "megatron" else 32 // processes
+            backend_args = [f"policy.megatron_cfg.peft.target_modules=[{CANONICAL}]"] \
+                if backend == "megatron" else []
             done = runner.run(
-                "run", "recipes/grpo-tiny-dtensor-lora.yaml", "policy.generation.backend=vllm",
+                "run", f"recipes/grpo-tiny-{backend}-lora.yaml", *backend_args,
+                "policy.generation.backend=vllm",
                 f"policy.generation.lora_weight_sync={mode}",
                 f"policy.init_adapter_path={start_adapter}", f"grpo.max_num_steps={STEPS}",
                 "grpo.num_prompts_per_step=4", f"cluster.gpus_per_node={processes}",
-                "policy.train_global_batch_size=32",
-                f"policy.train_micro_batch_size={32 // processes}",
+                "policy.train_global_batch_size=32", f"policy.train_micro_batch_size={micro}",
                 "grpo.val_at_start=false", "grpo.val_period=0", "checkpointing.enabled=false",
                 "logger.log_dir=logs/grpo-vllm", *QUIET)
             rows = [r for r in runner.metrics("logs/grpo-vllm") if "reward" in r]
-            runs[mode, processes] = rows, done.stderr
-        return runs[mode, processes]
+            runs[key] = rows, done.stderr
+        return runs[key]
 
     return run
 
 
-@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])
+@pytest.mark.parametrize(("processes", "backend"), [(1, "dtensor"), (2, "dtensor"),
+                                                    (2, "megatron")],
+                         ids=["dtensor-one-process", "dtensor-two-processes", "megatron-tp2"])
 @pytest.mark.parametrize("mode", ["merge", "split"])
-def test_grpo_runs_with_vllm_rollouts(mode, processes, grpo_run):
+def test_grpo_runs_with_vllm_rollouts(mode, processes, backend, grpo_run):
     """Two processes: each rank runs its own engine as a vLLM data-parallel rank, generates
     half of the rollouts, and the halves are gathered."""
-    rows, stderr = grpo_run(mode, processes)
+    if backend == "megatron":
+        pytest.importorskip("megatron.core", reason="megatron-core is not installed")
+    rows, stderr = grpo_run(mode, processes, backend)
     assert "Traceback" not in stderr, stderr[-3000:]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     for row in rows:
@@ -89,3 +103,14 @@ def test_rollouts_do_not_depend_on_how_many_processes_generate_them(mode, grpo_r
     two, _ = grpo_run(mode, 2)
     for key in ("reward", "response_length", "gen_kl_error"):
         assert two[0][key] == pytest.approx(one[0][key], abs=1e-6), key
+
+
+@pytest.mark.parametrize("mode", ["merge", "split"])
+def test_megatron_rollouts_equal_the_dtensor_ones_from_the_same_adapter(mode, grpo_run):
+    """The same PEFT adapter on both backends (canonical targets on Megatron) syncs the same
+    weights into vLLM, so step 1 samples the same rollouts and scores the same reward."""
+    pytest.importorskip("megatron.core", reason="megatron-core is not installed")
+    dtensor, _ = grpo_run(mode, 1)
+    megatron, _ = grpo_run(mode, 2, "megatron")
+    for key in ("reward", "response_length"):
+        assert megatron[0][key] == pytest.approx(dtensor[0][key], abs=1e-6), key
