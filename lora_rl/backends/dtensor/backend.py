@@ -26,6 +26,7 @@ from lora_rl.backends.dtensor.generation_copy import GenerationCopy
 from lora_rl.backends.dtensor.model import build_policy_model
 from lora_rl.backends.dtensor.sharding import shard_model
 from lora_rl.backends.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
+from lora_rl.backends.token_logprobs import token_logprobs
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.training.optim import build_optimizer, build_scheduler, clip_gradients
 from lora_rl.training.runtime import Runtime
@@ -54,9 +55,10 @@ class DTensorBackend:
     def token_logprobs(self, batch: TokenBatch) -> torch.Tensor:
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                             use_cache=False).logits
-        logits = logits[:, :-1].float()
-        targets = batch.input_ids[:, 1:]
-        return -F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        # Scored at every position (the last one against a dummy target) and trimmed after:
+        # slicing the logits first would copy all of them.
+        targets = F.pad(batch.input_ids[:, 1:], (0, 1))
+        return token_logprobs(logits.float(), targets)[:, :-1]
 
     def forward_backward(self, micro_batches: list[TokenBatch], loss_fn: LossFn) -> dict[str, float]:
         self.model.train()
