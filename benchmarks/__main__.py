@@ -26,9 +26,12 @@ def _rows(name: str, result: dict) -> list[tuple[str, str, str, str]]:
             rows += [(f"train step: LoRA / full, time{label}",
                       fmt(part["ratios"]["step_time_ratio"]), "<= 0.75",
                       fmt(part["met"]["step_time_ratio"])),
-                     (f"train step: LoRA / full, memory{label}",
+                     (f"train step: LoRA / full, memory (RSS){label}",
                       fmt(part["ratios"]["memory_ratio"]), "<= 0.6",
-                      fmt(part["met"]["memory_ratio"]))]
+                      fmt(part["met"]["memory_ratio"])),
+                     (f"train step: LoRA / full, memory (tensor bytes){label}",
+                      fmt(part["ratios"]["tensor_memory_ratio"]), "<= 0.6",
+                      fmt(part["met"]["tensor_memory_ratio"]))]
         return rows
     if name == "trl_compare":
         return [(f"tokens/s: lora-rl / TRL+PEFT{label}", fmt(result[mode]["ratio"]), ">= 1.3",

@@ -9,6 +9,7 @@ import resource
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,24 @@ class RssPeak:
         self._stop.set()
         self._thread.join()
         self.peak_mib = max(self.peak_mib, current_rss_mib())
+
+
+def allocator_peak_mib(run: Callable[[], object]) -> float:
+    """The peak of live torch tensor bytes allocated while `run()` runs, above what was live
+    before it, from the profiler's allocation/free events. Unlike RSS it does not count memory
+    the C allocator keeps after tensors are freed (glibc holds on to freed heap), so it is what
+    the tensors themselves need."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def median(values: list[float]) -> float:
