@@ -35,8 +35,8 @@ def adapter_module_name(projection: str) -> str:
 
 
 class ProjectionAdapter(nn.Module):
-    """The A and B of one projection inside a fused linear; `lora_B` is swapped for a
-    communicating subclass by the caller (its input gradient is summed over tp ranks)."""
+    """The A and B of one projection inside a fused linear. `b_class` is the caller's
+    communicating linear for B (its input gradient is summed over tensor-parallel ranks)."""
 
     def __init__(self, in_features: int, out_features: int, spec: LoraSpec,
                  weight: torch.Tensor, b_class: type[nn.Linear]) -> None:
