@@ -138,24 +138,21 @@ def _megatron_exclude(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 
 @rule("LR111", "error", "Megatron LoRA names mix fused and canonical modules")
 def _megatron_canonical_mix(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
-    from lora_rl.lora.matching import names_canonical_part, names_fused_module
+    from lora_rl.lora.matching import CANONICAL_PARTS, ModuleMatcher
 
     peft = cfg.policy.megatron_cfg.peft
-    lists = {"target_modules": peft.target_modules or [],
-             "exclude_modules": peft.exclude_modules or []}
-    patterns = [p for names in lists.values() for p in names]
-    if not any(names_canonical_part(p) for p in patterns):
+    if not ModuleMatcher.from_config(peft).canonical:
         return
-    for field, names in lists.items():
-        for index, pattern in enumerate(names):
-            if names_fused_module(pattern):
-                parts = ("linear_q, linear_k, linear_v" if pattern.endswith("linear_qkv")
-                         else "linear_fc1_gate, linear_fc1_up")
+    for field in ("target_modules", "exclude_modules"):
+        for index, pattern in enumerate(getattr(peft, field) or []):
+            parts = next((p for fused, p in CANONICAL_PARTS.items() if pattern.endswith(fused)),
+                         None)
+            if parts:
                 yield Finding(f"{PEFT}.{field}.{index}", f"'{pattern}' names a fused module, "
                               "but other entries name projections inside fused modules "
                               "(canonical LoRA: one adapter per projection)",
-                              f"replace it with its projections ({parts}) for one adapter "
-                              "each, or use only fused names for one shared A")
+                              f"replace it with its projections ({', '.join(parts)}) for one "
+                              "adapter each, or use only fused names for one shared A")
 
 
 @rule("LR107", "error", "Megatron LoRA requires bridge_type: megatron-bridge")

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lora_rl.lora.matching import CANONICAL_PARTS
+
 Schema = Literal["dtensor", "megatron", "areal"]
 SCHEMAS: tuple[Schema, ...] = ("dtensor", "megatron", "areal")
 
@@ -52,10 +54,10 @@ for _hf, _mg in HF_TO_MEGATRON.items():
 MEGATRON_ALL = list(MEGATRON_TO_HF)
 """Megatron's empty `target_modules` means these four."""
 HF_TO_CANONICAL: dict[str, str] = {
-    "q_proj": "linear_q", "k_proj": "linear_k", "v_proj": "linear_v",
-    "gate_proj": "linear_fc1_gate", "up_proj": "linear_fc1_up",
-}
-"""Canonical LoRA: a projection inside a fused module, adapted on its own."""
+    hf: part for fused, parts in CANONICAL_PARTS.items()
+    for hf, part in zip(MEGATRON_TO_HF[fused], parts, strict=True)}
+"""Canonical LoRA: a projection inside a fused module, adapted on its own (q_proj -> linear_q,
+gate_proj -> linear_fc1_gate, ...)."""
 CANONICAL_TO_HF = {mg: [hf] for hf, mg in HF_TO_CANONICAL.items()}
 
 AREAL_ALL_LINEAR = "all-linear"

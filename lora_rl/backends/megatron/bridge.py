@@ -25,6 +25,9 @@ from typing import Any
 
 import torch
 
+from lora_rl.backends.megatron.canonical_lora import adapter_module_name
+from lora_rl.lora.matching import CANONICAL_PARTS
+
 _TOP = {
     "embedding.word_embeddings": "model.embed_tokens",
     "decoder.final_layernorm": "model.norm",
@@ -37,13 +40,13 @@ _LAYER = {  # Megatron module (under decoder.layers.N.) -> HF modules (under mod
     "pre_mlp_layernorm": ("post_attention_layernorm",),
     "mlp.linear_fc1": ("mlp.gate_proj", "mlp.up_proj"),
     "mlp.linear_fc2": ("mlp.down_proj",),
-    # canonical LoRA: one adapter per projection of a fused module
-    "self_attention.linear_qkv.adapter_q": ("self_attn.q_proj",),
-    "self_attention.linear_qkv.adapter_k": ("self_attn.k_proj",),
-    "self_attention.linear_qkv.adapter_v": ("self_attn.v_proj",),
-    "mlp.linear_fc1.adapter_gate": ("mlp.gate_proj",),
-    "mlp.linear_fc1.adapter_up": ("mlp.up_proj",),
 }
+# Canonical LoRA: one adapter per projection of a fused module, e.g.
+# `self_attention.linear_qkv.adapter_q` -> `self_attn.q_proj`.
+for _module in ("self_attention.linear_qkv", "mlp.linear_fc1"):
+    for _part, _hf in zip(CANONICAL_PARTS[_module.rpartition(".")[2]], _LAYER[_module],
+                          strict=True):
+        _LAYER[f"{_module}.{adapter_module_name(_part)}"] = (_hf,)
 _MEGATRON_KEY = re.compile(r"^(?P<module>.+?)\.(?P<param>weight|lora_A\.weight|lora_B\.weight)$")
 _LAYER_MODULE = re.compile(r"^decoder\.layers\.(?P<index>\d+)\.(?P<rest>.+)$")
 

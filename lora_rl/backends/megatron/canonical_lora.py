@@ -68,7 +68,6 @@ class SplitLoraLinear(AdapterLayer):
         self.local_groups = local_groups
         self.scale = spec.scale
         self.dropout_position = spec.dropout_position
-        self.disabled = False
         in_features = int(base.weight.shape[1])
         for projection in projections:
             self.add_module(adapter_module_name(projection),
