@@ -7,7 +7,11 @@ peak of live tensors one step allocates, from the torch profiler's allocation ev
 
 Measured twice: storing every activation, and with activation checkpointing (what the 8B
 recipes use). LoRA saves the weights' gradients and Adam state; stored activations are the same
-for both, so how much of the memory LoRA can save depends on how much activations take."""
+for both, so how much of the memory LoRA can save depends on how much activations take.
+
+With every layer recomputed, a full step is about four forward passes of matmul work (forward,
+recompute, input and weight gradients) and a LoRA step three (no weight gradients of the frozen
+base), so the time ratio cannot go much below 0.75 there, however LoRA is implemented."""
 
 from __future__ import annotations
 

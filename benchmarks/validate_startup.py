@@ -1,12 +1,17 @@
 """Startup cost of `lora-rl validate`: one recipe and 100 recipes in one process, against the
 bare interpreter (`python -c pass`). Target: at most +0.3 s for one recipe.
 
+Also timed: the library floor, a script that imports what the CLI is built on (typer, rich,
+PyYAML, pydantic) and validates one one-field pydantic model. What `validate` takes above
+the floor is lora-rl's own: its config models, rules, YAML positions and report.
+
     python benchmarks/validate_startup.py            # 11 runs each, median
     python benchmarks/validate_startup.py --quick    # 3 runs each
     python benchmarks/validate_startup.py --json     # the numbers, for CI
 
 Wall times are medians of N runs after one warm-up run (which fills the OS file cache and
-Python's bytecode cache). They are noisy on a loaded machine; compare medians, not single runs.
+Python's bytecode cache). The commands take turns, so a noisy neighbour slows all of them alike;
+compare medians, not single runs.
 """
 
 from __future__ import annotations
@@ -66,17 +71,32 @@ def _validate_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "lora_rl"]
 
 
-def _time(command: list[str], runs: int, cwd: Path) -> list[float]:
-    times = []
+LIBRARY_FLOOR = """\
+import typer, rich.console, yaml, pydantic
+class Recipe(pydantic.BaseModel):
+    steps: int = 0
+Recipe(steps=1)
+"""
+
+
+def _time_once(command: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} ... exited {proc.returncode}:\n"
+                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return elapsed
+
+
+def _time(commands: dict[str, list[str]], runs: int, cwd: Path) -> dict[str, list[float]]:
+    """Wall times of each command, the commands taking turns; the first round warms caches."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
     for index in range(runs + 1):
-        start = time.perf_counter()
-        proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(command[:4])} ... exited {proc.returncode}:\n"
-                               f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        if index:  # the first run warms caches
-            times.append(elapsed)
+        for name, command in commands.items():
+            elapsed = _time_once(command, cwd)
+            if index:
+                times[name].append(elapsed)
     return times
 
 
@@ -92,11 +112,12 @@ def run(quick: bool = False) -> dict[str, Any]:
             path = work / f"recipe_{index:03d}.yaml"
             path.write_text(text, encoding="utf-8")
             recipes.append(path.name)
-        samples = {
-            "python": _time([sys.executable, "-c", "pass"], runs, work),
-            "one": _time([*validate, "validate", recipes[0]], runs, work),
-            "hundred": _time([*validate, "validate", *recipes], runs, work),
-        }
+        samples = _time({
+            "python": [sys.executable, "-c", "pass"],
+            "floor": [sys.executable, "-c", LIBRARY_FLOOR],
+            "one": [*validate, "validate", recipes[0]],
+            "hundred": [*validate, "validate", *recipes],
+        }, runs, work)
     median = {name: statistics.median(values) for name, values in samples.items()}
     overhead = median["one"] - median["python"]
     return {
@@ -104,22 +125,17 @@ def run(quick: bool = False) -> dict[str, Any]:
         "command": " ".join(Path(validate[0]).name if i == 0 else part
                             for i, part in enumerate(validate)) + " validate",
         "python_s": median["python"],
+        "library_floor_s": median["floor"],
         "one_recipe_s": median["one"],
         "hundred_recipes_s": median["hundred"],
         "one_recipe_overhead_s": overhead,
+        "library_floor_overhead_s": median["floor"] - median["python"],
+        "one_recipe_over_floor_s": median["one"] - median["floor"],
         "hundred_recipes_overhead_s": median["hundred"] - median["python"],
         "per_extra_recipe_s": (median["hundred"] - median["one"]) / (COPIES - 1),
         "target_overhead_s": TARGET_S,
         "within_target": overhead <= TARGET_S,
         "samples_s": samples,
-        # what `python -m benchmarks` shows in its table
-        "summary": {
-            "validate 1 recipe: s over python": round(overhead, 3),
-            "validate 1 recipe: target s": TARGET_S,
-            "validate 1 recipe: met": overhead <= TARGET_S,
-            f"validate {COPIES} recipes: s over python":
-                round(median["hundred"] - median["python"], 3),
-        },
     }
 
 
@@ -133,6 +149,8 @@ def print_table(result: dict[str, Any]) -> None:
     table.add_column("vs python -c pass", justify="right")
     base = result["python_s"]
     table.add_row("python -c pass", f"{base:.3f} s", "")
+    table.add_row("library floor (typer, rich, PyYAML, pydantic)",
+                  f"{result['library_floor_s']:.3f} s", f"{result['library_floor_s'] - base:+.3f} s")
     table.add_row(f"{result['command']} (1 recipe)", f"{result['one_recipe_s']:.3f} s",
                   f"{result['one_recipe_s'] - base:+.3f} s")
     table.add_row(f"{result['command']} ({COPIES} recipes)",
