@@ -149,8 +149,9 @@ def print_table(result: dict[str, Any]) -> None:
     table.add_column("vs python -c pass", justify="right")
     base = result["python_s"]
     table.add_row("python -c pass", f"{base:.3f} s", "")
-    table.add_row("library floor (typer, rich, PyYAML, pydantic)",
-                  f"{result['library_floor_s']:.3f} s", f"{result['library_floor_s'] - base:+.3f} s")
+    floor = result["library_floor_s"]
+    table.add_row("library floor (typer, rich, PyYAML, pydantic)", f"{floor:.3f} s",
+                  f"{floor - base:+.3f} s")
     table.add_row(f"{result['command']} (1 recipe)", f"{result['one_recipe_s']:.3f} s",
                   f"{result['one_recipe_s'] - base:+.3f} s")
     table.add_row(f"{result['command']} ({COPIES} recipes)",
