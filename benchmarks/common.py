@@ -15,6 +15,8 @@ from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 THREADS = int(os.environ.get("LORA_RL_BENCH_THREADS", "2"))
+REPEATS = 2
+"""Runs per compared system, taking turns; each comparison keeps the best."""
 
 # Quick: minutes in CI. Full: a 68M-parameter Llama, in the 50-100M range the benchmark issue
 # asks for; a step of full fine-tuning takes ~11 s here, so 6 timed steps keep a run near 30 min.
