@@ -16,7 +16,6 @@ import sys
 import time
 
 from benchmarks.common import (
-    REPEATS,
     SHAPES,
     THREADS,
     bench_model,
@@ -27,6 +26,9 @@ from benchmarks.common import (
 
 
 def _worker(spec: dict) -> dict:
+    """The three models in one process, generating in turns, best of `rounds` per model: the
+    machine's speed drifts over tens of seconds, so separate processes run one after another
+    would compare different machines."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -35,27 +37,28 @@ def _worker(spec: dict) -> dict:
     from lora_rl.lora import apply_lora, merge_lora, unmerge_lora
 
     torch.set_num_threads(spec["threads"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model"]).eval()
+    models = {}
+    for mode in ("base", "merged", "split"):
+        models[mode] = AutoModelForCausalLM.from_pretrained(spec["model"]).eval()
+        if mode != "base":
+            apply_lora(models[mode], DTensorLoraConfig(enabled=True, dim=16, alpha=32))
+    started = time.perf_counter()
+    merge_lora(models["merged"])
+    unmerge_lora(models["merged"])
+    merge_lora(models["merged"])
+    sync_s = (time.perf_counter() - started) / 1.5  # one merge + one unmerge
     prompts = torch.randint(3, spec["vocab"], (spec["prompts"], 16),
                             generator=torch.Generator().manual_seed(0)).tolist()
     params = SamplingParams(max_new_tokens=spec["new_tokens"], temperature=1.0)
-    sync_s = 0.0
-    if spec["mode"] != "base":
-        apply_lora(model, DTensorLoraConfig(enabled=True, dim=16, alpha=32))
-    if spec["mode"] == "merged":
-        started = time.perf_counter()
-        merge_lora(model)
-        unmerge_lora(model)
-        merge_lora(model)
-        sync_s = (time.perf_counter() - started) / 1.5  # one merge + one unmerge
-    times = []
-    for repeat in range(3):
-        started = time.perf_counter()
-        out = generate(model, prompts, params, pad_id=0,
-                       generator=torch.Generator().manual_seed(repeat))
-        times.append(time.perf_counter() - started)
-    tokens = sum(len(t) for t in out.tokens)
-    return {"tokens_per_s": tokens / min(times), "sync_s": sync_s}
+    tokens_per_s: dict[str, float] = dict.fromkeys(models, 0.0)
+    for repeat in range(spec["rounds"]):
+        for mode, model in models.items():
+            started = time.perf_counter()
+            out = generate(model, prompts, params, pad_id=0,
+                           generator=torch.Generator().manual_seed(repeat))
+            rate = sum(len(t) for t in out.tokens) / (time.perf_counter() - started)
+            tokens_per_s[mode] = max(tokens_per_s[mode], rate)
+    return {"tokens_per_s": tokens_per_s, "merge_unmerge_s": sync_s}
 
 
 def vllm_available() -> bool:
@@ -204,17 +207,12 @@ def run(quick: bool) -> dict:
     spec = {"model": str(bench_model(quick)), "threads": THREADS,
             "vocab": SHAPES[quick]["vocab"], "prompts": 8 if quick else 32,
             "new_tokens": 32 if quick else 64}
-    # The modes take turns, REPEATS times, so a noisy neighbour hurts all alike; best run kept.
-    runs: dict[str, list[dict]] = {"base": [], "merged": [], "split": []}
-    for _ in range(REPEATS):
-        for mode, done in runs.items():
-            done.append(run_worker("benchmarks.generation", {**spec, "mode": mode}))
-    results = {mode: max(done, key=lambda r: r["tokens_per_s"]) for mode, done in runs.items()}
-    ratio = results["merged"]["tokens_per_s"] / results["base"]["tokens_per_s"]
-    result = {"tokens_per_s": {m: r["tokens_per_s"] for m, r in results.items()},
-              "merged_over_base": ratio, "split_over_base":
-                  results["split"]["tokens_per_s"] / results["base"]["tokens_per_s"],
-              "merge_unmerge_s": results["merged"]["sync_s"], "target": 0.95,
+    measured = run_worker("benchmarks.generation", {**spec, "rounds": 3 if quick else 5})
+    rates = measured["tokens_per_s"]
+    ratio = rates["merged"] / rates["base"]
+    result = {"tokens_per_s": rates, "merged_over_base": ratio,
+              "split_over_base": rates["split"] / rates["base"],
+              "merge_unmerge_s": measured["merge_unmerge_s"], "target": 0.95,
               "met": ratio >= 0.95}
     if vllm_available():
         result["vllm"] = run_vllm(quick)
