@@ -74,7 +74,7 @@ def main() -> None:
         for row in _rows(name, result):
             table.add_row(*row)
     console.print(table)
-    path = save("summary" + ("-quick" if args.quick else ""), {"results": summary})
+    path = save("summary", {"results": summary}, args.quick)
     console.print(f"wrote {path}")
 
 

@@ -135,8 +135,10 @@ def machine() -> dict[str, Any]:
             "torch": torch.__version__, "platform": platform.platform()}
 
 
-def save(name: str, payload: dict[str, Any]) -> Path:
+def save(name: str, payload: dict[str, Any], quick: bool) -> Path:
+    """results/NAME.json, or NAME-quick.json: a quick run (CI) must not overwrite the full run's
+    numbers that the README quotes."""
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / f"{name}{'-quick' if quick else ''}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     return path

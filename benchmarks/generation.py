@@ -15,14 +15,7 @@ import json
 import sys
 import time
 
-from benchmarks.common import (
-    SHAPES,
-    THREADS,
-    bench_model,
-    median,
-    run_worker,
-    save,
-)
+from benchmarks.common import SHAPES, THREADS, bench_model, median, run_worker, save
 
 
 def _worker(spec: dict) -> dict:
@@ -216,7 +209,7 @@ def run(quick: bool) -> dict:
               "met": ratio >= 0.95}
     if vllm_available():
         result["vllm"] = run_vllm(quick)
-    save("generation", result)
+    save("generation", result, quick)
     return result
 
 
@@ -228,7 +221,7 @@ if __name__ == "__main__":
     elif "--vllm" in sys.argv:
         # Run from the vLLM venv (tools/vllm_tier.sh); saved apart from the torch-only results.
         vllm_result = run_vllm("--quick" in sys.argv, tiny="--tiny" in sys.argv)
-        save("generation_vllm", vllm_result)
+        save("generation_vllm", vllm_result, "--quick" in sys.argv)
         print(json.dumps(vllm_result, indent=2))
     else:
         print(json.dumps(run("--quick" in sys.argv), indent=2))

@@ -48,7 +48,7 @@ def run(quick: bool) -> dict:
     result = {"ms": {k: v * 1000 for k, v in times.items()},
               "ratio_vs_full": {k: v / times["full"] for k, v in times.items()},
               "shape": "x [2048, 1024] -> 1024, r=16, fp32"}
-    save("lora_layer", result)
+    save("lora_layer", result, quick)
     return result
 
 
