@@ -1,5 +1,8 @@
 """lora-rl LoRA vs lora-rl full fine-tuning: time per optimizer step and peak memory, same model,
-data, batch and threads, each in its own process. Targets: step ratio <= 0.75, memory <= 0.6.
+data, batch and threads. Targets: step ratio <= 0.75, memory <= 0.6.
+
+Time: both systems in one process, taking turns step by step; the ratio is the median over those
+pairs of steps. Memory: each system in its own process, so that its peak RSS is its own.
 
 Memory is measured two ways: RSS (weights + the peak RSS the steps add, which includes heap the
 C allocator keeps after tensors are freed) and tensor bytes (weights + optimizer state + the
@@ -20,7 +23,6 @@ import sys
 import time
 
 from benchmarks.common import (
-    REPEATS,
     SHAPES,
     THREADS,
     RssPeak,
@@ -34,7 +36,8 @@ from benchmarks.common import (
 )
 
 
-def _worker(spec: dict) -> dict:
+def build_step(spec: dict, lora: bool):
+    """A DTensor backend for the benchmark model and one SFT optimizer step on a fixed batch."""
     import torch
 
     from lora_rl.backends.base import TokenBatch
@@ -42,7 +45,6 @@ def _worker(spec: dict) -> dict:
     from lora_rl.config.recipe import RecipeConfig
     from lora_rl.training.runtime import Runtime
 
-    torch.set_num_threads(spec["threads"])
     batch, seq = spec["batch"], spec["seq"]
     cfg = RecipeConfig.model_validate({
         "sft": {"seed": 0},
@@ -53,15 +55,10 @@ def _worker(spec: dict) -> dict:
                    "dtensor_cfg": {"_v2": True,
                                    "activation_checkpointing": spec["activation_checkpointing"],
                                    "lora_cfg": {
-                       "enabled": spec["lora"], "dim": 16, "alpha": 32, "use_triton": False}}},
+                       "enabled": lora, "dim": 16, "alpha": 32, "use_triton": False}}},
         "data": {"dataset_name": "tiny-arithmetic"},
     })
     backend = DTensorBackend(cfg, Runtime(0, 1, 0, torch.device("cpu")))
-    # Measured from here: building the model leaves import and loader overheads in RSS that
-    # have nothing to do with training; the weights themselves are counted exactly instead.
-    built = current_rss_mib()
-    weights_mib = sum(p.numel() * p.element_size()
-                      for p in backend.model.parameters()) / 2**20
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, spec["vocab"], (batch, seq), generator=generator)
     tokens = TokenBatch(ids, torch.ones_like(ids), torch.ones_like(ids))
@@ -73,29 +70,69 @@ def _worker(spec: dict) -> dict:
         backend.forward_backward([tokens], loss_fn)
         backend.optimizer_step()
 
-    times = []
-    with RssPeak() as training:
-        for index in range(spec["steps"] + 2):
-            started = time.perf_counter()
+    return backend, step
+
+
+def timed(step) -> float:
+    started = time.perf_counter()
+    step()
+    return time.perf_counter() - started
+
+
+WARMUP_STEPS = 2
+
+
+def _time_worker(spec: dict) -> dict:
+    """Both systems in one process, taking turns step by step (the order swapping each pair):
+    the machine's speed drifts by 15-30 % within minutes, so a ratio is only fair between steps
+    seconds apart."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    steps = {"full": build_step(spec, lora=False)[1], "lora": build_step(spec, lora=True)[1]}
+    for step in steps.values():
+        for _ in range(WARMUP_STEPS):
             step()
-            if index >= 2:  # warm-up steps excluded
-                times.append(time.perf_counter() - started)
-    # One more step, profiled (not timed): the tensors a step allocates on top of the weights
-    # and the optimizer state, which exists from the first step on.
+    times: dict[str, list[float]] = {"full": [], "lora": []}
+    for index in range(spec["steps"]):
+        for name in (("full", "lora") if index % 2 == 0 else ("lora", "full")):
+            times[name].append(timed(steps[name]))
+    return times
+
+
+def _memory_worker(spec: dict) -> dict:
+    """One system in its own process, so its peak RSS is its own."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    backend, step = build_step(spec, spec["lora"])
+    # Measured from here: building the model leaves import and loader overheads in RSS that
+    # have nothing to do with training; the weights themselves are counted exactly instead.
+    built = current_rss_mib()
+    weights_mib = sum(p.numel() * p.element_size()
+                      for p in backend.model.parameters()) / 2**20
+    with RssPeak() as training:
+        for _ in range(WARMUP_STEPS + 1):
+            step()
+    # One more step, profiled: the tensors a step allocates on top of the weights and the
+    # optimizer state, which exists from the first step on.
     step_peak_mib = allocator_peak_mib(step)
     optimizer_mib = sum(t.numel() * t.element_size() for state in backend.optimizer.state.values()
                         for t in state.values() if isinstance(t, torch.Tensor)) / 2**20
     report = backend.trainable_report()
-    # Weights + what the steps add on top of them: gradients, optimizer state, activations.
-    # The fastest step: a neighbour on a shared machine only ever slows a step down.
-    fastest = min(times)
-    return {"step_s": fastest, "step_s_median": median(times), "peak_rss_mib": peak_rss_mib(),
-            "weights_mib": weights_mib, "optimizer_state_mib": optimizer_mib,
-            "step_allocations_peak_mib": step_peak_mib,
+    return {"peak_rss_mib": peak_rss_mib(), "weights_mib": weights_mib,
+            "optimizer_state_mib": optimizer_mib, "step_allocations_peak_mib": step_peak_mib,
             "tensor_memory_mib": weights_mib + optimizer_mib + step_peak_mib,
+            # Weights + what the steps add on top of them: gradients, optimizer state,
+            # activations.
             "train_memory_mib": weights_mib + training.peak_mib - built,
-            "tokens_per_s": batch * seq / fastest,
             "trainable_params": report["trainable_params"], "total_params": report["total_params"]}
+
+
+def step_summary(times: list[float], tokens: int) -> dict:
+    # The fastest step: a neighbour on a shared machine only ever slows a step down.
+    return {"step_s": min(times), "step_s_median": median(times), "steps_s": times,
+            "tokens_per_s": tokens / min(times)}
 
 
 TARGETS = {"step_time_ratio": 0.75, "memory_ratio": 0.6, "tensor_memory_ratio": 0.6}
@@ -103,14 +140,15 @@ TARGETS = {"step_time_ratio": 0.75, "memory_ratio": 0.6, "tensor_memory_ratio": 
 
 
 def _compare(spec: dict) -> dict:
-    # Alternate the two systems so a noisy neighbour hurts both alike; keep the best repeat.
-    runs: dict[str, list[dict]] = {"full": [], "lora": []}
-    for _ in range(REPEATS):
-        for name in runs:
-            runs[name].append(run_worker("benchmarks.train_step", {**spec, "lora": name == "lora"}))
-    full = min(runs["full"], key=lambda r: r["step_s"])
-    lora = min(runs["lora"], key=lambda r: r["step_s"])
-    ratios = {"step_time_ratio": lora["step_s"] / full["step_s"],
+    times = run_worker("benchmarks.train_step", {**spec, "measure": "time"})
+    memory = {name: run_worker("benchmarks.train_step",
+                               {**spec, "measure": "memory", "lora": name == "lora"})
+              for name in ("full", "lora")}
+    tokens = spec["batch"] * spec["seq"]
+    full = {**step_summary(times["full"], tokens), **memory["full"]}
+    lora = {**step_summary(times["lora"], tokens), **memory["lora"]}
+    ratios = {"step_time_ratio": median([a / b for a, b in zip(times["lora"], times["full"],
+                                                                  strict=True)]),
               "memory_ratio": lora["train_memory_mib"] / full["train_memory_mib"],
               "tensor_memory_ratio": lora["tensor_memory_mib"] / full["tensor_memory_mib"],
               "peak_rss_ratio": lora["peak_rss_mib"] / full["peak_rss_mib"]}
@@ -130,6 +168,8 @@ def run(quick: bool) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        print(json.dumps(_worker(json.loads(sys.argv[2]))))
+        worker_spec = json.loads(sys.argv[2])
+        worker = _time_worker if worker_spec["measure"] == "time" else _memory_worker
+        print(json.dumps(worker(worker_spec)))
     else:
         print(json.dumps(run("--quick" in sys.argv), indent=2))
