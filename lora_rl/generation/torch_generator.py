@@ -8,6 +8,7 @@ recomputes — their difference is GRPO's `gen_kl_error`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -72,13 +73,17 @@ def generate(model: torch.nn.Module, prompts: list[list[int]], params: SamplingP
         mask[row, width - len(prompt):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
+    # Only the last position's logits are sampled from; a whole prompt's worth would be
+    # [rows, width, vocab] floats (GiBs for long prompts and a 150k vocabulary).
+    last_only = ({"logits_to_keep": 1}
+                 if "logits_to_keep" in inspect.signature(model.forward).parameters else {})
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                   past_key_values=cache, use_cache=True).logits[:, -1]
+                   past_key_values=cache, use_cache=True, **last_only).logits[:, -1]
     tokens: list[list[int]] = [[] for _ in range(rows)]
     logprobs: list[list[float]] = [[] for _ in range(rows)]
     done = torch.zeros(rows, dtype=torch.bool)
     next_pos = positions[:, -1]
-    for _ in range(params.max_new_tokens):
+    for step in range(params.max_new_tokens):
         logp = torch.log_softmax(logits.float(), dim=-1)
         chosen = _next_tokens(logits.float(), params, generator)
         chosen_logp = logp.gather(-1, chosen[:, None]).squeeze(-1)
@@ -88,8 +93,8 @@ def generate(model: torch.nn.Module, prompts: list[list[int]], params: SamplingP
             logprobs[row].append(float(chosen_logp[row]))
             if token in params.stop_token_ids or _hit_stop_string(tokens[row], params, decode):
                 done[row] = True
-        if bool(done.all()):
-            break
+        if bool(done.all()) or step == params.max_new_tokens - 1:
+            break  # no forward pass for a token that will not be sampled
         chosen = chosen.masked_fill(done, pad_id)
         mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
         next_pos = next_pos + 1
