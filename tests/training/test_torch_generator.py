@@ -36,3 +36,16 @@ def test_prompt_pass_computes_only_the_last_positions_logits(model_cache):
     generate(model, PROMPTS, SamplingParams(max_new_tokens=3), pad_id=0,
              generator=torch.Generator().manual_seed(0))
     assert rows_seen == [(len(PROMPTS), 1)] * 3
+
+
+def test_sampling_follows_the_distribution_and_skips_zero_mass_tokens():
+    from lora_rl.generation.torch_generator import sample_rows
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(20000, 1)
+    drawn = sample_rows(probs, torch.Generator().manual_seed(0))
+    counts = torch.bincount(drawn, minlength=6).float() / len(drawn)
+    assert counts[[0, 2, 5]].sum() == 0
+    # 20000 draws: the standard error of each frequency is below 0.004.
+    assert torch.allclose(counts, probs[0], atol=0.015)
+    again = sample_rows(probs, torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, again)
