@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import time
 
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import save
+from benchmarks.common import result_path, save, utc_now
 
 MODES = (("stored_activations", ""), ("activation_checkpointing", ", act. ckpt"))
 BENCHMARKS = ["lora_layer", "train_step", "trl_compare", "generation", "validate_startup"]
@@ -58,7 +59,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=BENCHMARKS)
     args = parser.parse_args()
     console = Console()
-    summary, table = {}, Table(title="lora-rl benchmarks" + (" (quick)" if args.quick else ""))
+    summary: dict = {}
+    if args.only and result_path("summary", args.quick).is_file():
+        # A partial run updates its rows of the last summary; each row says when it was measured.
+        summary = json.loads(result_path("summary", args.quick).read_text())["results"]
+    table = Table(title="lora-rl benchmarks" + (" (quick)" if args.quick else ""))
     for column in ("measure", "value", "target", "met"):
         table.add_column(column)
     for name in args.only or BENCHMARKS:
@@ -69,7 +74,7 @@ def main() -> None:
             console.print(f"[red]{name} failed:[/red] {exc}")
             summary[name] = {"error": str(exc)}
             continue
-        summary[name] = result
+        summary[name] = {**result, "measured_at": utc_now()}
         console.print(f"{name}: {time.perf_counter() - started:.0f} s")
         for row in _rows(name, result):
             table.add_row(*row)

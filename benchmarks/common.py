@@ -137,6 +137,16 @@ def save(name: str, payload: dict[str, Any], quick: bool) -> Path:
     """results/NAME.json, or NAME-quick.json: a quick run (CI) must not overwrite the full run's
     numbers that the README quotes."""
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}{'-quick' if quick else ''}.json"
+    path = result_path(name, quick)
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     return path
+
+
+def result_path(name: str, quick: bool) -> Path:
+    return RESULTS / f"{name}{'-quick' if quick else ''}.json"
+
+
+def utc_now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
