@@ -29,11 +29,14 @@ def print_text(results: Sequence[ValidationResult], console: Console, strict: bo
         for d in result.diagnostics:
             color = "red" if d.severity == "error" else "yellow"
             console.print(f"[bold]{escape(_where(d, result.file))}[/bold]: [bold {color}]"
-                          f"{d.severity} {d.rule}[/]: {escape(d.message)}", highlight=False, soft_wrap=True)
+                          f"{d.severity} {d.rule}[/]: {escape(d.message)}",
+                          highlight=False, soft_wrap=True)
             if d.location and d.location.via:
-                console.print(f"  [dim]note: {escape(d.location.via)}[/dim]", highlight=False, soft_wrap=True)
+                console.print(f"  [dim]note: {escape(d.location.via)}[/dim]",
+                              highlight=False, soft_wrap=True)
             if d.fix:
-                console.print(f"  [green]fix:[/green] {escape(d.fix)}", highlight=False, soft_wrap=True)
+                console.print(f"  [green]fix:[/green] {escape(d.fix)}",
+                              highlight=False, soft_wrap=True)
         n_err, n_warn = len(result.errors), len(result.warnings)
         if n_err or (strict and n_warn):
             summary = f"[red]invalid[/red] ({n_err} error(s), {n_warn} warning(s))"
@@ -106,7 +109,8 @@ def to_github(results: Sequence[ValidationResult]) -> str:
     for r in results:
         for d in r.diagnostics:
             loc = d.location
-            props = [f"file={_escape_github(loc.file if loc and not loc.file.startswith('<') else r.file, True)}"]
+            shown = loc.file if loc and not loc.file.startswith("<") else r.file
+            props = [f"file={_escape_github(shown, True)}"]
             if loc and not loc.file.startswith("<"):
                 props += [f"line={loc.line}", f"col={loc.column}"]
             props.append(f"title={_escape_github(d.rule, True)}")

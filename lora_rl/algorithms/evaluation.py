@@ -15,7 +15,8 @@ EVAL_BATCH = 64
 
 
 def exact_match_accuracy(backend: TrainingBackend, fmt: TextFormat, records: list[Record],
-                         cfg: RecipeConfig, runtime: Runtime, answer_key: str | None = None) -> float:
+                         cfg: RecipeConfig, runtime: Runtime,
+                         answer_key: str | None = None) -> float:
     """Share of records whose greedy completion equals the reference (computed on rank 0)."""
     key = answer_key or cfg.data.response_key
     tokenizer = fmt.tokenizer

@@ -204,7 +204,8 @@ class GRPO(Algorithm):
         rewards = rollouts.rewards
         return {"loss": totals["loss"], "reward": float(rewards.mean()),
                 "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-                "kl_to_reference": totals["kl"] / tokens, "clip_fraction": totals["clipped"] / tokens,
+                "kl_to_reference": totals["kl"] / tokens,
+                "clip_fraction": totals["clipped"] / tokens,
                 "gen_kl_error": totals["gen_kl_error"] / tokens,
                 "response_length": sum(map(len, rollouts.gen_logprobs)) / len(rollouts.examples),
                 "lr": stats.lr, "grad_norm": stats.grad_norm, "skipped_step": stats.skipped,

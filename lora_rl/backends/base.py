@@ -49,7 +49,8 @@ class TrainingBackend(Protocol):
     def token_logprobs(self, batch: TokenBatch) -> torch.Tensor:
         """[B, L-1] log p(token t+1 | tokens <= t) under the current policy (differentiable)."""
 
-    def forward_backward(self, micro_batches: list[TokenBatch], loss_fn: LossFn) -> dict[str, float]:
+    def forward_backward(self, micro_batches: list[TokenBatch],
+                         loss_fn: LossFn) -> dict[str, float]:
         """Accumulate gradients of `loss_fn` over this rank's micro-batches; summed metrics."""
 
     def optimizer_step(self) -> StepStats:

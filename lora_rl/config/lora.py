@@ -1,4 +1,4 @@
-"""The two LoRA blocks: DTensor `policy.dtensor_cfg.lora_cfg` and Megatron `policy.megatron_cfg.peft`.
+"""Both LoRA blocks: DTensor `policy.dtensor_cfg.lora_cfg` and Megatron `policy.megatron_cfg.peft`.
 
 Field names, defaults and choices follow NeMo RL (DTensor from NeMo Automodel, Megatron from
 Megatron-Bridge) so that its recipes load unchanged. Cross-field rules that need more than one

@@ -34,7 +34,8 @@ class ModelFacts:
         for i in range(self.num_hidden_layers):
             if backend == "megatron":
                 prefix = f"decoder.layers.{i}"
-                names += [f"{prefix}.self_attention.linear_qkv", f"{prefix}.self_attention.linear_proj",
+                names += [f"{prefix}.self_attention.linear_qkv",
+                          f"{prefix}.self_attention.linear_proj",
                           f"{prefix}.mlp.linear_fc1", f"{prefix}.mlp.linear_fc2"]
             else:
                 prefix = f"model.layers.{i}"

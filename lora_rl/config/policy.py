@@ -164,7 +164,7 @@ class PolicyConfig(Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     """DTensor optimizer (Megatron uses `megatron_cfg.optimizer`)."""
     scheduler: list[SchedulerStep | SchedulerMilestones] | None = None
-    """LR schedule: one scheduler, or several with a trailing `milestones` entry; null is constant."""
+    """LR schedule: one scheduler, or several with a final `milestones` entry; null is constant."""
     dtensor_cfg: DTensorConfig = Field(default_factory=DTensorConfig)
     """DTensor (FSDP2 + TP) backend."""
     megatron_cfg: MegatronConfig = Field(default_factory=MegatronConfig)

@@ -96,7 +96,8 @@ def _lora_needs_v2(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 @rule("LR103", "error", "use_triton: true is not supported with tensor_parallel_size > 1")
 def _triton_tp(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     dt = cfg.policy.dtensor_cfg
-    if dt.enabled and dt.lora_cfg.enabled and dt.lora_cfg.use_triton and dt.tensor_parallel_size > 1:
+    if (dt.enabled and dt.lora_cfg.enabled and dt.lora_cfg.use_triton
+            and dt.tensor_parallel_size > 1):
         yield Finding(f"{LORA}.use_triton", "the Triton LoRA kernels do not support tensor "
                       f"parallelism, but tensor_parallel_size is {dt.tensor_parallel_size}",
                       f"set {LORA}.use_triton: false, or {DT}.tensor_parallel_size: 1")
@@ -275,7 +276,8 @@ def _tp_divides_model(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 @rule("LR204", "error", "Context parallelism (context_parallel_size > 1) is not implemented")
 def _no_context_parallel(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     for key, size in ((f"{DT}.context_parallel_size", cfg.policy.dtensor_cfg.context_parallel_size),
-                      (f"{MG}.context_parallel_size", cfg.policy.megatron_cfg.context_parallel_size)):
+                      (f"{MG}.context_parallel_size",
+                       cfg.policy.megatron_cfg.context_parallel_size)):
         if size > 1:
             yield Finding(key, f"context_parallel_size is {size}; lora-rl implements only 1",
                           f"set {key}: 1")
@@ -465,7 +467,8 @@ def _output_layer(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
         return
     heads = [n for n in matched if n.rsplit(".", 1)[-1] in ("lm_head", "output_layer")]
     if heads:
-        key = f"{PEFT}.target_modules" if cfg.policy.megatron_cfg.enabled else f"{LORA}.target_modules"
+        key = (f"{PEFT}.target_modules" if cfg.policy.megatron_cfg.enabled
+               else f"{LORA}.target_modules")
         yield Finding(key, f"LoRA will adapt the output layer ({', '.join(heads)}): a large, "
                       "vocabulary-sized adapter that is rarely what you want",
                       "exclude it with exclude_modules, or leave it out of target_modules")

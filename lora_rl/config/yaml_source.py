@@ -84,7 +84,8 @@ def read_text(path: Path) -> str:
     """Read a recipe file, turning every I/O problem into a RecipeError (rule LR010)."""
     shown = str(path)
     if path.is_dir():
-        raise _fail("LR010", f"{shown} is a directory, not a recipe file", None, "pass a .yaml file")
+        raise _fail("LR010", f"{shown} is a directory, not a recipe file", None,
+                    "pass a .yaml file")
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:

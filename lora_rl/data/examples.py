@@ -69,7 +69,8 @@ def completion_example(fmt: TextFormat, record: Record, prompt_key: str, respons
     return Example(tuple(prompt + response), tuple([0] * len(prompt) + [1] * len(response)), where)
 
 
-def prompt_only(fmt: TextFormat, record: Record, prompt_key: str, limits: Limits) -> list[int] | None:
+def prompt_only(fmt: TextFormat, record: Record, prompt_key: str,
+                limits: Limits) -> list[int] | None:
     ids = fmt.prompt_ids(record.text(prompt_key))
     if len(ids) <= limits.max_prompt:
         return ids

@@ -29,7 +29,8 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[Record]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise DataError(f"{shown}: no such data file (check data.train_data_path / "
-                        "data.val_data_path; paths are relative to the working directory)") from None
+                        "data.val_data_path; paths are relative to the "
+                        "working directory)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{shown}: cannot read as UTF-8 text ({exc})") from None
     records: list[Record] = []

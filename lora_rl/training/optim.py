@@ -20,11 +20,13 @@ _SCHEDULERS = {
 }
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable[torch.nn.Parameter],
+                    cfg: OptimizerConfig) -> torch.optim.Optimizer:
     kw = cfg.kwargs
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
-        raise ValueError("no trainable parameters: LoRA matched nothing and full fine-tuning is off")
+        raise ValueError("no trainable parameters: LoRA matched nothing and "
+                         "full fine-tuning is off")
     if cfg.name == "torch.optim.SGD":
         return torch.optim.SGD(trainable, lr=kw.lr, momentum=kw.momentum,
                                weight_decay=kw.weight_decay, foreach=kw.foreach)

@@ -74,7 +74,8 @@ def test_uniform_init_matches_peft_kaiming_uniform(tiny_llama):
     apply_lora(tiny_llama, DTensorLoraConfig(enabled=True, dim=4, lora_A_init="uniform",
                                              match_all_linear=False, target_modules=["q_proj"]))
     torch.manual_seed(5)
-    peft_model = get_peft_model(peft_model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    peft_model = get_peft_model(peft_model,
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
     theirs = dict(peft_model.named_modules())
     layers = list(iter_lora_layers(tiny_llama))
     assert len(layers) == 2

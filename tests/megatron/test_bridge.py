@@ -86,7 +86,8 @@ def test_adapter_with_separate_q_k_v_a_is_rejected_by_name():
 
 def test_canonical_adapters_map_one_to_one_in_both_namings():
     shape = LlamaShape.from_hf(_config())
-    ours = {"decoder.layers.0.self_attention.linear_qkv.adapter_k.lora_B.weight": torch.randn(16, 4),
+    ours = {"decoder.layers.0.self_attention.linear_qkv.adapter_k.lora_B.weight":
+                torch.randn(16, 4),
             "decoder.layers.0.mlp.linear_fc1.adapter_gate.lora_A.weight": torch.randn(4, 32)}
     hf = megatron_to_hf(ours, shape)
     assert set(hf) == {"model.layers.0.self_attn.k_proj.lora_B.weight",

@@ -8,8 +8,7 @@ starting from the adapter the Megatron run started with, trained by torch AdamW 
 import pytest
 import torch
 
-from lora_rl.config.lora import MegatronPeftConfig
-from lora_rl.config.lora import DTensorLoraConfig
+from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
 from lora_rl.lora import (
     LoraLinear,
     apply_lora,

@@ -34,7 +34,8 @@ class Runner:
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "lora_rl", *args]
 
-    def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(self, *args: str, check: bool = True,
+            timeout: float = 600) -> subprocess.CompletedProcess:
         done = subprocess.run(self.command(*args), cwd=self.workdir, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:

@@ -33,7 +33,8 @@ def test_empty_and_missing_files(tmp_path):
 ])
 def test_run_stops_cleanly_on_bad_data(runner, content, expected):
     (runner.workdir / "train.jsonl").write_text(content)
-    done = runner.run("run", "recipes/sft-tiny-dtensor-lora.yaml", "data.train_data_path=train.jsonl",
+    done = runner.run("run", "recipes/sft-tiny-dtensor-lora.yaml",
+                      "data.train_data_path=train.jsonl",
                       "checkpointing.enabled=false", *QUIET, check=False)
     assert done.returncode == 1
     assert expected in done.stderr and "fix:" in done.stderr
@@ -43,7 +44,8 @@ def test_run_stops_cleanly_on_bad_data(runner, content, expected):
 def test_overlong_records_can_be_skipped_and_counted(runner):
     rows = [{"prompt": "1+1=", "response": "2"}] * 16 + [{"prompt": "1+1=", "response": "9" * 200}]
     (runner.workdir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    done = runner.run("run", "recipes/sft-tiny-dtensor-lora.yaml", "data.train_data_path=train.jsonl",
+    done = runner.run("run", "recipes/sft-tiny-dtensor-lora.yaml",
+                      "data.train_data_path=train.jsonl",
                       "data.on_overlong=skip", "sft.max_num_steps=1", "sft.val_period=0",
                       "sft.val_at_start=false", "checkpointing.enabled=false", *QUIET)
     assert "skipped 1 over-long record" in done.stdout

@@ -40,7 +40,8 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted(runner):
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(runner):
-    args = [*SHORT, "sft.max_num_steps=6", "logger.log_dir=logs/c", "checkpointing.checkpoint_dir=ck/c"]
+    args = [*SHORT, "sft.max_num_steps=6", "logger.log_dir=logs/c",
+            "checkpointing.checkpoint_dir=ck/c"]
     runner.run("run", *args)
     latest = runner.workdir / "ck/c/step_6/adapter.safetensors"
     latest.write_bytes(latest.read_bytes()[:100])  # truncated

@@ -60,7 +60,8 @@ class DTensorBackend:
         targets = F.pad(batch.input_ids[:, 1:], (0, 1))
         return token_logprobs(logits.float(), targets)[:, :-1]
 
-    def forward_backward(self, micro_batches: list[TokenBatch], loss_fn: LossFn) -> dict[str, float]:
+    def forward_backward(self, micro_batches: list[TokenBatch],
+                         loss_fn: LossFn) -> dict[str, float]:
         self.model.train()
         totals: dict[str, float] = {}
         for index, batch in enumerate(micro_batches):
