@@ -126,6 +126,12 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median of per-pair ratios, each pair measured seconds apart: the machine's speed
+    drifts by 15-30 % within minutes, so only neighbouring runs compare fairly."""
+    return median([a / b for a, b in zip(numerators, denominators, strict=True)])
+
+
 def machine() -> dict[str, Any]:
     import torch
 

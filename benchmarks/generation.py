@@ -15,7 +15,15 @@ import json
 import sys
 import time
 
-from benchmarks.common import SHAPES, THREADS, bench_model, median, run_worker, save
+from benchmarks.common import (
+    SHAPES,
+    THREADS,
+    bench_model,
+    median,
+    paired_ratio,
+    run_worker,
+    save,
+)
 
 
 def _worker(spec: dict) -> dict:
@@ -207,7 +215,7 @@ def run(quick: bool) -> dict:
     rounds = measured["rounds"]
 
     def over_base(mode: str) -> float:
-        return median([r[mode] / r["base"] for r in rounds])
+        return paired_ratio([r[mode] for r in rounds], [r["base"] for r in rounds])
 
     ratio = over_base("merged")
     result = {"tokens_per_s": {mode: max(r[mode] for r in rounds) for mode in rounds[0]},

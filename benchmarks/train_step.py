@@ -31,6 +31,7 @@ from benchmarks.common import (
     bench_model,
     current_rss_mib,
     median,
+    paired_ratio,
     peak_rss_mib,
     run_worker,
     save,
@@ -148,8 +149,7 @@ def _compare(spec: dict) -> dict:
     tokens = spec["batch"] * spec["seq"]
     full = {**step_summary(times["full"], tokens), **memory["full"]}
     lora = {**step_summary(times["lora"], tokens), **memory["lora"]}
-    ratios = {"step_time_ratio": median([a / b for a, b in zip(times["lora"], times["full"],
-                                                                  strict=True)]),
+    ratios = {"step_time_ratio": paired_ratio(times["lora"], times["full"]),
               "memory_ratio": lora["train_memory_mib"] / full["train_memory_mib"],
               "tensor_memory_ratio": lora["tensor_memory_mib"] / full["tensor_memory_mib"],
               "peak_rss_ratio": lora["peak_rss_mib"] / full["peak_rss_mib"]}

@@ -94,8 +94,9 @@ def generate(model: torch.nn.Module, prompts: list[list[int]], params: SamplingP
     done = torch.zeros(rows, dtype=torch.bool)
     next_pos = positions[:, -1]
     for step in range(params.max_new_tokens):
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        chosen = _next_tokens(logits.float(), params, generator)
+        logits = logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        chosen = _next_tokens(logits, params, generator)
         chosen_logp = logp.gather(-1, chosen[:, None]).squeeze(-1)
         for row in (~done).nonzero().flatten().tolist():
             token = int(chosen[row])
