@@ -108,6 +108,11 @@ def _memory_worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     backend, step = build_step(spec, spec["lora"])
+    # from_pretrained leaves the weights in a memory map of the safetensors file, paged in by
+    # the first step; page them in now, or they would count twice: exactly in weights_mib and
+    # again in the RSS the steps add.
+    for tensor in (*backend.model.parameters(), *backend.model.buffers()):
+        tensor.detach().sum()
     # Measured from here: building the model leaves import and loader overheads in RSS that
     # have nothing to do with training; the weights themselves are counted exactly instead.
     built = current_rss_mib()
