@@ -15,14 +15,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationInfo,
+    ModelWrapValidatorHandler,
+    ValidationError,
     WithJsonSchema,
-    field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
-# NeMo RL writes `lora_dtype: None`, which YAML reads as the *string* "None".
 NULL_SPELLINGS = frozenset({"None", "none", "null", "Null", "NULL", "~"})
 
 COMPAT_MARK = "x-lora-rl-compat"
@@ -51,38 +50,68 @@ class Section(BaseModel):
         defer_build=True,
     )
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _null_spellings_mean_null(cls, data: Any) -> Any:
+    def _plain_yaml_values(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        """Two readings of YAML values, checked once per section rather than by a validator on
+        each of its ~530 fields (whose schema pydantic builds at every `validate` start):
+
+        - `None`, `null`, `~` ... as text mean null where the field admits null: NeMo RL
+          writes `lora_dtype: None`, which YAML reads as the *string* "None".
+        - No silent scalar coercion: pydantic's lax mode turns `dim: true` into 1, `dim: "8"`
+          into 8 and `enabled: 1` or `enabled: "no"` into booleans (also inside lists and
+          mappings). A recipe is YAML, which has real booleans and numbers: those values are
+          type errors (LR002), as the JSON Schema says too. They are reported with the
+          section's other errors, as a failing field validator would be."""
         if not isinstance(data, dict):
-            return data
-        fixed = None
-        for key, value in data.items():
-            field = cls.model_fields.get(key) or _field_by_alias(cls, key)
-            if (
-                field is not None
-                and isinstance(value, str)
-                and value in NULL_SPELLINGS
-                and _admits_none(field.annotation)
-            ):
+            return handler(data)
+        data = _nulls_as_none(cls, data)
+        coerced = _coerced_values(cls, data)
+        if not coerced:
+            return handler(data)
+        keys = {detail["loc"][0] for detail in coerced}
+        try:
+            handler(data)
+            others: list[InitErrorDetails] = []
+        except ValidationError as error:
+            # Field errors stop pydantic before a model's own checks (empty loc); so here.
+            others = [_reraisable(detail) for detail in error.errors()
+                      if detail["loc"] and detail["loc"][0] not in keys]
+        order = {key: index for index, key in enumerate(data)}
+        details = sorted(coerced + others, key=lambda d: order.get(d["loc"][0], len(order)))
+        raise ValidationError.from_exception_data(cls.__name__, details)
+
+
+def _field(cls: type[BaseModel], key: str) -> Any:
+    return cls.model_fields.get(key) or _field_by_alias(cls, key)
+
+
+def _nulls_as_none(cls: type[BaseModel], data: dict) -> dict:
+    fixed = None
+    for key, value in data.items():
+        if isinstance(value, str) and value in NULL_SPELLINGS:
+            field = _field(cls, key)
+            if field is not None and _admits_none(field.annotation):
                 fixed = fixed if fixed is not None else dict(data)
                 fixed[key] = None
-        return data if fixed is None else fixed
+    return data if fixed is None else fixed
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_silent_scalar_coercion(cls, value: Any, info: ValidationInfo) -> Any:
-        """pydantic's lax mode turns `dim: true` into 1, `dim: "8"` into 8 and `enabled: 1` or
-        `enabled: "no"` into booleans (also inside lists and mappings). A recipe is YAML, which
-        has real booleans and numbers: those values are type errors (LR002), as the JSON Schema
-        says too."""
-        field = cls.model_fields.get(info.field_name or "")
-        if field is None or value is None:
-            return value
-        problem = _coerced_scalar(field.annotation, value)
+
+def _coerced_values(cls: type[BaseModel], data: dict) -> list[InitErrorDetails]:
+    details: list[InitErrorDetails] = []
+    for key, value in data.items():
+        field = _field(cls, key) if value is not None else None
+        problem = _coerced_scalar(field.annotation, value) if field is not None else None
         if problem is not None:
-            raise PydanticCustomError(*problem)
-        return value
+            details.append({"type": PydanticCustomError(*problem), "loc": (key,), "input": value})
+    return details
+
+
+def _reraisable(detail: ErrorDetails) -> InitErrorDetails:
+    """An error pydantic reported, as one to raise again: same type, message, place and context
+    (a custom error, because rule-specific types are unknown to `from_exception_data`)."""
+    return {"type": PydanticCustomError(detail["type"], detail["msg"], detail.get("ctx")),
+            "loc": detail["loc"], "input": detail["input"]}
 
 
 _SCALAR_WORDS = {bool: ("bool_type", "true or false", "true/false values"),

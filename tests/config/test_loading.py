@@ -443,6 +443,16 @@ def test_wrong_scalar_types_are_errors(recipe_dir: Any, key: str, value: Any) ->
     assert diag.dotted_path == key and diag.fix
 
 
+def test_wrong_scalar_types_are_reported_with_the_other_errors(recipe_dir: Any) -> None:
+    path = recipe_dir.write({f"{LORA}.dim": "8", f"{LORA}.alpah": 16, f"{LORA}.dropout": "x",
+                             "policy.dtensor_cfg.enabled": "yes",
+                             "policy.train_micro_batch_size": True})
+    found = {(d.rule, d.dotted_path) for d in validate_recipe(path).diagnostics}
+    assert found == {("LR002", f"{LORA}.dim"), ("LR001", f"{LORA}.alpah"),
+                     ("LR002", f"{LORA}.dropout"), ("LR002", "policy.dtensor_cfg.enabled"),
+                     ("LR002", "policy.train_micro_batch_size")}
+
+
 def test_numbers_are_accepted_where_floats_are_expected(recipe_dir: Any) -> None:
     result = validate_recipe(recipe_dir.write({f"{LORA}.alpha": 16, f"{LORA}.dim": 8.0}))
     assert result.diagnostics == [] and lora(result).dim == 8
