@@ -33,6 +33,11 @@ def _rows(name: str, result: dict) -> list[tuple[str, str, str, str]]:
                      (f"train step: LoRA / full, memory (tensor bytes){label}",
                       fmt(part["ratios"]["tensor_memory_ratio"]), "<= 0.6",
                       fmt(part["met"]["tensor_memory_ratio"]))]
+        for micro, part in result.get("memory_by_micro_batch", {}).items():
+            rows += [(f"  memory (RSS / tensor bytes), micro-batch {micro}",
+                      f"{part['memory_ratio']:.3f} / {part['tensor_memory_ratio']:.3f}",
+                      "<= 0.6", f"{part['memory_ratio'] <= 0.6} / "
+                      f"{part['tensor_memory_ratio'] <= 0.6}")]
         return rows
     if name == "trl_compare":
         return [(f"tokens/s: lora-rl / TRL+PEFT{label}", fmt(result[mode]["ratio"]), ">= 1.3",
