@@ -36,8 +36,8 @@ def _rows(name: str, result: dict) -> list[tuple[str, str, str, str]]:
         for micro, part in result.get("memory_by_micro_batch", {}).items():
             rows += [(f"  memory (RSS / tensor bytes), micro-batch {micro}",
                       f"{part['memory_ratio']:.3f} / {part['tensor_memory_ratio']:.3f}",
-                      "<= 0.6", f"{part['memory_ratio'] <= 0.6} / "
-                      f"{part['tensor_memory_ratio'] <= 0.6}")]
+                      "<= 0.6", f"{part['met']['memory_ratio']} / "
+                      f"{part['met']['tensor_memory_ratio']}")]
         return rows
     if name == "trl_compare":
         return [(f"tokens/s: lora-rl / TRL+PEFT{label}", fmt(result[mode]["ratio"]), ">= 1.3",

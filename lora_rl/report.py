@@ -109,9 +109,9 @@ def to_github(results: Sequence[ValidationResult]) -> str:
     for r in results:
         for d in r.diagnostics:
             loc = d.location
-            shown = loc.file if loc and not loc.file.startswith("<") else r.file
-            props = [f"file={_escape_github(shown, True)}"]
-            if loc and not loc.file.startswith("<"):
+            in_file = loc is not None and not loc.file.startswith("<")
+            props = [f"file={_escape_github(loc.file if in_file else r.file, True)}"]
+            if in_file:
                 props += [f"line={loc.line}", f"col={loc.column}"]
             props.append(f"title={_escape_github(d.rule, True)}")
             text = d.message + (f" Fix: {d.fix}" if d.fix else "")

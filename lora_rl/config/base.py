@@ -101,7 +101,9 @@ def _coerced_values(cls: type[BaseModel], data: dict) -> list[InitErrorDetails]:
     details: list[InitErrorDetails] = []
     for key, value in data.items():
         field = _field(cls, key) if value is not None else None
-        problem = _coerced_scalar(field.annotation, value) if field is not None else None
+        if field is None:
+            continue
+        problem = _coerced_scalar(field.annotation, value)
         if problem is not None:
             details.append({"type": PydanticCustomError(*problem), "loc": (key,), "input": value})
     return details
