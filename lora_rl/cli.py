@@ -252,6 +252,9 @@ def init_model(
 
 
 def main() -> None:
+    from lora_rl.training.console import quiet_third_party_progress
+
+    quiet_third_party_progress()
     try:
         app()
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
-"""Per-step metrics: `metrics.jsonl` (one JSON object per step, rank 0) and optional TensorBoard.
+"""Per-step metrics: `metrics.jsonl` (one JSON object per step, rank 0), mirrored to the
+experiment trackers the logger section switches on (lora_rl.trackers).
 
 On resume the file is cut back to the resumed step, so the log reads as one uninterrupted run.
 """
@@ -12,21 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lora_rl.config.logger import LoggerConfig
+from lora_rl.trackers import open_trackers
+
 
 class MetricsLog:
-    def __init__(self, log_dir: Path, resume_step: int | None, tensorboard: bool) -> None:
+    def __init__(self, log_dir: Path, resume_step: int | None, logger: LoggerConfig,
+                 recipe: dict[str, Any]) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.path = log_dir / "metrics.jsonl"
         self._truncate_after(resume_step)
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                print("warning: logger.tensorboard_enabled is set but tensorboard is not "
-                      "installed (pip install tensorboard); continuing without it")
-            else:
-                self._tb = SummaryWriter(str(log_dir / "tensorboard"))
+        self._trackers = open_trackers(logger, log_dir, resume_step, recipe)
 
     def _truncate_after(self, step: int | None) -> None:
         if not self.path.exists():
@@ -45,14 +42,14 @@ class MetricsLog:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, step)
+        scalars = {k: float(v) for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for tracker in self._trackers:
+            tracker.log(step, scalars)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self._trackers:
+            tracker.close()
 
 
 def _step_of(line: str) -> int | None:
@@ -68,7 +65,3 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return value
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from lora_rl.config.recipe import RecipeConfig
+from lora_rl.training.console import quiet_third_party_progress
 
 
 def main(argv: list[str]) -> int:
@@ -29,14 +30,16 @@ def run_rank(cfg: RecipeConfig) -> int:
     from lora_rl.data.jsonl import DataError
     from lora_rl.lora import LoraMatchError
     from lora_rl.model_source import ModelSourceError
+    from lora_rl.trackers import TrackerMissingError, require_trackers
     from lora_rl.training.runtime import start_runtime, stop_runtime
     from lora_rl.training.session import NonFiniteLossError
 
     runtime = start_runtime()
     try:
+        require_trackers(cfg.logger)
         run_algorithm(cfg, runtime)
     except (DataError, ModelSourceError, CheckpointError, LoraMatchError, NonFiniteLossError,
-            ValueError) as exc:
+            TrackerMissingError, ValueError) as exc:
         if runtime.is_main:
             print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -46,4 +49,5 @@ def run_rank(cfg: RecipeConfig) -> int:
 
 
 if __name__ == "__main__":
+    quiet_third_party_progress()
     sys.exit(main(sys.argv[1:]))

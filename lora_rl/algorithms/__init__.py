@@ -27,5 +27,6 @@ def run_algorithm(cfg: RecipeConfig, runtime: Runtime) -> None:
     try:
         algorithm.setup()
         algorithm.train()
+        algorithm.session.finish()
     finally:
         algorithm.cleanup()

@@ -44,8 +44,7 @@ class DPO(Algorithm):
         self.val_pairs = self._pairs(load_records(self.cfg, "val", keys))
         self.order = DataOrder(len(self.train_pairs), self.algo.seed, data.shuffle)
         self.start_step = self.session.resume(self.order)
-        self.session.say(f"DPO: {len(self.train_pairs)} preference pairs, "
-                         f"{self.backend.trainable_report()}")
+        self.session.banner(f"{len(self.train_pairs)} preference pairs")
 
     def _pairs(self, records: list[Record]) -> list[Pair]:
         data, lim = self.cfg.data, limits(self.cfg)

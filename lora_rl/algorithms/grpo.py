@@ -92,8 +92,7 @@ class GRPO(Algorithm):
         self.engine = build_engine(self.cfg, self.backend, self.tokenizer)
         self.order = DataOrder(len(self.train_records), self.algo.seed, data.shuffle)
         self.start_step = self.session.resume(self.order)
-        self.session.say(f"GRPO: {len(self.train_records)} prompts, "
-                         f"{self.backend.trainable_report()}")
+        self.session.banner(f"{len(self.train_records)} prompts")
 
     def _usable(self, records):
         lim = limits(self.cfg)

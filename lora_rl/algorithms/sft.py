@@ -45,8 +45,7 @@ class SFT(Algorithm):
         self.val_set = self._examples(self.val_records)
         self.order = DataOrder(len(self.train_set), self.algo.seed, data.shuffle)
         self.start_step = self.session.resume(self.order)
-        self.session.say(f"SFT: {len(self.train_set)} training examples, "
-                         f"{self.backend.trainable_report()}")
+        self.session.banner(f"{len(self.train_set)} training examples")
 
     def _examples(self, records) -> list[Example]:
         lim = limits(self.cfg)

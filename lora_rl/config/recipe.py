@@ -7,13 +7,13 @@ from pydantic import Field
 
 from lora_rl.config.algorithms import DPOConfig, GRPOConfig, SFTConfig
 from lora_rl.config.base import Section, compat
+from lora_rl.config.logger import LoggerConfig
 from lora_rl.config.policy import PolicyConfig
 from lora_rl.config.sections import (
     CheckpointingConfig,
     ClusterConfig,
     DataConfig,
     EnvConfig,
-    LoggerConfig,
     LossFnConfig,
     RewardPenaltiesConfig,
 )

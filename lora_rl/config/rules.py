@@ -540,3 +540,6 @@ def _unused_sections(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
         if key in cfg.model_fields_set:
             yield Finding(key, f"`{key}:` configures GRPO; this {cfg.present_algorithms[0]} "
                           "recipe ignores it", f"remove `{key}:`")
+
+# Rules kept in their own modules register on import.
+from lora_rl.config import rules_loggers  # noqa: E402,F401

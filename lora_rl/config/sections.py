@@ -131,37 +131,6 @@ class EnvConfig(Section):
         )
 
 
-class LoggerConfig(Section):
-    """Where metrics go."""
-
-    log_dir: str = "logs"
-    """Run directory for metrics.jsonl (and TensorBoard events)."""
-    tensorboard_enabled: bool = False
-    """Also write TensorBoard events (needs the tensorboard package)."""
-    progress_bar: bool = True
-    """Show a progress bar with loss and ETA on the terminal."""
-    wandb_enabled: bool = compat(False)
-    """Weights & Biases logging."""
-    mlflow_enabled: bool = compat(False)
-    """MLflow logging."""
-    swanlab_enabled: bool = compat(False)
-    """SwanLab logging."""
-    monitor_gpus: bool = compat(False)
-    """GPU utilisation monitoring."""
-    num_val_samples_to_print: NonNegativeInt = compat(0)
-    """Validation samples printed to the terminal."""
-    wandb: dict[str, Any] | None = compat(None)
-    """Weights & Biases settings."""
-    tensorboard: dict[str, Any] | None = compat(None)
-    """TensorBoard settings (events go to `log_dir`)."""
-    mlflow: dict[str, Any] | None = compat(None)
-    """MLflow settings."""
-    swanlab: dict[str, Any] | None = compat(None)
-    """SwanLab settings."""
-    gpu_monitoring: dict[str, Any] | None = compat(None)
-    """GPU monitoring settings."""
-
-
 class CheckpointingConfig(Section):
     """Adapter (or full) checkpoints with optimizer, scheduler, RNG and data position."""
 

@@ -12,7 +12,9 @@ from lora_rl.checkpoint import latest_checkpoint, prune_checkpoints, save_checkp
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.data.order import DataOrder
 from lora_rl.metrics import MetricsLog
+from lora_rl.training.console import StepConsole
 from lora_rl.training.runtime import Runtime
+from lora_rl.training.summary import end_summary
 
 
 class NonFiniteLossError(RuntimeError):
@@ -31,7 +33,10 @@ class TrainingSession:
         self.root = Path(self.ckpt.checkpoint_dir)
         self.metrics: MetricsLog | None = None
         self.last_metrics: dict[str, Any] = {}
-        self._progress = None
+        self.history: list[tuple[int, dict[str, Any]]] = []
+        """(step, metrics) logged by this process, for the end summary."""
+        self._console: StepConsole | None = None
+        self._finished_before = False
         self._saved_step: int | None = None
         self.order: DataOrder | None = None
         """The data position, saved with every checkpoint (set by `resume`)."""
@@ -53,8 +58,8 @@ class TrainingSession:
             self.say(f"resuming from {found.path} (step {step})")
         if self.runtime.is_main:
             log_dir = Path(self.cfg.logger.log_dir)
-            self.metrics = MetricsLog(log_dir, step if found else None,
-                                      self.cfg.logger.tensorboard_enabled)
+            self.metrics = MetricsLog(log_dir, step if found else None, self.cfg.logger,
+                                      self.cfg.model_dump(mode="json", by_alias=True))
         return step
 
     def _check_same_run(self, state: dict[str, Any], path: Path) -> None:
@@ -83,6 +88,7 @@ class TrainingSession:
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         self.last_metrics.update(metrics)
+        self.history.append((step, dict(metrics)))
         if self.metrics is not None:
             self.metrics.log(step, metrics)
             self._show(step, metrics)
@@ -119,29 +125,59 @@ class TrainingSession:
         if self.runtime.is_main:
             print(message, flush=True)
 
-    def start_progress(self, first_step: int, total_steps: int) -> None:
-        if not (self.runtime.is_main and self.cfg.logger.progress_bar):
+    def banner(self, data_summary: str) -> None:
+        """What is about to run, once, before the first step."""
+        if not self.runtime.is_main:
             return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        from lora_rl.config.rules import layout
 
-        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                  TextColumn("{task.completed}/{task.total}"),
-                                  TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-        self._task = self._progress.add_task(self.cfg.algorithm, total=total_steps,
-                                             completed=first_step, info="")
-        self._progress.start()
+        cfg, lay = self.cfg, layout(self.cfg)
+        report = self.backend.trainable_report()
+        trainable, total = report.get("trainable_params"), report.get("total_params")
+        print(f"lora-rl {cfg.algorithm} | model {cfg.policy.model_name} | {cfg.policy.backend} "
+              f"on {lay.world} process(es): dp {lay.dp} x tp {lay.tp} x pp {lay.pp} | "
+              f"{data_summary}", flush=True)
+        params = ""
+        if isinstance(trainable, int) and isinstance(total, int) and total:
+            params = f"trainable {trainable:,} of {total:,} parameters " \
+                     f"({100 * trainable / total:.2f}%)"
+        if "lora_modules" in report:
+            params += f" | LoRA on {report['lora_modules']} modules, scale {report['lora_scale']}"
+        if params:
+            print(f"  {params}", flush=True)
+        print(f"  logs {cfg.logger.log_dir}/metrics.jsonl | checkpoints "
+              f"{self.root if self.ckpt.enabled else 'off'}", flush=True)
+
+    def start_progress(self, first_step: int, total_steps: int) -> None:
+        if not self.runtime.is_main:
+            return
+        if first_step >= total_steps:
+            self._finished_before = True
+            print(f"already finished: step {first_step} of {total_steps} is checkpointed in "
+                  f"{self.root}; nothing to train. To train again from scratch use a new "
+                  "checkpointing.checkpoint_dir (or delete that one)", flush=True)
+            return
+        self._console = StepConsole(self.cfg.algorithm, total_steps,
+                                    self.cfg.logger.progress_bar, self.cfg.logger.log_every)
+        self._console.start(first_step)
 
     def _show(self, step: int, metrics: dict[str, Any]) -> None:
-        if self._progress is None:
+        if self._console is not None:
+            self._console.step(step, metrics)
+
+    def finish(self) -> None:
+        """The end summary: last and best metrics, where everything went, what to run next."""
+        if self._console is not None:
+            self._console.stop()
+            self._console = None
+        if not self.runtime.is_main or self._finished_before:
             return
-        info = " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                        if k in ("loss", "reward", "accuracy", "val_loss", "val_accuracy")
-                        and isinstance(v, float))
-        self._progress.update(self._task, completed=step, info=info)
+        for line in end_summary(self.cfg, self.history, self._saved_step):
+            print(line, flush=True)
 
     def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+        if self._console is not None:
+            self._console.stop()
         if self.metrics is not None:
             self.metrics.close()
 

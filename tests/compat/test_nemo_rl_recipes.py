@@ -20,7 +20,7 @@ LLM = "recipes/llm"
 VLLM_MISSING = importlib.util.find_spec("vllm") is None
 
 SFT_BASE = {"data.train", "data.validation", "data.default", "logger.monitor_gpus",
-            "logger.tensorboard", "logger.gpu_monitoring"}
+            "logger.gpu_monitoring"}
 DPO_BASE = {"data.train", "data.validation", "logger.monitor_gpus", "logger.gpu_monitoring"}
 GRPO_BASE = {"policy.generation_batch_size", "policy.sequence_packing",
              "policy.generation.val_temperature", "policy.generation.val_top_p",
@@ -39,7 +39,7 @@ EXPECTED_COMPAT = {
     "dpo.yaml": DPO_BASE,
     "grpo_math_1B.yaml": GRPO_BASE,
     f"{LLM}/sft-llama3.1-8b-1n8g-fsdp2tp1-lora.yaml":
-        SFT_BASE - {"data.validation", "logger.tensorboard"}
+        SFT_BASE - {"data.validation"}
         | {"policy.make_sequence_length_divisible_by", "data.add_generation_prompt"},
     f"{LLM}/sft-llama3.1-8b-1n8g-megatron-lora.yaml": SFT_BASE | WEIGHT_DECAY_RAMP,
     f"{LLM}/dpo-llama3.2-1b-1n8g-fsdp2-lora.yaml": DPO_BASE,
@@ -47,7 +47,7 @@ EXPECTED_COMPAT = {
     f"{LLM}/grpo-qwen3-8b-base-1n8g-fsdp2-lora-tq.yaml":
         GRPO_CHILD - {"data.train", "data.default"} | {"data_plane"},
     f"{LLM}/grpo-qwen3-8b-base-1n8g-megatron-lora.yaml":
-        GRPO_CHILD | MEGATRON_MOE | {"logger.wandb_enabled", "logger.wandb"},
+        GRPO_CHILD | MEGATRON_MOE,
 }
 
 
@@ -93,7 +93,7 @@ def test_nemo_spellings_resolve() -> None:
     assert mg.optimizer.adam_eps == 1e-5                    # `1e-5` is a float
     assert cfg.policy.dynamic_batching["train_mb_tokens"] == 1024   # ${mul:1024, 1}
     assert cfg.policy.tokenizer.name == "meta-llama/Llama-3.2-1B"   # ${policy.model_name}
-    assert cfg.logger.wandb["name"] == "sft-dev-squad"      # text around an interpolation
+    assert cfg.logger.wandb.name == "sft-dev-squad"      # text around an interpolation
 
 
 def test_relative_interpolation_and_null_env_vars() -> None:

@@ -45,6 +45,8 @@ class Case:
     """Pretend vLLM is installed (True) or not (False); None: whatever is true here."""
     files: tuple[str, ...] = field(default_factory=tuple)
     """Files created in the working directory before validating the passing case."""
+    missing: tuple[str, ...] = ()
+    """Packages to pretend are not installed."""
 
     @property
     def id(self) -> str:
@@ -200,6 +202,8 @@ RULE_CASES: list[Case] = [
          "policy.dtensor_cfg.sequence_parallel"),
     Case("LR902", "remote-code", {"policy.trust_remote_code": True},
          {"policy.trust_remote_code": False}, "policy.trust_remote_code"),
+    Case("LR960", "tracker-not-installed", {"logger.wandb_enabled": True},
+         {"logger.wandb_enabled": False}, "logger.wandb_enabled", missing=("wandb",)),
     Case("LR903", "grpo-section-in-sft", {"loss_fn": {"ratio_clip_min": 0.1}}, {}, "loss_fn",
          point="key"),
 ]
@@ -230,6 +234,10 @@ def _run(case: Case, changes: dict[str, Any], recipe_dir: Any, monkeypatch: pyte
         fake = importlib.machinery.ModuleSpec("vllm", None) if case.vllm else None
         monkeypatch.setattr(importlib.util, "find_spec",
                             lambda n, *a: fake if n == "vllm" else real_find_spec(n, *a))
+    if case.missing:
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda n, *a: None if n in case.missing else find_spec(n, *a))
     return path, validate_recipe(path, model_dir=model_dir)
 
 
