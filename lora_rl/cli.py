@@ -3,6 +3,7 @@ to exit codes (0 ok, 1 invalid recipe / failed run, 2 usage or I/O error)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -10,25 +11,48 @@ from typing import Annotated
 
 import typer
 
-from lora_rl.cli_output import EXIT_INVALID, EXIT_OK, EXIT_USAGE
+from lora_rl.cli_args import RecipeArg, SetOption, resolve_recipe
+from lora_rl.cli_output import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_USAGE,
+    HELP_SETTINGS,
+    CommandGroup,
+    exit_code,
+)
 from lora_rl.cli_output import console as _console
 from lora_rl.cli_recipes import app as recipes_app
+from lora_rl.cli_try import register as register_try_commands
 
 app = typer.Typer(
     name="lora-rl",
     help="Validated, declarative LoRA fine-tuning with SFT, DPO and GRPO.",
-    add_completion=False,
+    cls=CommandGroup,
+    context_settings=HELP_SETTINGS,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from lora_rl import __version__
+
+        print(f"lora-rl {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit")] = False,
+) -> None:
+    """Validated, declarative LoRA fine-tuning with SFT, DPO and GRPO."""
+
+
 # cli_recipes imports only typer at module level: registering it costs `validate` nothing.
 app.add_typer(recipes_app, name="recipes")
-
-
-IO_RULES = frozenset({"LR010"})
 
 
 class OutputFormat(str, Enum):
@@ -43,29 +67,30 @@ class Draft(str, Enum):
     d2020 = "2020-12"
 
 
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a key: a.b.c=value, ++a.b=value, ~a.b"),
-]
 ModelOption = Annotated[
     Path | None,
-    typer.Option("--model", help="Local HF model directory for model-aware checks"),
+    typer.Option("--model", metavar="DIR", help="Local HF model directory for model-aware "
+                                                "checks"),
 ]
+OverridesArg = Annotated[list[str] | None, typer.Argument(
+    metavar="[KEY=VALUE]...", help="Overrides a.b.c=value (the same as --set)")]
 
 
 @app.command()
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="Recipe files")],
+    files: Annotated[list[Path], typer.Argument(
+        metavar="RECIPE...", help="Recipe files or catalogue names")],
     overrides: SetOption = None,
     model: ModelOption = None,
-    output_format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.text,
+    output_format: Annotated[OutputFormat, typer.Option(
+        "--format", "-f", help="text, json, sarif or github (annotations)")] = OutputFormat.text,
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too")] = False,
 ) -> None:
     """Check recipes: schema, cross-field rules, and (with --model) the model's shape."""
     from lora_rl import report
     from lora_rl.config.validate import validate_recipe
 
-    results = [validate_recipe(f, overrides or [], model) for f in files]
+    results = [validate_recipe(resolve_recipe(f), overrides or [], model) for f in files]
     if output_format is OutputFormat.text:
         report.print_text(results, _console(), strict)
     else:
@@ -74,21 +99,13 @@ def validate(
                     "github": lambda: report.to_github(results)}[output_format.value]()
         if rendered:
             print(rendered)
-    raise typer.Exit(_exit_code(results, strict))
-
-
-def _exit_code(results, strict: bool) -> int:
-    if any(d.rule in IO_RULES for r in results for d in r.diagnostics):
-        return EXIT_USAGE
-    if any(r.errors or (strict and r.warnings) for r in results):
-        return EXIT_INVALID
-    return EXIT_OK
+    raise typer.Exit(exit_code(results, strict))
 
 
 @app.command()
 def schema(
-    draft: Annotated[Draft, typer.Option("--draft")] = Draft.d07,
-    out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
+    draft: Annotated[Draft, typer.Option("--draft", help="JSON Schema draft")] = Draft.d07,
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="FILE")] = None,
 ) -> None:
     """Print (or write) the JSON Schema of recipe files."""
     import json
@@ -109,8 +126,9 @@ def schema(
 
 @app.command()
 def explain(
-    file: Annotated[Path, typer.Argument(help="Recipe file")],
-    overrides: SetOption = None,
+    file: RecipeArg,
+    overrides: OverridesArg = None,
+    set_overrides: SetOption = None,
     model: ModelOption = None,
 ) -> None:
     """Show the resolved recipe, what will run, the LoRA block in effect and every warning."""
@@ -118,53 +136,90 @@ def explain(
     from lora_rl.config.validate import validate_recipe
     from lora_rl.explain import print_explanation
 
-    result = validate_recipe(file, overrides or [], model)
+    result = validate_recipe(resolve_recipe(file), [*(overrides or []), *(set_overrides or [])],
+                             model)
     if result.config is None or result.errors:
         report.print_text([result], _console(), strict=False)
-        raise typer.Exit(_exit_code([result], False))
+        raise typer.Exit(exit_code([result], False))
     print_explanation(result, _console())
     report.print_text([result], _console(), strict=False)
 
 
 @app.command(context_settings={"allow_extra_args": False})
 def run(
-    file: Annotated[Path, typer.Argument(help="Recipe file")],
-    overrides: Annotated[list[str] | None, typer.Argument(
-        help="Overrides a.b.c=value (also accepted via --set)")] = None,
+    file: RecipeArg,
+    overrides: OverridesArg = None,
     set_overrides: SetOption = None,
     force: Annotated[bool, typer.Option("--force", help="Allow checkpoint/log directories "
                                                          "outside the working directory")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Validate, explain and show the plan (resume or fresh); train "
+                          "nothing")] = False,
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Start from step 0: earlier checkpoints are moved aside (kept), not "
+                        "resumed")] = False,
 ) -> None:
-    """Validate the recipe, then train: SFT, DPO or GRPO on the enabled backend."""
+    """Validate the recipe, then train: SFT, DPO or GRPO on the enabled backend.
+
+    An earlier run's checkpoints in checkpointing.checkpoint_dir are resumed exactly: model,
+    optimizer, scheduler and data position (--fresh moves them aside and starts over)."""
     from lora_rl import report
     from lora_rl.config.validate import validate_recipe
 
-    result = validate_recipe(file, [*(overrides or []), *(set_overrides or [])],
+    recipe = resolve_recipe(file)
+    result = validate_recipe(recipe, [*(overrides or []), *(set_overrides or [])],
                              resolve_embedded_model=True)
     if result.diagnostics:
         report.print_text([result], _console(stderr=True), strict=False)
     if result.config is None or result.errors:
-        raise typer.Exit(_exit_code([result], False))
+        raise typer.Exit(exit_code([result], False))
     from lora_rl.launcher import OutputPathError, check_output_paths, launch
+    from lora_rl.run_plan import move_aside, plan_lines
 
     try:
         check_output_paths(result.config, force)
     except OutputPathError as exc:
         _console(stderr=True).print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
-    raise typer.Exit(launch(result.config))
+    if dry_run:
+        from lora_rl.explain import print_explanation
+
+        print_explanation(result, _console())
+        for line in plan_lines(result.config, fresh):
+            _console().print(line)
+        raise typer.Exit(EXIT_OK)
+    if fresh:
+        moved = move_aside(result.config)
+        if moved is not None:
+            _console().print(f"--fresh: earlier checkpoints moved to {moved}")
+    code = launch(result.config)
+    if code == EXIT_OK:
+        for line in plan_next_commands(result.config, recipe, overrides, set_overrides):
+            print(line)
+    raise typer.Exit(code)
+
+
+def plan_next_commands(cfg, recipe: Path, overrides, set_overrides) -> list[str]:
+    from lora_rl.run_plan import next_commands
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone says it
+        return []
+    return next_commands(cfg, recipe, [*(overrides or []), *(set_overrides or [])])
 
 
 @app.command()
 def plot(
-    run_dir: Annotated[Path, typer.Argument(help="logger.log_dir of a run")],
-    out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
+    run_dirs: Annotated[list[Path], typer.Argument(
+        metavar="RUN_DIR...", help="logger.log_dir of one or more runs (compared on one figure)")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="FILE")] = None,
+    smooth: Annotated[float, typer.Option(
+        "--smooth", min=0.0, max=0.99, help="EMA weight in [0, 0.99]; 0 plots raw values")] = 0.0,
 ) -> None:
-    """Plot metrics.jsonl (loss and every other numeric metric) to a PNG."""
+    """Plot metrics.jsonl to a PNG: loss first, train and validation overlaid."""
     from lora_rl.plotting import PlotError, plot_metrics
 
     try:
-        path = plot_metrics(run_dir, out)
+        path = plot_metrics(run_dirs, out, smooth)
     except PlotError as exc:
         _console(stderr=True).print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
@@ -249,6 +304,10 @@ def init_model(
 
     path = build_tiny_model(out) if out else ensure_tiny_model(cache_root())
     _console().print(f"tiny model ready at {path}")
+
+
+# Like cli_recipes, cli_try imports only typer at module level.
+register_try_commands(app)
 
 
 def main() -> None:

@@ -5,8 +5,21 @@ from __future__ import annotations
 import sys
 from functools import cache
 
+import typer.core
+
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 """0 ok, 1 invalid recipe / failed run, 2 usage or I/O error."""
+
+def exit_code(results, strict: bool) -> int:
+    """validate's exit code for these ValidationResults: 2 when a recipe could not be read at
+    all (IO_RULES), 1 for errors (or warnings under --strict)."""
+    from lora_rl.config.validate import IO_RULES
+
+    if any(d.rule in IO_RULES for r in results for d in r.diagnostics):
+        return EXIT_USAGE
+    if any(r.errors or (strict and r.warnings) for r in results):
+        return EXIT_INVALID
+    return EXIT_OK
 
 
 @cache
@@ -18,3 +31,22 @@ def console(stderr: bool = False):
     # 80 columns and cut tables and paths.
     width = None if (sys.stderr if stderr else sys.stdout).isatty() else 200
     return Console(stderr=stderr, highlight=False, width=width)
+
+
+HELP_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class CommandGroup(typer.core.TyperGroup):
+    """Command summaries in full (wrapped), not cut at click's 45-character default with
+    `...`: the summary is the docstring's first paragraph."""
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                summary = (command.help or "").strip().split("\n\n")[0]
+                rows.append((name, " ".join(summary.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)

@@ -84,15 +84,16 @@ def _sarif_result(d: Diagnostic, fallback_file: str) -> dict[str, Any]:
 
 def to_sarif(results: Sequence[ValidationResult]) -> str:
     from lora_rl.config.catalogue import all_rules
+    from lora_rl.docs_links import docs_base, rule_help_uri
 
-    rules = [{"id": rid, "shortDescription": {"text": title}}
+    rules = [{"id": rid, "shortDescription": {"text": title}, "helpUri": rule_help_uri(rid)}
              for rid, (title, _) in sorted(all_rules().items())]
     return json.dumps({
         "$schema": SARIF_SCHEMA,
         "version": "2.1.0",
         "runs": [{
             "tool": {"driver": {"name": "lora-rl", "version": __version__,
-                                "informationUri": "https://example.invalid/lora-rl",
+                                "informationUri": docs_base(),
                                 "rules": rules}},
             "results": [_sarif_result(d, r.file) for r in results for d in r.diagnostics],
         }],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -56,8 +57,20 @@ def _resolve_checkpoint(path: Path):
     return found
 
 
-def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str | None,
-                      force: bool) -> Path:
+@dataclass(frozen=True)
+class CheckpointAdapter:
+    """A checkpoint's adapter in Hugging Face module names, with what it was trained as."""
+
+    path: Path
+    step: int
+    backend: str
+    lora: DTensorLoraConfig | MegatronPeftConfig
+    base_model: str
+    adapter: dict[str, torch.Tensor]
+
+
+def checkpoint_adapter(checkpoint: Path, base: str | None = None) -> CheckpointAdapter:
+    """The adapter of a `step_N` directory, or of the latest good step of a checkpoint_dir."""
     try:
         ckpt = _resolve_checkpoint(checkpoint)
     except CheckpointError as exc:
@@ -80,6 +93,13 @@ def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str 
     adapter = ckpt.tensors["adapter"]
     if backend == "megatron":
         adapter = _megatron_adapter_in_hf_names(adapter, base_model, ckpt.path)
+    return CheckpointAdapter(ckpt.path, ckpt.step, backend, lora, base_model, adapter)
+
+
+def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str | None,
+                      force: bool) -> Path:
+    found = checkpoint_adapter(checkpoint, base)
+    adapter, lora, base_model = found.adapter, found.lora, found.base_model
     if out.exists() and not force:
         raise OutputExistsError(f"{out} exists; pass --force to replace it")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -92,10 +112,10 @@ def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str 
             else:
                 _write_merged(tmp, adapter, lora, base_model)
         except AdapterFormatError as exc:
-            raise ExportError(f"{ckpt.path}: {exc}") from None
+            raise ExportError(f"{found.path}: {exc}") from None
         stamp = {"schema_version": EXPORT_SCHEMA_VERSION, "lora_rl_version": __version__,
-                 "format": fmt, "source_checkpoint": str(ckpt.path), "step": ckpt.step,
-                 "backend": run["backend"], "base_model": base_model}
+                 "format": fmt, "source_checkpoint": str(found.path), "step": found.step,
+                 "backend": found.backend, "base_model": base_model}
         (tmp / "lora_rl_export.json").write_text(json.dumps(stamp, indent=2))
         if out.exists():
             shutil.rmtree(out)

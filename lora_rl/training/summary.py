@@ -1,9 +1,8 @@
-"""The lines a finished run ends with: last and best metrics, where its outputs are, and the
-commands that use them."""
+"""The lines a finished run ends with: last and best metrics and where its outputs are (the
+commands that use them: lora_rl.run_plan.next_commands)."""
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,4 @@ def end_summary(cfg: RecipeConfig, history: list[tuple[int, dict[str, Any]]],
     ckpt_root = Path(cfg.checkpointing.checkpoint_dir)
     if cfg.checkpointing.enabled and saved_step is not None:
         lines.append(f"  checkpoint  {ckpt_root / f'step_{saved_step}'}")
-    lines.append("next:")
-    lines.append(f"  lora-rl plot {shlex.quote(str(log_dir))}")
-    if cfg.checkpointing.enabled and saved_step is not None:
-        ckpt = shlex.quote(str(ckpt_root))
-        lines.append(f"  lora-rl generate --checkpoint {ckpt} \"your prompt\"")
-        if cfg.policy.active_lora is not None:
-            lines.append(f"  lora-rl export --checkpoint {ckpt} --format peft "
-                         f"--out {shlex.quote(ckpt_root.name + '-adapter')}")
-        lines.append(f"  lora-rl export --checkpoint {ckpt} --format merged "
-                     f"--out {shlex.quote(ckpt_root.name + '-merged')}")
     return lines

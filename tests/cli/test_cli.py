@@ -191,6 +191,7 @@ def test_sarif_format_validates_against_the_official_schema(
     (run,) = log["runs"]
     rule_ids = {r["id"] for r in run["tool"]["driver"]["rules"]}
     assert rule_ids == set(all_rules())
+    _check_help_links(run["tool"]["driver"])
     results = run["results"]
     assert {r["ruleId"] for r in results} >= {"LR001", "LR002", "LR102", "LR902", "LR010"}
     assert all(r["ruleId"] in rule_ids for r in results)
@@ -263,3 +264,25 @@ def test_schema_out_writes_a_file(tmp_path: Path) -> None:
     blocked.write_text("x")
     failed = invoke("schema", "--out", str(blocked / "s.json"))
     assert failed.exit_code == 2 and "cannot write" in failed.output
+
+
+def _check_help_links(driver: dict[str, Any]) -> None:
+    """Every rule's helpUri opens its own troubleshooting entry (here: the checkout's docs)."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    assert driver["informationUri"].startswith("file://")
+    for rule in driver["rules"]:
+        url = urlparse(rule["helpUri"])
+        page = Path(url2pathname(url.path))
+        assert page.name == "troubleshooting.md", rule
+        assert f'<a id="{url.fragment}"></a>' in page.read_text(), rule["id"]
+        assert url.fragment == rule["id"].lower()
+
+
+def test_docs_url_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lora_rl.docs_links import rule_help_uri
+
+    monkeypatch.setenv("LORA_RL_DOCS_URL", "https://git.example.org/team/lora-rl/blob/main/docs")
+    assert rule_help_uri("LR102") == \
+        "https://git.example.org/team/lora-rl/blob/main/docs/troubleshooting.md#lr102"

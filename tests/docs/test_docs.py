@@ -60,9 +60,8 @@ def commands() -> list[tuple[str, list[str]]]:
     """`lora-rl SUB [--options]` lines inside fenced code blocks."""
     found = []
     for page in PAGES:
-        blocks = re.findall(r"```(?:bash|sh|yaml)?\n(.*?)```", page.read_text(encoding="utf-8"),
-                            flags=re.S)
-        for block in blocks:
+        fenced = re.findall(r"```(\w*)\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
+        for block in (body for lang, body in fenced if lang in ("", "bash", "sh", "yaml")):
             for line in block.replace("\\\n", " ").splitlines():
                 start = line.find("lora-rl ")
                 if start < 0 or "pip " in line:

@@ -34,10 +34,10 @@ class Runner:
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "lora_rl", *args]
 
-    def run(self, *args: str, check: bool = True,
-            timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(self, *args: str, check: bool = True, timeout: float = 600,
+            input: str | None = None) -> subprocess.CompletedProcess:
         done = subprocess.run(self.command(*args), cwd=self.workdir, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, input=input)
         if check and done.returncode != 0:
             raise AssertionError(f"lora-rl {' '.join(args)} failed ({done.returncode}):\n"
                                  f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}")

@@ -1,0 +1,104 @@
+"""A trained policy, ready to answer: the recipe's base model with an adapter from a training
+checkpoint or an exported PEFT directory, and the recipe's own prompt format — so `generate`
+and `eval` see prompts exactly as training and its validation did.
+
+One process, plain transformers: a tensor- or pipeline-parallel run's checkpoint holds whole
+(gathered) adapter tensors in Hugging Face module names, so any layout loads here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lora_rl.config.recipe import RecipeConfig
+from lora_rl.data.examples import TextFormat
+
+
+class PolicyLoadError(ValueError):
+    pass
+
+
+@dataclass
+class TrainedPolicy:
+    model: torch.nn.Module
+    tokenizer: Any
+    format: TextFormat
+    source: str
+    """What was loaded, for the user: `base model only`, `checkpoint results/run/step_60`."""
+
+    def answer_ids(self, prompts: list[str], max_new_tokens: int, temperature: float,
+                   streamer: Any = None) -> Iterator[list[int]]:
+        """Completion token ids per prompt (EOS excluded), one prompt at a time: no padding,
+        so greedy answers are the ones the run's own evaluation produced."""
+        eos = self.tokenizer.eos_token_id
+        for prompt in prompts:
+            ids = torch.tensor([self.format.prompt_ids(prompt)])
+            sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else \
+                {"do_sample": False}
+            with torch.no_grad():
+                out = self.model.generate(
+                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                    eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id,
+                    streamer=streamer, **sampling, top_p=None, top_k=None)
+            new = out[0, ids.shape[1]:].tolist()
+            yield new[:new.index(eos)] if eos in new else new
+
+
+def load_trained_policy(cfg: RecipeConfig, checkpoint: Path | None,
+                        adapter: bool = True) -> TrainedPolicy:
+    """The recipe's model with the adapter of `checkpoint` (a `step_N` directory, a
+    checkpoint_dir — its latest good step —, or an exported PEFT adapter); by default the
+    recipe's own checkpoint_dir. `adapter=False` gives the base model, for comparison."""
+    from transformers import AutoModelForCausalLM
+
+    from lora_rl.data.sources import load_tokenizer, text_format
+    from lora_rl.model_source import require_local_model_dir
+
+    tokenizer = load_tokenizer(cfg)
+    model = AutoModelForCausalLM.from_pretrained(require_local_model_dir(cfg.policy.model_name),
+                                                 dtype=torch.float32)
+    source = "base model only"
+    if adapter:
+        where = checkpoint or Path(cfg.checkpointing.checkpoint_dir)
+        source = _load_adapter(model, where)
+    model.eval()
+    return TrainedPolicy(model, tokenizer, text_format(cfg, tokenizer), source)
+
+
+def _load_adapter(model: torch.nn.Module, where: Path) -> str:
+    from lora_rl.interop.peft_format import (
+        ADAPTER_CONFIG,
+        AdapterFormatError,
+        read_adapter,
+        wrap_adapter_modules,
+    )
+    from lora_rl.lora import LoraSpec, load_lora_state_dict
+
+    if not where.exists():
+        raise PolicyLoadError(f"{where}: no such checkpoint or adapter directory (train first "
+                              "with `lora-rl run`, or pass --checkpoint)")
+    try:
+        if (where / ADAPTER_CONFIG).is_file():
+            config, tensors = read_adapter(where)
+            rank, alpha, what = int(config["r"]), float(config["lora_alpha"]), f"adapter {where}"
+        else:
+            from lora_rl.interop.export import ExportError, checkpoint_adapter
+
+            try:
+                found = checkpoint_adapter(where)
+            except ExportError as exc:
+                raise PolicyLoadError(str(exc)) from None
+            tensors, rank, alpha = found.adapter, found.lora.dim, found.lora.alpha
+            what = f"checkpoint {found.path}"
+        wrap_adapter_modules(model, tensors, LoraSpec(rank=rank, alpha=alpha))
+        load_lora_state_dict(model, tensors)
+    except PolicyLoadError:
+        raise
+    except (AdapterFormatError, KeyError, ValueError) as exc:
+        raise PolicyLoadError(f"{where}: {exc}") from None
+    return what
