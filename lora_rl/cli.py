@@ -73,7 +73,7 @@ ModelOption = Annotated[
                                                 "checks"),
 ]
 OverridesArg = Annotated[list[str] | None, typer.Argument(
-    metavar="[KEY=VALUE]...", help="Overrides a.b.c=value (the same as --set)")]
+    metavar="KEY=VALUE...", help="Overrides a.b.c=value (the same as --set)")]
 
 
 @app.command()
@@ -233,11 +233,12 @@ class ExportFormatChoice(str, Enum):
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="step_N dir or checkpoint_dir")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", metavar="DIR",
+                                                    help="step_N dir or checkpoint_dir")],
     output_format: Annotated[ExportFormatChoice, typer.Option("--format")],
-    out: Annotated[Path, typer.Option("--out", help="Target directory")],
-    base: Annotated[str | None, typer.Option("--base", help="Base model (default: the "
-                                                             "checkpoint's)")] = None,
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Target directory")],
+    base: Annotated[str | None, typer.Option(
+        "--base", metavar="MODEL", help="Base model (default: the checkpoint's)")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out")] = False,
 ) -> None:
     """Write a checkpoint as a Hugging Face PEFT adapter or a merged HF model."""
@@ -262,10 +263,11 @@ class ConvertTarget(str, Enum):
 
 @app.command()
 def convert(
-    file: Annotated[Path, typer.Argument(help="Recipe file (or an AReaL config)")],
+    file: Annotated[Path, typer.Argument(
+        metavar="RECIPE", help="Recipe file (or an AReaL config)")],
     to: Annotated[ConvertTarget, typer.Option("--to", help="Schema of the LoRA block to write")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here (default: "
-                                                                  "stdout)")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", metavar="FILE", help="Write here (default: stdout)")] = None,
 ) -> None:
     """Rewrite the LoRA block between DTensor lora_cfg, Megatron peft and AReaL keys."""
     from lora_rl.convert import ConvertError, convert_file
@@ -296,7 +298,8 @@ def convert(
 
 @app.command("init-model")
 def init_model(
-    out: Annotated[Path | None, typer.Option("--out", help="Target directory")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", metavar="DIR", help="Target directory")] = None,
 ) -> None:
     """Build the embedded tiny model, tokenizer and task data (deterministic, no download)."""
     from lora_rl.model_source import cache_root

@@ -36,9 +36,29 @@ def console(stderr: bool = False):
 HELP_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+class _PlainArgument(typer.core.TyperArgument):
+    """An argument shown by its metavar alone: `RECIPE...`, not typer's `{RECIPE}...` in the
+    usage line and `RECIPE <list[Path]>` in the argument list."""
+
+    def display_type_rich(self, ctx) -> None:
+        return None
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw
+        return name if self.required else f"[{name}]"
+
+
 class CommandGroup(typer.core.TyperGroup):
     """Command summaries in full (wrapped), not cut at click's 45-character default with
-    `...`: the summary is the docstring's first paragraph."""
+    `...`: the summary is the docstring's first paragraph. Arguments with a metavar are shown
+    by it alone (_PlainArgument)."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        for param in getattr(command, "params", ()):
+            if type(param) is typer.core.TyperArgument and param.metavar:
+                param.__class__ = _PlainArgument  # same fields; only its help display differs
+        return command
 
     def format_commands(self, ctx, formatter) -> None:
         rows = []

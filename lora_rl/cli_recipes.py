@@ -10,11 +10,13 @@ from typing import Annotated
 
 import typer
 
-from lora_rl.cli_output import EXIT_INVALID, EXIT_USAGE
+from lora_rl.cli_output import EXIT_INVALID, EXIT_USAGE, HELP_SETTINGS, CommandGroup
 from lora_rl.cli_output import console as _console
 
 app = typer.Typer(
     help="Shipped recipes: list them, copy one to edit.",
+    cls=CommandGroup,
+    context_settings=HELP_SETTINGS,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -57,8 +59,10 @@ def list_command(
 
 @app.command("cp")
 def copy_command(
-    name: Annotated[str, typer.Argument(help="Recipe name, as `recipes ls` shows it")],
-    dest: Annotated[Path, typer.Argument(help="Target file, or an existing directory")],
+    name: Annotated[str, typer.Argument(
+        metavar="NAME", help="Recipe name, as `recipes ls` shows it")],
+    dest: Annotated[Path, typer.Argument(
+        metavar="DEST", help="Target file, or an existing directory")],
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file")] = False,
 ) -> None:
     """Copy a recipe, keeping its comments; its `defaults:` parents stay in the catalogue."""
