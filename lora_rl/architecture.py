@@ -76,6 +76,8 @@ class Family:
     """Why the Megatron backend cannot run it, for the validate message."""
     tp_note: str = ""
     """Why DTensor tensor parallelism cannot shard it."""
+    qkv_bias: bool = False
+    """q/k/v projections always carry a bias (Qwen2), whatever `attention_bias` says."""
 
 
 _MOE_MEGATRON = "lora-rl's Megatron mapping has no MoE experts yet"
@@ -84,7 +86,8 @@ _MOE_TP = "lora-rl's DTensor tensor parallelism does not shard 3-D expert parame
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("llama", _plan(_ATTN, _MLP), frozenset({"dtensor", "megatron"}), _LLAMA_MEGATRON),
     Family("mistral", _plan(_ATTN, _MLP), frozenset({"dtensor", "megatron"}), _LLAMA_MEGATRON),
-    Family("qwen2", _plan(_ATTN, _MLP), frozenset({"dtensor", "megatron"}), _LLAMA_MEGATRON),
+    Family("qwen2", _plan(_ATTN, _MLP), frozenset({"dtensor", "megatron"}), _LLAMA_MEGATRON,
+           qkv_bias=True),
     Family("qwen3", _plan(_ATTN, _QK_NORM, _MLP), frozenset({"dtensor", "megatron"}),
            {**_LLAMA_MEGATRON, **_QK_NORM_MEGATRON}),
     Family("gemma2", {**_plan(_ATTN, _MLP), "embed_tokens": "embedding_rowwise"},
@@ -165,6 +168,11 @@ class Architecture:
                 continue  # the dense MLP entries apply to non-MoE layers only
             out.append(LayerModule(path, style, _group(path)))
         return out
+
+    @property
+    def qk_norm(self) -> bool:
+        """Per-head RMSNorm on queries and keys (Qwen3, Gemma3)."""
+        return "self_attn.q_norm" in self.layer_plan()
 
     @property
     def is_moe(self) -> bool:

@@ -101,3 +101,31 @@ def test_phi3_lora_is_peft_layout_on_the_fused_modules(family_models):
     for layer, twin in pairs:
         assert torch.allclose(layer.lora_A.weight.grad, twin.lora_A["default"].weight.grad,
                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "mistral"])
+def test_megatron_mapping_round_trips_family_weights(family_models, model_type):
+    """Qwen2's q/k/v biases fuse into linear_qkv's bias (interleaved per query group like the
+    weight); Qwen3's q_norm/k_norm become q_layernorm/k_layernorm."""
+    from transformers import AutoConfig
+    from safetensors.torch import load_file
+
+    from lora_rl.backends.megatron.bridge import LlamaShape, hf_to_megatron, megatron_to_hf
+
+    directory = family_models[model_type]
+    shape = LlamaShape.from_hf(AutoConfig.from_pretrained(directory))
+    hf = load_file(str(directory / "model.safetensors"))
+    names = ["embedding.word_embeddings.weight", "decoder.final_layernorm.weight",
+             "output_layer.weight"]
+    layer = ["input_layernorm.weight", "self_attention.linear_qkv.weight",
+             "self_attention.linear_proj.weight", "pre_mlp_layernorm.weight",
+             "mlp.linear_fc1.weight", "mlp.linear_fc2.weight"]
+    if model_type == "qwen2":
+        layer.append("self_attention.linear_qkv.bias")
+    if model_type == "qwen3":
+        layer += ["self_attention.q_layernorm.weight", "self_attention.k_layernorm.weight"]
+    names += [f"decoder.layers.{i}.{n}" for i in range(shape.num_layers) for n in layer]
+    megatron = hf_to_megatron(hf, names, shape)
+    back = megatron_to_hf(megatron, shape)
+    assert back.keys() == hf.keys()
+    assert all(torch.equal(back[k], hf[k]) for k in hf)
