@@ -107,8 +107,8 @@ def test_phi3_lora_is_peft_layout_on_the_fused_modules(family_models):
 def test_megatron_mapping_round_trips_family_weights(family_models, model_type):
     """Qwen2's q/k/v biases fuse into linear_qkv's bias (interleaved per query group like the
     weight); Qwen3's q_norm/k_norm become q_layernorm/k_layernorm."""
-    from transformers import AutoConfig
     from safetensors.torch import load_file
+    from transformers import AutoConfig
 
     from lora_rl.backends.megatron.bridge import LlamaShape, hf_to_megatron, megatron_to_hf
 
