@@ -110,6 +110,10 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            note=_MOE_MEGATRON, tp_note=_MOE_TP),
 )}
 
+EXPERT_PARAMETERS = ("gate_up_proj", "down_proj")
+"""The fused 3-D expert parameters, in the order transformers registers them (PEFT nests one
+`ParamWrapper` per adapted parameter in this order, which fixes its export names)."""
+
 LINEAR_STYLES = frozenset(LORA_SHARDING)
 _EXPERT_STYLES = frozenset({"packed_colwise", "rowwise"})
 
@@ -140,12 +144,43 @@ class UnsupportedArchitecture(ValueError):
 
 
 @dataclass(frozen=True)
+class Dims:
+    """The sizes that fix every adapted module's shape."""
+
+    hidden: int = 0
+    heads: int = 0
+    kv_heads: int = 0
+    head_dim: int = 0
+    intermediate: int = 0
+    expert_intermediate: int = 0
+    experts: int = 0
+    vocab: int = 0
+
+    @classmethod
+    def from_config(cls, raw: Mapping[str, Any]) -> Dims:
+        def num(*keys: str) -> int:
+            for key in keys:
+                value = raw.get(key)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    return value
+            return 0
+
+        hidden, heads = num("hidden_size"), num("num_attention_heads")
+        return cls(hidden, heads, num("num_key_value_heads") or heads,
+                   num("head_dim") or (hidden // heads if heads else 0),
+                   num("intermediate_size"),
+                   num("moe_intermediate_size", "intermediate_size"),
+                   num("num_experts", "num_local_experts"), num("vocab_size"))
+
+
+@dataclass(frozen=True)
 class Architecture:
     family: Family
     num_layers: int
     tied_embeddings: bool = False
     moe_layers: tuple[int, ...] = ()
     """Layers whose MLP is the MoE block (all of them unless the config says otherwise)."""
+    dims: Dims = field(default_factory=Dims)
 
     @property
     def model_type(self) -> str:
@@ -187,6 +222,34 @@ class Architecture:
         """Layer modules the plan keeps whole on every rank (Qwen3's q_norm/k_norm)."""
         return [p for p, s in self.layer_plan().items() if s.startswith("replicated")]
 
+    def expert_names(self) -> list[str]:
+        """Full names of the fused expert parameters LoRA can adapt (DTensor backend)."""
+        return [f"model.layers.{i}.{p.path}" for i in self.moe_layers
+                for p in self.expert_params()]
+
+    def group_of(self, name: str) -> Group | Literal["output"]:
+        """Which module group a full HF name belongs to (explain's summary)."""
+        if not name.startswith("model.layers."):
+            return "output"
+        return _group(name.split(".", 3)[3])
+
+    def adapter_parameters(self, name: str, rank: int) -> int:
+        """Trainable parameters of a rank-`rank` adapter on the module (or expert parameter)
+        with this full HF name; 0 when the sizes are unknown."""
+        d = self.dims
+        attn, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
+        shapes = {"q_proj": (d.hidden, attn), "k_proj": (d.hidden, kv), "v_proj": (d.hidden, kv),
+                  "o_proj": (attn, d.hidden), "qkv_proj": (d.hidden, attn + 2 * kv),
+                  "gate_proj": (d.hidden, d.intermediate), "up_proj": (d.hidden, d.intermediate),
+                  "gate_up_proj": (d.hidden, 2 * d.intermediate),
+                  "down_proj": (d.intermediate, d.hidden), "lm_head": (d.hidden, d.vocab)}
+        short = name.rpartition(".")[2]
+        if ".experts." in name:
+            expert = {"gate_up_proj": (d.hidden, 2 * d.expert_intermediate),
+                      "down_proj": (d.expert_intermediate, d.hidden)}.get(short, (0, 0))
+            return rank * d.experts * sum(expert)
+        return rank * sum(shapes.get(short, (0, 0)))
+
     def hf_linear_names(self) -> list[str]:
         names = [f"model.layers.{i}.{m.path}" for i in range(self.num_layers)
                  for m in self.linears(i)]
@@ -198,8 +261,11 @@ class Architecture:
         return [*names, "output_layer"]
 
     def linear_names(self, backend: Backend) -> list[str]:
-        """Full names of the model's linear modules as the backend sees them."""
-        return self.megatron_linear_names() if backend == "megatron" else self.hf_linear_names()
+        """Full names of what LoRA can adapt as the backend sees them: linear modules, and on
+        DTensor the MoE expert parameters too."""
+        if backend == "megatron":
+            return self.megatron_linear_names()
+        return [*self.hf_linear_names(), *self.expert_names()]
 
     def unsupported(self, backend: Backend, tensor_parallel: int = 1) -> str | None:
         """Why lora-rl cannot run this family on `backend`, or None."""
@@ -238,9 +304,10 @@ def architecture_from_config(raw: Mapping[str, Any]) -> Architecture:
     if isinstance(plan, dict) and plan:
         family = replace(family, tp_plan=dict(plan))
     layers = int(raw["num_hidden_layers"])
-    arch = Architecture(family, layers, bool(raw.get("tie_word_embeddings", False)))
+    arch = Architecture(family, layers, bool(raw.get("tie_word_embeddings", False)),
+                        dims=Dims.from_config(raw))
     if arch.is_moe:
-        arch = Architecture(family, layers, arch.tied_embeddings, _moe_layers(raw, layers))
+        arch = replace(arch, moe_layers=_moe_layers(raw, layers))
     return arch
 
 
