@@ -7,6 +7,7 @@ import importlib.util
 from rich.console import Console
 from rich.table import Table
 
+from lora_rl.config.model_facts import ModelFacts
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.config.rules import layout
 from lora_rl.config.validate import ValidationResult
@@ -44,7 +45,8 @@ def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
         rows.append(("adapter dtype", peft.lora_dtype or "follows the base layer"))
     else:
         dt_lora = cfg.policy.dtensor_cfg.lora_cfg
-        targets = "every linear layer except lm_head" if dt_lora.match_all_linear else \
+        targets = "every linear layer (and MoE expert parameter) except lm_head" \
+            if dt_lora.match_all_linear else \
             ", ".join(dt_lora.target_modules) or "every linear layer except the excluded"
         rows.append(("targets", targets))
         if dt_lora.exclude_modules:
@@ -56,6 +58,41 @@ def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
         else:
             kernel = "torch path (use_triton: false)"
         rows.append(("kernel", kernel))
+    return rows
+
+
+def adapted_group_rows(cfg: RecipeConfig, model: ModelFacts | None) -> list[tuple[str, str]]:
+    """Per module group (attention, mlp, experts, router, output): how many modules (or MoE
+    expert parameters) get an adapter and their trainable parameters. DTensor only, and only
+    when the model's config.json is known."""
+    lora = cfg.policy.active_lora
+    if model is None or model.architecture is None or lora is None \
+            or cfg.policy.backend != "dtensor":
+        return []
+    import warnings
+
+    from lora_rl.lora.matching import LoraMatchError, match_names
+
+    arch = model.architecture
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            chosen = match_names(arch.linear_names("dtensor"), lora)
+    except LoraMatchError:
+        return []
+    groups: dict[str, list[int]] = {}
+    for name in chosen:
+        entry = groups.setdefault(arch.group_of(name), [0, 0])
+        entry[0] += 1
+        entry[1] += arch.adapter_parameters(name, lora.dim)
+    rows = []
+    for group in ("attention", "mlp", "experts", "router", "output"):
+        count, params = groups.get(group, (0, 0))
+        unit = "expert parameter(s), one adapter per expert" if group == "experts" else "module(s)"
+        rows.append((f"adapted: {group}", f"{count} {unit}, {params:,} trainable parameters"
+                     if count else "none"))
+    total = sum(p for _, p in groups.values())
+    rows.append(("trainable (LoRA)", f"{total:,} parameters"))
     return rows
 
 
@@ -99,7 +136,7 @@ def print_explanation(result: ValidationResult, console: Console) -> None:
     table = Table(title=f"{result.file}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    for key, value in run_rows(cfg) + lora_rows(cfg):
+    for key, value in run_rows(cfg) + lora_rows(cfg) + adapted_group_rows(cfg, result.model):
         table.add_row(key, value)
     if result.model:
         m = result.model

@@ -1,7 +1,8 @@
 """What validation can know about a model without importing torch: its config.json.
 
-Linear-module names are derived from the architecture so that target_modules can be checked
-before any weights load (the HF names for HF-style backends, the Megatron names for Megatron).
+Linear-module names are derived from the family's architecture description
+(`lora_rl.architecture`) so that target_modules can be checked before any weights load (the HF
+names for HF-style backends, the Megatron names for Megatron).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-# Decoder families whose linear layers follow the Llama layout.
-LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2"})
+from lora_rl.architecture import Architecture, UnsupportedArchitecture, architecture_from_config
 
 
 @dataclass(frozen=True)
@@ -25,24 +25,17 @@ class ModelFacts:
     hidden_size: int
     intermediate_size: int
     quantized: str | None
+    architecture: Architecture | None = None
+    """The family's description; None when lora-rl has none for this model_type."""
+    architecture_problem: str | None = None
+    """Why `architecture` is None (names the supported families)."""
 
     def linear_names(self, backend: Literal["dtensor", "megatron"]) -> list[str]:
-        """Full names of the model's linear modules; empty when the architecture is unknown."""
-        if self.model_type not in LLAMA_LIKE:
+        """Full names of the model's linear modules; empty when the architecture is unknown
+        or the backend does not map it."""
+        if self.architecture is None or self.architecture.unsupported(backend):
             return []
-        names: list[str] = []
-        for i in range(self.num_hidden_layers):
-            if backend == "megatron":
-                prefix = f"decoder.layers.{i}"
-                names += [f"{prefix}.self_attention.linear_qkv",
-                          f"{prefix}.self_attention.linear_proj",
-                          f"{prefix}.mlp.linear_fc1", f"{prefix}.mlp.linear_fc2"]
-            else:
-                prefix = f"model.layers.{i}"
-                names += [f"{prefix}.self_attn.{p}_proj" for p in "qkvo"]
-                names += [f"{prefix}.mlp.{p}_proj" for p in ("gate", "up", "down")]
-        names.append("output_layer" if backend == "megatron" else "lm_head")
-        return names
+        return self.architecture.linear_names(backend)
 
 
 class ModelFactsError(ValueError):
@@ -64,6 +57,10 @@ def read_model_facts(model_dir: Path) -> ModelFacts:
     try:
         heads = int(raw["num_attention_heads"])
         quant = raw.get("quantization_config")
+        try:
+            arch, arch_problem = architecture_from_config(raw), None
+        except UnsupportedArchitecture as exc:
+            arch, arch_problem = None, str(exc)
         return ModelFacts(
             source=str(model_dir),
             model_type=str(raw.get("model_type", "unknown")),
@@ -74,6 +71,7 @@ def read_model_facts(model_dir: Path) -> ModelFacts:
             intermediate_size=int(raw.get("intermediate_size") or 0),
             quantized=(quant.get("quant_method") or "quantized") if isinstance(quant, dict)
             else None,
+            architecture=arch, architecture_problem=arch_problem,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFactsError(f"{config_path} lacks a usable {exc} field") from None

@@ -541,5 +541,7 @@ def _unused_sections(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
             yield Finding(key, f"`{key}:` configures GRPO; this {cfg.present_algorithms[0]} "
                           "recipe ignores it", f"remove `{key}:`")
 
+
 # Rules kept in their own modules register on import.
+from lora_rl.config import rules_families  # noqa: E402,F401
 from lora_rl.config import rules_loggers  # noqa: E402,F401

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lora_rl.architecture import FAMILIES
 from lora_rl.lora.matching import CANONICAL_PARTS
 
 Schema = Literal["dtensor", "megatron", "areal"]
@@ -43,11 +44,11 @@ ONLY_IN: dict[Schema, dict[str, Any]] = {
 }
 
 HF_TO_MEGATRON: dict[str, str] = {
-    "q_proj": "linear_qkv", "k_proj": "linear_qkv", "v_proj": "linear_qkv",
-    "o_proj": "linear_proj",
-    "gate_proj": "linear_fc1", "up_proj": "linear_fc1",
-    "down_proj": "linear_fc2",
-}
+    hf.rsplit(".", 1)[-1]: megatron.rsplit(".", 1)[-1]
+    for megatron, hfs in FAMILIES["llama"].megatron_layer.items()
+    if megatron.rsplit(".", 1)[-1].startswith("linear") for hf in hfs}
+"""HF short name -> Megatron module, from the architecture table (the same for every family
+the Megatron backend maps): q/k/v_proj -> linear_qkv, o_proj -> linear_proj, ..."""
 MEGATRON_TO_HF: dict[str, list[str]] = {}
 for _hf, _mg in HF_TO_MEGATRON.items():
     MEGATRON_TO_HF.setdefault(_mg, []).append(_hf)

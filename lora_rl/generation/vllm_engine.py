@@ -305,8 +305,10 @@ def merged_weights(model: nn.Module,
     (full fine-tuning) every parameter changes, so every parameter is sent.
     """
     from lora_rl.lora import LoraLinear, iter_lora_layers
+    from lora_rl.lora.experts import ExpertAdapter
 
-    patched = [name for name, _ in iter_lora_layers(model)]
+    layers = dict(iter_lora_layers(model))
+    patched = list(layers)
     if not patched:
         return [(name, param.detach()) for name, param in model.named_parameters()]
     group_of = {part: parts for parts in packed.values() for part in parts}
@@ -315,6 +317,11 @@ def merged_weights(model: nn.Module,
     sent: set[str] = set()
     for name in patched:
         parent, _, child = name.rpartition(".")
+        if isinstance(layers[name], ExpertAdapter):
+            # A MoE expert parameter [E, out, in], sent whole under its checkpoint name.
+            expert = layers[name]
+            out.append((name, expert._param().detach().float() + expert.delta_weight().float()))
+            continue
         for part in group_of.get(child, [child]):
             full = f"{parent}.{part}" if parent else part
             if full in sent or full not in modules:

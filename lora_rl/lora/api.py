@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
+from lora_rl.lora.experts import ExpertAdapter, ExpertsLora
 from lora_rl.lora.layer import AdapterLayer, LoraLinear
 from lora_rl.lora.matching import LoraMatchError, LoraWarning, ModuleMatcher, short_name
 from lora_rl.lora.naming import unwrapped_name
@@ -50,11 +51,36 @@ def _linear_paths(model: nn.Module) -> list[str]:
         if inside is not None and path.startswith(inside):
             continue
         inside = None
-        if isinstance(module, LoraLinear):
+        if isinstance(module, (LoraLinear, ExpertsLora)):
             inside = f"{path}."
         elif path and _is_linear(module):
             paths.append(path)
     return paths
+
+
+def _expert_param_paths(model: nn.Module) -> list[str]:
+    """Paths of the fused 3-D expert parameters LoRA could adapt (`...mlp.experts.gate_up_proj`),
+    from the family's architecture description; none for dense or unknown families."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return []
+    from lora_rl.architecture import UnsupportedArchitecture, architecture_of
+
+    try:
+        arch = architecture_of(config)
+    except (UnsupportedArchitecture, KeyError, TypeError, ValueError):
+        return []
+    wanted = [p.path for p in arch.expert_params()]  # relative to a decoder layer
+    paths = []
+    for path, param in model.named_parameters():
+        if param.dim() == 3 and any(path.endswith(f".{w}") for w in wanted):
+            paths.append(path)
+    return paths
+
+
+def expert_parameter_names(model: nn.Module) -> list[str]:
+    """Unwrapped names of the MoE expert parameters LoRA could adapt."""
+    return [unwrapped_name(p) for p in _expert_param_paths(model)]
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -108,31 +134,47 @@ def apply_lora(model: nn.Module, cfg_or_spec: DTensorLoraConfig | MegatronPeftCo
         raise ValueError("the model already has LoRA adapters; apply_lora runs once per model")
     paths = _linear_paths(model)
     by_name = {unwrapped_name(p): p for p in paths}
-    result = matcher.with_output_names(_output_names(model)).match(list(by_name))
+    experts = {unwrapped_name(p): p for p in _expert_param_paths(model)}
+    result = matcher.with_output_names(_output_names(model)).match(
+        [*by_name, *experts] if matcher.semantics == "dtensor" else list(by_name))
     for note in result.warnings:
         warnings.warn(note, LoraWarning, stacklevel=2)
     model.requires_grad_(False)
+    grouped: dict[str, list[str]] = {}
     for name in result.names:
+        if name in experts:
+            module_path, _, param = experts[name].rpartition(".")
+            grouped.setdefault(module_path, []).append(param)
+            continue
         path = by_name[name]
         parent_path, _, child = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
         # Construction order (A, then B, then their inits) consumes the RNG exactly like PEFT,
         # so the same seed gives PEFT's adapters.
         setattr(parent, child, LoraLinear(getattr(parent, child), spec))
+    for module_path, params in grouped.items():
+        parent_path, _, child = module_path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        setattr(parent, child, ExpertsLora(getattr(parent, child), params, spec))
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return LoraReport(result.names, trainable, total, spec.scale, result.warnings,
                       matcher.semantics)
 
 
-def _lora_layers(model: nn.Module) -> Iterator[tuple[str, str, LoraLinear]]:
+def _lora_layers(model: nn.Module) -> Iterator[tuple[str, str, LoraLinear | ExpertAdapter]]:
     for path, module in model.named_modules():
         if isinstance(module, LoraLinear):
             yield path, unwrapped_name(path), module
+        elif isinstance(module, ExpertsLora):
+            # Named by the parameter it adapts: `...mlp.experts.gate_up_proj`.
+            for param, adapter in module.adapters.items():
+                yield path, f"{unwrapped_name(path)}.{param}", adapter
 
 
-def iter_lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLinear]]:
-    """(unwrapped module name, layer) for every adapter, in model order."""
+def iter_lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLinear | ExpertAdapter]]:
+    """(unwrapped name, layer) for every adapter, in model order: a linear module's name, or a
+    MoE expert parameter's (`...mlp.experts.down_proj`)."""
     for _, name, layer in _lora_layers(model):
         yield name, layer
 
@@ -167,7 +209,9 @@ def merge_and_unwrap(model: nn.Module) -> None:
         layer._unmerged_weight = None  # the original is not coming back: free it
         parent_path, _, child = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, child, layer.base)
+        wrapper = getattr(parent, child)
+        if isinstance(wrapper, (LoraLinear, ExpertsLora)):
+            setattr(parent, child, wrapper.base)
 
 
 @contextlib.contextmanager

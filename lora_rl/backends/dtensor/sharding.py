@@ -20,7 +20,7 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     layers = getattr(inner, "layers", None)
     if layers is None:
         raise ValueError(f"{type(model).__name__} has no model.layers: lora-rl's DTensor backend "
-                         "supports Llama-style decoder models")
+                         "supports decoder models with model.layers")
     return list(layers)
 
 

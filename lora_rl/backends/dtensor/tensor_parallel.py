@@ -1,8 +1,11 @@
-"""Tensor parallelism for Llama-style decoders, LoRA-aware (DESIGN.md §4).
+"""Tensor parallelism for decoder models, LoRA-aware (DESIGN.md §4).
 
-Attention q/k/v and MLP gate/up are column-parallel, o and down row-parallel; embeddings, norms
-and lm_head stay replicated, so logits are whole on every rank. A LoRA-wrapped linear is
-sharded to match its base:
+The plan is the family's own (`lora_rl.architecture`, transformers' `base_model_tp_plan`):
+Llama-style q/k/v and gate/up are column-parallel, o and down row-parallel; fused projections
+whose parts are split by size after the matmul (Phi-3's qkv_proj, gate_up_proj) gather their
+output and the next row-parallel layer splits its input again. Embeddings, norms (Qwen3's
+q_norm/k_norm included: they act per head) and lm_head stay replicated, so logits are whole on
+every rank. A LoRA-wrapped linear is sharded to match its base (`LORA_SHARDING`):
 - column-parallel base: A replicated (every rank sees the whole input), B split on its output,
   so the LoRA output is split exactly like the base output;
 - row-parallel base: A split on its input (like the base), its r-dim output all-reduced,
@@ -23,11 +26,8 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
+from lora_rl.architecture import LORA_SHARDING, Architecture, architecture_of
 from lora_rl.backends.dtensor.sharding import decoder_layers
-
-COLUMN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj",
-          "mlp.up_proj")
-ROW = ("self_attn.o_proj", "mlp.down_proj")
 
 
 class ReplicateParallel(ParallelStyle):
@@ -55,22 +55,46 @@ def _is_lora(module: torch.nn.Module) -> bool:
     return hasattr(module, "lora_A") and hasattr(module, "lora_B") and hasattr(module, "base")
 
 
-def _plan_for(name: str, module: torch.nn.Module, column: bool) -> dict[str, ParallelStyle]:
+def _style(name: str) -> ParallelStyle:
+    if name == "colwise":
+        return ColwiseParallel()
+    if name == "colwise_gather_output":
+        return ColwiseParallel(output_layouts=Replicate())
+    if name == "rowwise":
+        return RowwiseParallel()
+    if name == "rowwise_split_input":
+        return RowwiseParallel(input_layouts=Replicate())
+    if name == "replicate":
+        return ReplicateParallel()
+    raise ValueError(f"no DTensor parallel style for {name!r}")
+
+
+def _plan_for(name: str, module: torch.nn.Module, style: str) -> dict[str, ParallelStyle]:
     if not _is_lora(module):
-        return {name: ColwiseParallel() if column else RowwiseParallel()}
-    if column:
-        return {f"{name}.base": ColwiseParallel(), f"{name}.lora_A": ReplicateParallel(),
-                f"{name}.lora_B": ColwiseParallel()}
-    return {f"{name}.base": RowwiseParallel(), f"{name}.lora_A": RowwiseParallel(),
-            f"{name}.lora_B": ReplicateParallel()}
+        return {name: _style(style)}
+    a_style, b_style = LORA_SHARDING[style]
+    return {f"{name}.base": _style(style), f"{name}.lora_A": _style(a_style),
+            f"{name}.lora_B": _style(b_style)}
+
+
+def layer_plans(model: torch.nn.Module,
+                arch: Architecture | None = None) -> list[dict[str, ParallelStyle]]:
+    """One parallelize_module plan per decoder layer, from the family's description."""
+    arch = arch or architecture_of(model.config)
+    problem = arch.unsupported("dtensor", tensor_parallel=2)
+    if problem:
+        raise ValueError(problem)
+    plans = []
+    for index, layer in enumerate(decoder_layers(model)):
+        plan: dict[str, ParallelStyle] = {}
+        for linear in arch.linears(index):
+            plan.update(_plan_for(linear.path, layer.get_submodule(linear.path), linear.style))
+        plans.append(plan)
+    return plans
 
 
 def apply_tensor_parallel(model: torch.nn.Module, tp_mesh: DeviceMesh) -> None:
-    for layer in decoder_layers(model):
-        plan: dict[str, ParallelStyle] = {}
-        for names, column in ((COLUMN, True), (ROW, False)):
-            for name in names:
-                plan.update(_plan_for(name, layer.get_submodule(name), column))
+    for layer, plan in zip(decoder_layers(model), layer_plans(model), strict=True):
         parallelize_module(layer, tp_mesh, plan)
     _replicate_rest(model, tp_mesh)
 

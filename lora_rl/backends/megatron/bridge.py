@@ -1,4 +1,7 @@
-"""Hugging Face Llama <-> Megatron Core GPTModel: architecture and weight names.
+"""Hugging Face decoders <-> Megatron Core GPTModel: architecture and weight names.
+
+The families it maps (Llama, Mistral, Qwen2 with its q/k/v biases, Qwen3 with its per-head q/k
+norms) and their HF modules behind each Megatron module come from `lora_rl.architecture`.
 
 lora-rl's own small bridge (installing Megatron-Bridge on CPU needs a faked Transformer Engine).
 Megatron-side names are megatron-core's own (`decoder.layers.3.self_attention.linear_qkv.weight`),
@@ -25,6 +28,7 @@ from typing import Any
 
 import torch
 
+from lora_rl.architecture import FAMILIES, UnsupportedArchitecture, architecture_of
 from lora_rl.backends.megatron.canonical_lora import adapter_module_name
 from lora_rl.lora.matching import CANONICAL_PARTS
 
@@ -33,21 +37,22 @@ _TOP = {
     "decoder.final_layernorm": "model.norm",
     "output_layer": "lm_head",
 }
-_LAYER = {  # Megatron module (under decoder.layers.N.) -> HF modules (under model.layers.N.)
-    "input_layernorm": ("input_layernorm",),
-    "self_attention.linear_qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-    "self_attention.linear_proj": ("self_attn.o_proj",),
-    "pre_mlp_layernorm": ("post_attention_layernorm",),
-    "mlp.linear_fc1": ("mlp.gate_proj", "mlp.up_proj"),
-    "mlp.linear_fc2": ("mlp.down_proj",),
-}
-# Canonical LoRA: one adapter per projection of a fused module, e.g.
-# `self_attention.linear_qkv.adapter_q` -> `self_attn.q_proj`.
-for _module in ("self_attention.linear_qkv", "mlp.linear_fc1"):
-    for _part, _hf in zip(CANONICAL_PARTS[_module.rpartition(".")[2]], _LAYER[_module],
-                          strict=True):
-        _LAYER[f"{_module}.{adapter_module_name(_part)}"] = (_hf,)
-_MEGATRON_KEY = re.compile(r"^(?P<module>.+?)\.(?P<param>weight|lora_A\.weight|lora_B\.weight)$")
+
+
+def layer_map(model_type: str) -> dict[str, tuple[str, ...]]:
+    """Megatron module (under decoder.layers.N.) -> HF modules (under model.layers.N.), with
+    canonical LoRA's per-projection adapters (`self_attention.linear_qkv.adapter_q` ->
+    `self_attn.q_proj`)."""
+    out = dict(FAMILIES[model_type].megatron_layer)
+    for module in ("self_attention.linear_qkv", "mlp.linear_fc1"):
+        for part, hf in zip(CANONICAL_PARTS[module.rpartition(".")[2]], out[module],
+                            strict=True):
+            out[f"{module}.{adapter_module_name(part)}"] = (hf,)
+    return out
+
+
+_MEGATRON_KEY = re.compile(
+    r"^(?P<module>.+?)\.(?P<param>weight|bias|lora_A\.weight|lora_B\.weight)$")
 _LAYER_MODULE = re.compile(r"^decoder\.layers\.(?P<index>\d+)\.(?P<rest>.+)$")
 
 
@@ -57,7 +62,7 @@ class UnsupportedModelError(ValueError):
 
 @dataclass(frozen=True)
 class LlamaShape:
-    """The architecture numbers both sides need."""
+    """The architecture numbers both sides need (every mapped family, not only Llama)."""
 
     num_layers: int
     hidden_size: int
@@ -70,17 +75,33 @@ class LlamaShape:
     rope_theta: float
     max_positions: int
     attention_dropout: float
+    model_type: str = "llama"
+    qkv_bias: bool = False
+    """q/k/v biases (Qwen2): Megatron's `add_qkv_bias`, fused into linear_qkv's bias."""
+    qk_norm: bool = False
+    """Per-head q/k RMSNorm (Qwen3): Megatron's `qk_layernorm`."""
 
     @classmethod
     def from_hf(cls, config: Any) -> LlamaShape:
-        """Reject, by name, every Llama variant this mapping would get wrong."""
+        """Reject, by name, every model this mapping would get wrong."""
+        try:
+            arch = architecture_of(config)
+        except UnsupportedArchitecture as exc:
+            raise UnsupportedModelError(f"the Megatron backend cannot map this model: {exc}") \
+                from None
+        problem = arch.unsupported("megatron")
+        if problem:
+            raise UnsupportedModelError(f"the Megatron backend cannot map this model: {problem}")
         problems = []
-        if config.model_type != "llama":
-            problems.append(f"model_type {config.model_type!r} (supported: llama)")
-        if config.hidden_act != "silu":
+        if getattr(config, "hidden_act", "silu") != "silu":
             problems.append(f"hidden_act {config.hidden_act!r} (SwiGLU needs silu)")
         if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
             problems.append("linear biases (attention_bias / mlp_bias)")
+        window = getattr(config, "sliding_window", None)
+        if window is not None and getattr(config, "use_sliding_window", True) \
+                and window < config.max_position_embeddings:
+            problems.append(f"sliding-window attention (sliding_window {window} < "
+                            f"max_position_embeddings {config.max_position_embeddings})")
         if config.tie_word_embeddings:
             problems.append("tied input/output embeddings")
         rope = _rope_parameters(config)
@@ -99,14 +120,13 @@ class LlamaShape:
             rope_theta=float(rope.get("rope_theta", 10000.0)),
             max_positions=config.max_position_embeddings,
             attention_dropout=float(getattr(config, "attention_dropout", 0.0)),
+            model_type=arch.model_type, qkv_bias=arch.family.qkv_bias, qk_norm=arch.qk_norm,
         )
 
     def linear_module_names(self) -> list[str]:
         """Every linear module of the whole model, Megatron names, global layer indices."""
-        names = [f"decoder.layers.{i}.{m}" for i in range(self.num_layers)
-                 for m in ("self_attention.linear_qkv", "self_attention.linear_proj",
-                           "mlp.linear_fc1", "mlp.linear_fc2")]
-        return [*names, "output_layer"]
+        return architecture_of({"model_type": self.model_type,
+                                "num_hidden_layers": self.num_layers}).megatron_linear_names()
 
 
 def _rope_parameters(config: Any) -> dict[str, Any]:
@@ -118,14 +138,15 @@ def _rope_parameters(config: Any) -> dict[str, Any]:
             **(getattr(config, "rope_scaling", None) or {})}
 
 
-def hf_modules(module: str) -> tuple[str, ...]:
+def hf_modules(module: str, model_type: str = "llama") -> tuple[str, ...]:
     """HF module path(s) behind a Megatron module path."""
     if module in _TOP:
         return (_TOP[module],)
     match = _LAYER_MODULE.match(module)
-    if match is None or match["rest"] not in _LAYER:
+    layers = layer_map(model_type)
+    if match is None or match["rest"] not in layers:
         raise KeyError(f"no Hugging Face counterpart for Megatron module {module!r}")
-    return tuple(f"model.layers.{match['index']}.{hf}" for hf in _LAYER[match["rest"]])
+    return tuple(f"model.layers.{match['index']}.{hf}" for hf in layers[match["rest"]])
 
 
 def _split(fused: torch.Tensor, parts: int, shape: LlamaShape) -> list[torch.Tensor]:
@@ -153,7 +174,7 @@ def megatron_to_hf(tensors: dict[str, torch.Tensor], shape: LlamaShape) -> dict[
         match = _MEGATRON_KEY.match(key)
         if match is None:
             raise KeyError(f"unexpected Megatron tensor name {key!r}")
-        targets = hf_modules(match["module"])
+        targets = hf_modules(match["module"], shape.model_type)
         if len(targets) == 1 or match["param"] == "lora_A.weight":
             # A fused adapter's A is shared by its parts; separate copies, since safetensors
             # refuses tensors that share memory.
@@ -173,7 +194,7 @@ def hf_to_megatron(tensors: dict[str, torch.Tensor], keys: list[str],
         match = _MEGATRON_KEY.match(key)
         if match is None:
             raise KeyError(f"unexpected Megatron tensor name {key!r}")
-        sources = [f"{m}.{match['param']}" for m in hf_modules(match["module"])]
+        sources = [f"{m}.{match['param']}" for m in hf_modules(match["module"], shape.model_type)]
         missing = [s for s in sources if s not in tensors]
         if missing:
             raise KeyError(f"{key} needs {', '.join(missing)}, which the source does not have")

@@ -1,4 +1,5 @@
-"""This rank's pipeline stage of a Megatron Core GPTModel, filled with a HF Llama's weights.
+"""This rank's pipeline stage of a Megatron Core GPTModel, filled with a HF decoder's weights
+(the families `bridge.LlamaShape` maps: Llama, Mistral, Qwen2, Qwen3).
 
 The model uses Megatron's local layer spec (torch modules, no Transformer Engine). Parameter
 names inside a stage count layers from 0; lora-rl names them by *global* layer index everywhere
@@ -41,6 +42,7 @@ def transformer_config(shape: LlamaShape, layout: Layout, dtype: torch.dtype):
         num_query_groups=shape.num_kv_heads, kv_channels=shape.head_dim,
         normalization="RMSNorm", layernorm_epsilon=shape.rms_norm_eps,
         gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False,
+        add_qkv_bias=shape.qkv_bias, qk_layernorm=shape.qk_norm,
         hidden_dropout=0.0, attention_dropout=shape.attention_dropout,
         params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
@@ -67,8 +69,9 @@ def build_stage(shape: LlamaShape, layout: Layout, dtype: torch.dtype,
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=shape.qk_norm)
     model = GPTModel(
-        transformer_config(shape, layout, dtype), get_gpt_layer_local_spec(normalization="RMSNorm"),
+        transformer_config(shape, layout, dtype), spec,
         vocab_size=padded_vocab_size(shape.vocab_size, layout.tp),
         max_sequence_length=shape.max_positions,
         pre_process=layout.first_stage, post_process=layout.last_stage,

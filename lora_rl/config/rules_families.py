@@ -1,0 +1,67 @@
+"""Rules on the model family x backend combination (when the model's config.json is known).
+
+The supported combinations come from `lora_rl.architecture`, the same table the backends build
+their layouts from, so what `validate` accepts is what `run` can map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from lora_rl.architecture import supported_families
+from lora_rl.config.recipe import RecipeConfig
+from lora_rl.config.rules import Finding, RuleContext, rule
+
+_MODEL = "policy.model_name"
+_TP = "policy.dtensor_cfg.tensor_parallel_size"
+
+
+@rule("LR410", "error", "The model family must be supported by the chosen backend")
+def _family_on_backend(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    model = ctx.model
+    if model is None:
+        return
+    backend = cfg.policy.backend
+    arch = model.architecture
+    if arch is None:
+        if backend == "megatron":
+            yield Finding(_MODEL, f"the Megatron backend maps only the families it knows: "
+                          f"{model.architecture_problem}", "use the DTensor backend (it runs "
+                          "any Hugging Face decoder) or a supported family: "
+                          + ", ".join(supported_families("megatron")))
+        return
+    problem = arch.unsupported(backend)  # type: ignore[arg-type]
+    if problem:
+        other = "dtensor" if backend == "megatron" else "megatron"
+        yield Finding(_MODEL, problem, f"train this model with the {other} backend "
+                      f"(policy.{other}_cfg.enabled: true), or pick a supported family")
+
+
+@rule("LR411", "error", "DTensor tensor parallelism needs a family with a tensor-parallel plan")
+def _family_tensor_parallel(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    model = ctx.model
+    tp = cfg.policy.dtensor_cfg.tensor_parallel_size
+    if model is None or cfg.policy.backend != "dtensor" or tp <= 1:
+        return
+    arch = model.architecture
+    if arch is None:
+        yield Finding(_TP, f"tensor_parallel_size {tp} needs the family's tensor-parallel plan: "
+                      f"{model.architecture_problem}", "set tensor_parallel_size: 1 (FSDP2 "
+                      "data parallelism works for any decoder)")
+        return
+    problem = arch.unsupported("dtensor", tensor_parallel=tp)
+    if problem:
+        yield Finding(_TP, problem, "set tensor_parallel_size: 1 and scale with data "
+                      "parallelism (FSDP2) instead")
+
+
+@rule("LR412", "warning", "LoRA on a model family lora-rl has no description of")
+def _unknown_family(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    model = ctx.model
+    if model is None or model.architecture is not None or cfg.policy.backend != "dtensor" \
+            or cfg.policy.active_lora is None:
+        return
+    yield Finding(_MODEL, f"{model.architecture_problem}; the DTensor backend adapts its "
+                  "nn.Linear layers generically, but LoRA's targets cannot be checked before "
+                  "the run and the family is untested", "read the adapted modules the run "
+                  "prints first, or use a supported family")
