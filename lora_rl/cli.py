@@ -12,6 +12,7 @@ import typer
 
 from lora_rl.cli_output import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from lora_rl.cli_output import console as _console
+from lora_rl.cli_preview import preview as preview_command
 from lora_rl.cli_recipes import app as recipes_app
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app = typer.Typer(
 
 # cli_recipes imports only typer at module level: registering it costs `validate` nothing.
 app.add_typer(recipes_app, name="recipes")
+app.command("preview")(preview_command)
 
 
 IO_RULES = frozenset({"LR010"})
