@@ -21,6 +21,7 @@ from lora_rl.cli_output import (
     exit_code,
 )
 from lora_rl.cli_output import console as _console
+from lora_rl.cli_preview import preview as preview_command
 from lora_rl.cli_recipes import app as recipes_app
 from lora_rl.cli_try import register as register_try_commands
 
@@ -53,6 +54,7 @@ def _root(
 
 # cli_recipes imports only typer at module level: registering it costs `validate` nothing.
 app.add_typer(recipes_app, name="recipes")
+app.command("preview")(preview_command)
 
 
 class OutputFormat(str, Enum):

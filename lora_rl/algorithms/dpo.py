@@ -15,18 +15,20 @@ from lora_rl.algorithms.base import Algorithm
 from lora_rl.algorithms.dpo_loss import dpo_losses, sequence_logprobs
 from lora_rl.backends.base import TokenBatch
 from lora_rl.config.algorithms import DPOConfig
-from lora_rl.data.examples import Example, completion_example
-from lora_rl.data.jsonl import Record
+from lora_rl.data.examples import Example
 from lora_rl.data.order import DataOrder
+from lora_rl.data.samples import Sample
 from lora_rl.data.sources import (
     chunks,
     collate,
     limits,
-    load_records,
+    load_samples,
     load_tokenizer,
     rank_slice,
-    text_format,
+    rendered,
+    renderer,
 )
+from lora_rl.data.tokenizer_export import tokenizer_state
 from lora_rl.training.runtime import seed_step
 
 Pair = tuple[Example, Example]
@@ -36,26 +38,18 @@ class DPO(Algorithm):
     algo: DPOConfig
 
     def setup(self) -> None:
-        data = self.cfg.data
         self.tokenizer = load_tokenizer(self.cfg)
-        self.format = text_format(self.cfg, self.tokenizer)
-        keys = (data.prompt_key, data.chosen_key, data.rejected_key)
-        self.train_pairs = self._pairs(load_records(self.cfg, "train", keys))
-        self.val_pairs = self._pairs(load_records(self.cfg, "val", keys))
-        self.order = DataOrder(len(self.train_pairs), self.algo.seed, data.shuffle)
+        self.renderer = renderer(self.cfg, self.tokenizer)
+        self.session.tokenizer_state = tokenizer_state(self.cfg, self.renderer)
+        self.train_pairs = self._pairs(load_samples(self.cfg, "train"))
+        self.val_pairs = self._pairs(load_samples(self.cfg, "val"))
+        self.order = DataOrder(len(self.train_pairs), self.algo.seed, self.cfg.data.shuffle)
         self.start_step = self.session.resume(self.order)
         self.session.banner(f"{len(self.train_pairs)} preference pairs")
 
-    def _pairs(self, records: list[Record]) -> list[Pair]:
-        data, lim = self.cfg.data, limits(self.cfg)
-        pairs = []
-        for record in records:
-            chosen = completion_example(self.format, record, data.prompt_key, data.chosen_key, lim)
-            rejected = completion_example(self.format, record, data.prompt_key,
-                                          data.rejected_key, lim)
-            if chosen is not None and rejected is not None:
-                pairs.append((chosen, rejected))
-        return pairs
+    def _pairs(self, samples: list[Sample]) -> list[Pair]:
+        return [(chosen, rejected) for chosen, rejected in
+                rendered(self.renderer, samples, limits(self.cfg))]
 
     def _batch(self, pairs: list[Pair]) -> TokenBatch:
         return collate([c for c, _ in pairs] + [r for _, r in pairs], self.tokenizer.pad_token_id)

@@ -21,17 +21,19 @@ from lora_rl.algorithms.grpo_loss import clipped_policy_loss, group_advantages, 
 from lora_rl.backends.base import TokenBatch, TrainingBackend
 from lora_rl.config.algorithms import GRPOConfig
 from lora_rl.config.recipe import RecipeConfig
-from lora_rl.data.examples import Example, prompt_only
+from lora_rl.data.examples import Example
 from lora_rl.data.order import DataOrder
 from lora_rl.data.sources import (
     chunks,
     collate,
     limits,
-    load_records,
+    load_samples,
     load_tokenizer,
+    prompts,
     rank_slice,
-    text_format,
+    renderer,
 )
+from lora_rl.data.tokenizer_export import tokenizer_state
 from lora_rl.generation.engines import RolloutEngine, build_engine
 from lora_rl.generation.torch_generator import SamplingParams
 from lora_rl.rewards import load_reward, score
@@ -75,13 +77,13 @@ class GRPO(Algorithm):
     def setup(self) -> None:
         from lora_rl.config.generation import GenerationConfig
 
-        data = self.cfg.data
         self.gen_cfg = self.gen_cfg or GenerationConfig()
         self.tokenizer = load_tokenizer(self.cfg)
-        self.format = text_format(self.cfg, self.tokenizer)
-        keys = (data.prompt_key, data.answer_key)
-        self.train_records = self._usable(load_records(self.cfg, "train", keys))
-        self.val_records = self._usable(load_records(self.cfg, "val", keys))
+        self.renderer = renderer(self.cfg, self.tokenizer)
+        self.session.tokenizer_state = tokenizer_state(self.cfg, self.renderer)
+        lim = limits(self.cfg)
+        self.train_records = prompts(self.renderer, load_samples(self.cfg, "train"), lim)
+        self.val_records = prompts(self.renderer, load_samples(self.cfg, "val"), lim)
         self.reward_fn = load_reward(self.cfg.env.reward)
         self.params = SamplingParams(
             max_new_tokens=self.gen_cfg.max_new_tokens, temperature=self.gen_cfg.temperature,
@@ -90,22 +92,17 @@ class GRPO(Algorithm):
                                       *(self.gen_cfg.stop_token_ids or [])]),
             stop_strings=tuple(self.gen_cfg.stop_strings or ()))
         self.engine = build_engine(self.cfg, self.backend, self.tokenizer)
-        self.order = DataOrder(len(self.train_records), self.algo.seed, data.shuffle)
+        self.order = DataOrder(len(self.train_records), self.algo.seed, self.cfg.data.shuffle)
         self.start_step = self.session.resume(self.order)
         self.session.banner(f"{len(self.train_records)} prompts")
-
-    def _usable(self, records):
-        lim = limits(self.cfg)
-        return [(r, ids) for r in records
-                if (ids := prompt_only(self.format, r, self.cfg.data.prompt_key, lim)) is not None]
 
     # ---- rollouts -------------------------------------------------------------------------
 
     def rollouts(self, step: int, items: list) -> tuple[Rollouts, dict[str, float]]:
         group = self.algo.num_generations_per_prompt
         prompts = [ids for _, ids in items for _ in range(group)]
-        answers = [r.text(self.cfg.data.answer_key) for r, _ in items for _ in range(group)]
-        prompt_texts = [r.text(self.cfg.data.prompt_key) for r, _ in items for _ in range(group)]
+        answers = [s.answer for s, _ in items for _ in range(group)]
+        prompt_texts = [s.prompt_text for s, _ in items for _ in range(group)]
         # Same seed on every rank: identical rollouts everywhere, no gather needed.
         out, timing = self.engine.sample(prompts, self.params, seed_step(self.algo.seed, step, 0))
         responses = [self.tokenizer.decode(t, skip_special_tokens=True) for t in out.tokens]
@@ -213,10 +210,9 @@ class GRPO(Algorithm):
     def validate(self, step: int) -> dict[str, float]:
         from lora_rl.algorithms.evaluation import exact_match_accuracy
 
-        records = [r for r, _ in self.val_records[: self.algo.max_val_samples]]
-        return {"val_accuracy": exact_match_accuracy(self.backend, self.format, records, self.cfg,
-                                                     self.runtime,
-                                                     answer_key=self.cfg.data.answer_key)}
+        items = self.val_records[: self.algo.max_val_samples]
+        return {"val_accuracy": exact_match_accuracy(self.backend, self.renderer, items,
+                                                     self.runtime)}
 
     def cleanup(self) -> None:
         # The engine first: vLLM's shutdown needs the process groups the session tears down.

@@ -14,17 +14,20 @@ from lora_rl.algorithms.base import Algorithm
 from lora_rl.algorithms.evaluation import exact_match_accuracy
 from lora_rl.backends.base import TokenBatch
 from lora_rl.config.algorithms import SFTConfig
-from lora_rl.data.examples import Example, completion_example
+from lora_rl.data.examples import Example
 from lora_rl.data.order import DataOrder
 from lora_rl.data.sources import (
     chunks,
     collate,
     limits,
-    load_records,
+    load_samples,
     load_tokenizer,
+    prompts,
     rank_slice,
-    text_format,
+    rendered,
+    renderer,
 )
+from lora_rl.data.tokenizer_export import tokenizer_state
 from lora_rl.training.runtime import seed_step
 
 
@@ -36,25 +39,21 @@ class SFT(Algorithm):
     algo: SFTConfig
 
     def setup(self) -> None:
-        data = self.cfg.data
         self.tokenizer = load_tokenizer(self.cfg)
-        self.format = text_format(self.cfg, self.tokenizer)
-        keys = (data.prompt_key, data.response_key)
-        self.train_set = self._examples(load_records(self.cfg, "train", keys))
-        self.val_records = load_records(self.cfg, "val", keys)
-        self.val_set = self._examples(self.val_records)
-        self.order = DataOrder(len(self.train_set), self.algo.seed, data.shuffle)
+        self.renderer = renderer(self.cfg, self.tokenizer)
+        self.session.tokenizer_state = tokenizer_state(self.cfg, self.renderer)
+        self.train_set = self._examples(load_samples(self.cfg, "train"))
+        val_samples = load_samples(self.cfg, "val")
+        self.val_set = self._examples(val_samples)
+        self.val_prompts = prompts(self.renderer, val_samples, limits(self.cfg))
+        self.order = DataOrder(len(self.train_set), self.algo.seed, self.cfg.data.shuffle)
         self.start_step = self.session.resume(self.order)
         self.session.banner(f"{len(self.train_set)} training examples")
 
-    def _examples(self, records) -> list[Example]:
-        lim = limits(self.cfg)
-        data = self.cfg.data
-        made = [completion_example(self.format, r, data.prompt_key, data.response_key, lim)
-                for r in records]
-        kept = [e for e in made if e is not None]
-        if len(kept) < len(made):
-            self.session.say(f"skipped {len(made) - len(kept)} over-long record(s) "
+    def _examples(self, samples) -> list[Example]:
+        kept = [e for (e,) in rendered(self.renderer, samples, limits(self.cfg))]
+        if len(kept) < len(samples):
+            self.session.say(f"skipped {len(samples) - len(kept)} over-long record(s) "
                              "(data.on_overlong: skip)")
         return kept
 
@@ -117,9 +116,9 @@ class SFT(Algorithm):
                 tokens += int(batch.target_mask.sum())
         nll, tokens = self.backend.all_reduce_sum([nll, float(tokens)])
         metrics = {"val_loss": nll / max(tokens, 1.0)}
-        records = self.val_records[:limit]
-        metrics["val_accuracy"] = exact_match_accuracy(self.backend, self.format, records,
-                                                       self.cfg, self.runtime)
+        if self.val_prompts:
+            metrics["val_accuracy"] = exact_match_accuracy(
+                self.backend, self.renderer, self.val_prompts[:limit], self.runtime)
         return metrics
 
 

@@ -39,3 +39,7 @@ def set_compat_fields(model: BaseModel, prefix: str = "") -> Iterator[str]:
         elif isinstance(value, BaseModel) and getattr(value, "enabled", None) is not False:
             # Nothing inside a disabled section (the backend not in use, ...) takes effect.
             yield from set_compat_fields(value, path)
+        elif isinstance(value, list):  # a list of sections (NeMo RL's data blocks)
+            for index, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from set_compat_fields(item, f"{path}.{index}")

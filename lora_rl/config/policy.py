@@ -16,11 +16,13 @@ class TokenizerConfig(Section):
 
     name: str | None = None
     """Local path or name of the tokenizer; null means `policy.model_name`."""
-    chat_template: str | None = None
-    """Jinja chat template; null uses plain `prompt + response` concatenation (tiny tasks) or the
-    tokenizer's own template when it has one."""
-    chat_template_kwargs: dict[str, Any] | None = compat(None)
-    """Extra arguments to the chat template."""
+    chat_template: str | None = "default"
+    """Chat template, as in NeMo RL: `default` uses the tokenizer's own (chat data then needs
+    one; plain prompt/response records are concatenated when it has none), a path ending in
+    `.jinja` is read from that file, any other text is the Jinja template itself, and null
+    concatenates the messages' text (BOS first, EOS after each response) with no template."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Extra variables for the chat template (e.g. `enable_thinking: false`)."""
     use_fastokens: bool = compat(False)
     """NeMo RL's fast tokenizer wrapper."""
 

@@ -480,36 +480,44 @@ def _output_layer(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 @rule("LR501", "warning", "No local training data: `run` will stop until there is")
 def _has_data(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     from lora_rl.config.sections import BUILTIN_DATASETS
+    from lora_rl.data.specs import data_specs, hub_only_blocks
 
     data = cfg.data
-    if data.train_data_path or data.dataset_name in BUILTIN_DATASETS:
+    if data_specs(cfg, "train") or (data.dataset_name in BUILTIN_DATASETS and data.train is None):
         return
-    if data.dataset_name is None:
+    hub = [(key, block) for key, block in hub_only_blocks(cfg) if key.startswith("data.train")]
+    if hub:
+        key, block = hub[0]
+        yield Finding(f"{key}.dataset_name" if block.dataset_name else key,
+                      f"'{block.dataset_name}' has no data_path and lora-rl downloads nothing: "
+                      "`run` will stop until the block names a local file",
+                      "save the data set locally (e.g. datasets' to_json / save_to_disk) and "
+                      "set its data_path")
+    elif data.dataset_name is None:
         yield Finding("data", "no local training data: neither a built-in data.dataset_name "
-                      "nor data.train_data_path is set, so `lora-rl run` will stop",
-                      "set data.train_data_path: my_train.jsonl, or dataset_name: tiny-arithmetic")
+                      "nor data.train.data_path / data.train_data_path is set, so `lora-rl run` "
+                      "will stop", "set data.train: {dataset_name: openai_format, data_path: "
+                      "train.jsonl}, or dataset_name: tiny-arithmetic")
     else:
         yield Finding("data.dataset_name", f"'{data.dataset_name}' is not a built-in data set "
                       f"({', '.join(BUILTIN_DATASETS)}) and lora-rl downloads nothing: `run` will "
-                      "stop until data.train_data_path names a local JSONL file",
-                      "convert it to JSONL and set data.train_data_path")
+                      "stop until data.train.data_path names a local file",
+                      "save it locally and set data.train.data_path (or data.train_data_path)")
 
 
 @rule("LR502", "warning", "A data file named in the recipe does not exist (yet)")
 def _data_files_exist(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
-    from pathlib import Path
+    from lora_rl.data.specs import data_specs
 
-    def is_file(value: str) -> bool:
+    for spec in data_specs(cfg, "train") + data_specs(cfg, "val"):
         try:
-            return Path(value).is_file()
+            exists = spec.path.exists()
         except (OSError, ValueError):  # a name too long for the file system, ...
-            return False
-
-    for key in ("train_data_path", "val_data_path"):
-        value = getattr(cfg.data, key)
-        if value and not is_file(value):
-            yield Finding(f"data.{key}", f"{value} does not exist here (it is read when the run "
-                          "starts)", "check the path; it is relative to the working directory")
+            exists = False
+        if not exists:
+            yield Finding(spec.where, f"{spec.path} does not exist here (it is read when the "
+                          "run starts)", "check the path; it is relative to the working "
+                          "directory")
 
 
 # ---- compatibility and safety --------------------------------------------------------------
@@ -543,5 +551,6 @@ def _unused_sections(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 
 
 # Rules kept in their own modules register on import.
+from lora_rl.config import rules_data  # noqa: E402,F401
 from lora_rl.config import rules_families  # noqa: E402,F401
 from lora_rl.config import rules_loggers  # noqa: E402,F401

@@ -13,6 +13,62 @@ BUILTIN_REWARDS = ("exact_match", "format", "exact_match_and_format")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
+DATASET_KINDS = ("openai_format", "ResponseDataset", "BinaryPreferenceDataset",
+                 "PreferenceDataset")
+
+
+class DataBlock(Section):
+    """One data set in NeMo RL's layout (`data.train`, `data.validation`, `data.default`): a
+    local file or directory read with the Hugging Face `datasets` library."""
+
+    dataset_name: str | None = None
+    """What the records are: `openai_format` (chat `messages`), `ResponseDataset`
+    (input/output strings), `BinaryPreferenceDataset` (prompt/chosen/rejected),
+    `PreferenceDataset` (context + ranked completions); any other name with `data_path` reads
+    the recipe algorithm's plain records (input/output keys; DPO prompt/chosen/rejected). A
+    hub name without `data_path` is not downloaded."""
+    data_path: str | None = None
+    """Local .jsonl/.json/.parquet/.arrow/.csv file, or a `save_to_disk` directory (path
+    relative to the working directory)."""
+    split: str | None = None
+    """Split to read from a `save_to_disk` DatasetDict (default `train`)."""
+    input_key: str | None = None
+    """Record field with the prompt (default `input`; GRPO: the problem)."""
+    output_key: str | None = None
+    """Record field with the response (default `output`; GRPO: the reference answer)."""
+    chat_key: str | None = None
+    """Field holding the conversation of `openai_format` records (default `messages`)."""
+    tool_key: str | None = None
+    """Field holding the record's tool definitions, passed to the chat template (default
+    `tools`; absent is fine)."""
+    system_key: str | None = None
+    """Field holding a per-record system prompt (openai_format; absent is fine)."""
+    system_prompt: str | None = None
+    """System message put before every conversation that has none."""
+    system_prompt_file: str | None = None
+    """File whose text is the system prompt."""
+    prompt_file: str | None = None
+    """File with a prompt template; `{}` in it is replaced by the record's prompt."""
+    prompt_key: str | None = None
+    """Preference records: field with the prompt (default `prompt`)."""
+    chosen_key: str | None = None
+    """Preference records: field with the preferred response (default `chosen`)."""
+    rejected_key: str | None = None
+    """Preference records: field with the dispreferred response (default `rejected`)."""
+    split_validation_size: float | None = Field(None, ge=0, lt=1)
+    """Share of the training records held out for validation when no `validation` is given."""
+    seed: int | None = None
+    """Seed of the `split_validation_size` hold-out."""
+    subset: str | None = compat(None)
+    """Hub configuration name (lora-rl reads local files only)."""
+    env_name: str | None = compat(None)
+    """NeMo RL environment the records are routed to (lora-rl: `env.reward`)."""
+    processor: str | None = compat(None)
+    """NeMo RL data processor name."""
+    download_dir: str | None = compat(None)
+    """Hub download directory (lora-rl downloads nothing)."""
+
+
 class DataConfig(Section):
     """Training and validation data: a built-in data set or local JSONL files."""
 
@@ -48,19 +104,21 @@ class DataConfig(Section):
     """Chat-template generation prompt."""
     num_workers: NonNegativeInt = compat(1)
     """Data-loader worker processes."""
-    prompt_file: str | None = compat(None)
-    """NeMo RL prompt template file."""
-    system_prompt_file: str | None = compat(None)
-    """NeMo RL system prompt file."""
+    prompt_file: str | None = None
+    """File with a prompt template; `{}` in it is replaced by each record's prompt (data blocks
+    may set their own)."""
+    system_prompt_file: str | None = None
+    """File whose text is the system prompt of every record (data blocks may set their
+    own)."""
     use_multiple_dataloader: bool = compat(False)
     """One data loader per training data set."""
-    train: dict[str, Any] | list[dict[str, Any]] | None = compat(None)
-    """NeMo RL's newer data layout (`dataset_name`, `split`, ...); lora-rl reads
-    `train_data_path`."""
-    validation: dict[str, Any] | list[dict[str, Any]] | None = compat(None)
-    """NeMo RL's validation data set(s); lora-rl reads `val_data_path`."""
-    default: dict[str, Any] | None = compat(None)
-    """NeMo RL's per-dataset defaults (prompt file, processor, env name)."""
+    train: DataBlock | list[DataBlock] | None = None
+    """NeMo RL's data layout: one data block or a list of them (concatenated). Takes the place
+    of `train_data_path`."""
+    validation: DataBlock | list[DataBlock] | None = None
+    """Validation data block(s), in the layout of `train`."""
+    default: DataBlock | None = None
+    """Values every `train` / `validation` block takes unless it sets its own."""
 
 
 class LossFnConfig(Section):

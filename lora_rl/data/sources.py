@@ -1,39 +1,97 @@
-"""Where an algorithm's records come from: the built-in tiny task or local JSONL files."""
+"""Where an algorithm's samples come from (the built-in tiny task or local data sets), the
+tokenizer with its chat template, and how samples are batched."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from lora_rl.backends.base import TokenBatch
 from lora_rl.config.recipe import RecipeConfig
-from lora_rl.data.examples import Example, Limits, TextFormat
-from lora_rl.data.jsonl import DataError, Record, read_jsonl
+from lora_rl.data.examples import Example, Limits
+from lora_rl.data.files import check_path, load_records
+from lora_rl.data.jsonl import DataError
+from lora_rl.data.render import ChatRenderer, PlainRenderer, Renderer, example, prompt_ids
+from lora_rl.data.samples import Reader, Sample, read_samples
+from lora_rl.data.specs import DataSpec, Split, data_specs, hub_only_blocks, uses_chat
 from lora_rl.model_source import TINY_MODEL_NAME, require_local_model_dir
 
-Split = Literal["train", "val"]
 
-
-def data_file(cfg: RecipeConfig, split: Split) -> Path | None:
+def _builtin_spec(cfg: RecipeConfig, split: Split) -> DataSpec | None:
+    """The tiny task's files, when no local data is named."""
     data = cfg.data
-    explicit = data.train_data_path if split == "train" else data.val_data_path
-    if explicit:
-        return Path(explicit)
-    if data.dataset_name == "tiny-arithmetic":
-        model_dir = require_local_model_dir(TINY_MODEL_NAME)
-        return model_dir / "data" / f"{cfg.algorithm}_{split}.jsonl"
-    if split == "val":
+    if data.dataset_name != "tiny-arithmetic" or data.train is not None:
         return None
-    raise DataError(f"no training data: dataset_name {data.dataset_name!r} is not built in and "
-                    "data.train_data_path is not set\nfix: set data.train_data_path to a local "
-                    "JSONL file")
+    model_dir = require_local_model_dir(TINY_MODEL_NAME)
+    output = data.answer_key if cfg.algorithm == "grpo" else data.response_key
+    return DataSpec(path=model_dir / "data" / f"{cfg.algorithm}_{split}.jsonl", kind="plain",
+                    where="data.dataset_name", input_key=data.prompt_key, output_key=output,
+                    prompt_key=data.prompt_key, chosen_key=data.chosen_key,
+                    rejected_key=data.rejected_key)
 
 
-def load_records(cfg: RecipeConfig, split: Split, required: tuple[str, ...]) -> list[Record]:
-    path = data_file(cfg, split)
-    return [] if path is None else read_jsonl(path, required)
+def _specs(cfg: RecipeConfig, split: Split) -> list[DataSpec]:
+    specs = data_specs(cfg, split)
+    if not specs and (builtin := _builtin_spec(cfg, split)) is not None:
+        specs = [builtin]
+    if split == "train" and not specs:
+        hub = hub_only_blocks(cfg)
+        named = f"'{hub[0][1].dataset_name}' ({hub[0][0]})" if hub else \
+            repr(cfg.data.dataset_name)
+        raise DataError(f"no training data: {named} is not a local file and lora-rl downloads "
+                        "nothing\nfix: set data.train.data_path (or data.train_data_path) to a "
+                        "local .jsonl/.parquet/.arrow/.csv file or a save_to_disk directory")
+    return specs
+
+
+def _holdout(samples: list[Sample], share: float, seed: int) -> tuple[list, list]:
+    """(train, held out): a seeded `split_validation_size` share of the records."""
+    if share <= 0:
+        return samples, []
+    order = list(range(len(samples)))
+    random.Random(f"holdout/{seed}").shuffle(order)
+    n = max(1, round(share * len(samples)))
+    held = set(order[:n])
+    return ([s for i, s in enumerate(samples) if i not in held],
+            [s for i, s in enumerate(samples) if i in held])
+
+
+def _read(cfg: RecipeConfig, spec: DataSpec) -> list[Sample]:
+    reader = Reader.for_spec(spec, cfg.algorithm)
+    return read_samples(reader, load_records(spec.path, spec.where, spec.split))
+
+
+def load_samples(cfg: RecipeConfig, split: Split) -> list[Sample]:
+    """The split's samples from every data set (NeMo RL blocks are concatenated in order).
+    Without validation data, `split_validation_size` holds a seeded share of each training
+    block out for validation."""
+    val_specs = _specs(cfg, "val")
+    if split == "val" and val_specs:
+        return [s for spec in val_specs for s in _read(cfg, spec)]
+    out: list[Sample] = []
+    for spec in _specs(cfg, "train"):
+        if split == "val" and spec.holdout <= 0:
+            continue
+        kept, held = _holdout(_read(cfg, spec), 0.0 if val_specs else spec.holdout,
+                              spec.holdout_seed)
+        out += kept if split == "train" else held
+    return out
+
+
+def resolve_template(cfg: RecipeConfig, tokenizer) -> str | None:
+    """The chat template in force (NeMo RL's rules, see TokenizerConfig.chat_template)."""
+    configured = cfg.policy.tokenizer.chat_template
+    if configured is None:
+        return None
+    if configured == "default":
+        return tokenizer.chat_template
+    if configured.endswith(".jinja"):
+        path = Path(configured)
+        check_path(path, "policy.tokenizer.chat_template", data=False)
+        return path.read_text(encoding="utf-8")
+    return configured
 
 
 def load_tokenizer(cfg: RecipeConfig):
@@ -45,11 +103,22 @@ def load_tokenizer(cfg: RecipeConfig):
                                               trust_remote_code=cfg.policy.trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.chat_template = resolve_template(cfg, tokenizer)
     return tokenizer
 
 
-def text_format(cfg: RecipeConfig, tokenizer) -> TextFormat:
-    return TextFormat(tokenizer, cfg.data.add_bos, cfg.data.add_eos)
+def renderer(cfg: RecipeConfig, tokenizer) -> Renderer:
+    """The chat template when one is in force, else plain text. Chat data with the template
+    left at `default` on a tokenizer that has none is refused (validate says so earlier)."""
+    if tokenizer.chat_template:
+        return ChatRenderer(tokenizer, tokenizer.chat_template,
+                            dict(cfg.policy.tokenizer.chat_template_kwargs or {}))
+    if cfg.policy.tokenizer.chat_template == "default" and uses_chat(cfg):
+        raise DataError(f"{cfg.policy.tokenizer.name or cfg.policy.model_name}: the tokenizer "
+                        "has no chat template, and the recipe's data is chat data\nfix: set "
+                        "policy.tokenizer.chat_template to a Jinja template (or a .jinja file), "
+                        "or to null to concatenate the messages' text")
+    return PlainRenderer(tokenizer, cfg.data.add_bos, cfg.data.add_eos)
 
 
 def limits(cfg: RecipeConfig) -> Limits:
@@ -63,11 +132,11 @@ def collate(examples: list[Example], pad_id: int) -> TokenBatch:
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(examples), width), dtype=torch.long)
     loss = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        ids[row, :n] = torch.tensor(example.input_ids)
+    for row, item in enumerate(examples):
+        n = len(item.input_ids)
+        ids[row, :n] = torch.tensor(item.input_ids)
         attention[row, :n] = 1
-        loss[row, :n] = torch.tensor(example.loss_mask)
+        loss[row, :n] = torch.tensor(item.loss_mask)
     return TokenBatch(ids, attention, loss)
 
 
@@ -79,3 +148,21 @@ def rank_slice(indices: list[int], dp_rank: int, dp_size: int) -> list[int]:
 
 def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def rendered(renderer: Renderer, samples: list[Sample], lim: Limits) -> list[tuple[Example, ...]]:
+    """Each sample's training conversations as examples (SFT: one; DPO: chosen, rejected);
+    samples with an over-long part are left out under `data.on_overlong: skip`."""
+    out = []
+    for sample in samples:
+        made = [example(renderer, conv, lim, sample.where) for conv in sample.train]
+        if all(e is not None for e in made):
+            out.append(tuple(made))
+    return out
+
+
+def prompts(renderer: Renderer, samples: list[Sample],
+            lim: Limits) -> list[tuple[Sample, list[int]]]:
+    """(sample, prompt ids with the generation prompt) for evaluation and rollouts."""
+    return [(s, ids) for s in samples
+            if (ids := prompt_ids(renderer, s.prompt, lim, s.where)) is not None]

@@ -111,6 +111,7 @@ def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str 
                 _write_peft(tmp, adapter, lora, base_model)
             else:
                 _write_merged(tmp, adapter, lora, base_model)
+            _write_tokenizer(ckpt.state.get("tokenizer"), base_model, tmp)
         except AdapterFormatError as exc:
             raise ExportError(f"{found.path}: {exc}") from None
         stamp = {"schema_version": EXPORT_SCHEMA_VERSION, "lora_rl_version": __version__,
@@ -162,7 +163,7 @@ def _write_peft(target: Path, adapter: dict[str, torch.Tensor],
 
 def _write_merged(target: Path, adapter: dict[str, torch.Tensor],
                   lora: DTensorLoraConfig | MegatronPeftConfig, base_model: str) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from lora_rl.lora import (
         apply_lora,
@@ -182,4 +183,11 @@ def _write_merged(target: Path, adapter: dict[str, torch.Tensor],
     load_lora_state_dict(model, adapter)
     merge_and_unwrap(model)
     model.save_pretrained(target, safe_serialization=True)
-    AutoTokenizer.from_pretrained(directory).save_pretrained(target)
+
+
+def _write_tokenizer(state: dict | None, base_model: str, target: Path) -> None:
+    """The training tokenizer, encoding as the run did (BOS) with its chat template."""
+    from lora_rl.data.tokenizer_export import write_tokenizer
+    from lora_rl.model_source import require_local_model_dir
+
+    write_tokenizer(state, require_local_model_dir(base_model), target)

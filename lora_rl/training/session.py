@@ -40,6 +40,9 @@ class TrainingSession:
         self._saved_step: int | None = None
         self.order: DataOrder | None = None
         """The data position, saved with every checkpoint (set by `resume`)."""
+        self.tokenizer_state: dict[str, Any] | None = None
+        """How the run encodes text, saved with every checkpoint for exports (set by the
+        algorithm's setup)."""
 
     # ---- resume ---------------------------------------------------------------------------
 
@@ -112,6 +115,8 @@ class TrainingSession:
                             if isinstance(v, (int, float))},
                 "lora_rl_version": __version__,
             }
+            if self.tokenizer_state is not None:  # how exports encode (data/tokenizer_export)
+                state["tokenizer"] = self.tokenizer_state
             path = save_checkpoint(self.root, step, tensors, state)
             prune_checkpoints(self.root, self.ckpt.keep_top_k, self.ckpt.metric_name,
                               self.ckpt.higher_is_better)

@@ -19,12 +19,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 LLM = "recipes/llm"
 VLLM_MISSING = importlib.util.find_spec("vllm") is None
 
-SFT_BASE = {"data.train", "data.validation", "data.default", "logger.monitor_gpus",
-            "logger.gpu_monitoring"}
-DPO_BASE = {"data.train", "data.validation", "logger.monitor_gpus", "logger.gpu_monitoring"}
+# NeMo RL's data blocks (data.train / validation / default) are acted on, not LR901: their hub
+# data sets are LR501 warnings instead (see test_hub_data_blocks_warn_with_lr501).
+SFT_BASE = {"logger.monitor_gpus", "logger.gpu_monitoring", "data.default.processor"}
+DPO_BASE = {"logger.monitor_gpus", "logger.gpu_monitoring"}
 GRPO_BASE = {"policy.generation_batch_size", "policy.sequence_packing",
              "policy.generation.val_temperature", "policy.generation.val_top_p",
-             "policy.generation.refit_cfg", "data.train", "data.default", "env.math"}
+             "policy.generation.refit_cfg", "env.math", "data.default.processor",
+             "data.default.env_name"}
 GRPO_CHILD = GRPO_BASE - {"policy.sequence_packing"}
 MEGATRON_MOE = {"policy.megatron_cfg.freeze_moe_router", "policy.megatron_cfg.moe_router_dtype",
                 "policy.megatron_cfg.moe_router_load_balancing_type",
@@ -39,13 +41,13 @@ EXPECTED_COMPAT = {
     "dpo.yaml": DPO_BASE,
     "grpo_math_1B.yaml": GRPO_BASE,
     f"{LLM}/sft-llama3.1-8b-1n8g-fsdp2tp1-lora.yaml":
-        SFT_BASE - {"data.validation"}
+        SFT_BASE
         | {"policy.make_sequence_length_divisible_by", "data.add_generation_prompt"},
     f"{LLM}/sft-llama3.1-8b-1n8g-megatron-lora.yaml": SFT_BASE | WEIGHT_DECAY_RAMP,
     f"{LLM}/dpo-llama3.2-1b-1n8g-fsdp2-lora.yaml": DPO_BASE,
     f"{LLM}/grpo-qwen3-8b-base-1n8g-fsdp2-lora.yaml": GRPO_CHILD,
     f"{LLM}/grpo-qwen3-8b-base-1n8g-fsdp2-lora-tq.yaml":
-        GRPO_CHILD - {"data.train", "data.default"} | {"data_plane"},
+        GRPO_CHILD - {"data.default.processor", "data.default.env_name"} | {"data_plane"},
     f"{LLM}/grpo-qwen3-8b-base-1n8g-megatron-lora.yaml":
         GRPO_CHILD | MEGATRON_MOE,
 }
@@ -111,12 +113,22 @@ def test_child_recipes_inherit_and_override() -> None:
     lora = sft.policy.active_lora
     assert lora is not None and (lora.dim, lora.alpha) == (64, 128)
     assert sft.sft.val_batches == 4                         # inherited from ../../sft.yaml
-    assert sft.data.train["seed"] == 7                      # ${sft.seed}, resolved after merge
+    assert sft.data.train.seed == 7                         # ${sft.seed}, resolved after merge
 
     tq = _validate(f"{LLM}/grpo-qwen3-8b-base-1n8g-fsdp2-lora-tq.yaml").config
     assert tq is not None
     assert tq.data.train is None and tq.data.train_data_path == "data/math_train.jsonl"
     assert tq.policy.dtensor_cfg.lora_cfg.dim == 128        # grandparent chain ./ then ../../
+
+
+@pytest.mark.parametrize("name,key", [
+    ("sft.yaml", "data.train.dataset_name"),
+    ("dpo.yaml", "data.train.dataset_name"),
+    ("grpo_math_1B.yaml", "data.train.dataset_name"),
+])
+def test_hub_data_blocks_warn_with_lr501(name: str, key: str) -> None:
+    warned = {".".join(d.path) for d in _validate(name).warnings if d.rule == "LR501"}
+    assert warned == {key}
 
 
 def test_megatron_child_switches_backend() -> None:

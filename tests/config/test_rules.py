@@ -47,6 +47,8 @@ class Case:
     """Files created in the working directory before validating the passing case."""
     missing: tuple[str, ...] = ()
     """Packages to pretend are not installed."""
+    contents: dict[str, str] = field(default_factory=dict)
+    """Files (name -> text) created in the working directory before both cases."""
 
     @property
     def id(self) -> str:
@@ -59,6 +61,9 @@ LLAMA_6_HEADS = {"num_attention_heads": 6, "num_key_value_heads": 6, "hidden_siz
 LORA = "policy.dtensor_cfg.lora_cfg"
 PEFT = "policy.megatron_cfg.peft"
 GEN = "policy.generation"
+
+CHAT_LINE = ('{"messages": [{"role": "user", "content": "1+1="}, '
+             '{"role": "assistant", "content": "2"}]}\n')
 
 RULE_CASES: list[Case] = [
     Case("LR100", "two-algorithms", {"dpo": {"max_num_steps": 1}}, {}, "dpo", point="key"),
@@ -210,6 +215,42 @@ RULE_CASES: list[Case] = [
     Case("LR502", "missing-file", {"data.train_data_path": "nowhere.jsonl"},
          {"data.train_data_path": "train.jsonl"}, "data.train_data_path",
          files=("train.jsonl",)),
+    Case("LR510", "two-layouts", {"data.train.data_path": "train.jsonl",
+                                  "data.train_data_path": "train.jsonl"},
+         {"data.train.data_path": "train.jsonl", "data.train.input_key": "prompt",
+          "data.train.output_key": "response"}, "data.train_data_path",
+         files=("train.jsonl",)),
+    Case("LR511", "unknown-format", {"data.train_data_path": "train.txt"},
+         {"data.train_data_path": "train.jsonl"}, "data.train_data_path",
+         files=("train.jsonl",), contents={"train.txt": "1+1=2\n"}),
+    Case("LR512", "chat-key-absent",
+         {"data.train": {"dataset_name": "openai_format", "data_path": "other.jsonl"},
+          "policy.tokenizer.chat_template": None},
+         {"data.train": {"dataset_name": "openai_format", "data_path": "chat.jsonl"},
+          "policy.tokenizer.chat_template": None}, "data.train.data_path",
+         contents={"chat.jsonl": CHAT_LINE, "other.jsonl": CHAT_LINE.replace("messages", "conv")}),
+    Case("LR513", "no-template",
+         {"data.train": {"dataset_name": "openai_format", "data_path": "chat.jsonl"}},
+         {"data.train": {"dataset_name": "openai_format", "data_path": "chat.jsonl"},
+          "policy.tokenizer.chat_template": None}, "policy.tokenizer.chat_template",
+         anchor="policy", point="key", contents={"chat.jsonl": CHAT_LINE}),
+    Case("LR514", "preference-for-sft",
+         {"data.train": {"dataset_name": "PreferenceDataset", "data_path": "pref.jsonl"}},
+         {"data.train": {"dataset_name": "ResponseDataset", "data_path": "train.jsonl"}},
+         "data.train.data_path",
+         contents={"train.jsonl": '{"input": "1+1=", "output": "2"}\n',
+                   "pref.jsonl": '{"context": [], "completions": []}\n'}),
+    Case("LR515", "holdout-unused",
+         {"data.train": {"data_path": "train.jsonl", "split_validation_size": 0.1},
+          "data.validation": {"data_path": "train.jsonl"}},
+         {"data.train": {"data_path": "train.jsonl", "split_validation_size": 0.1}},
+         "data.train.split_validation_size", files=("train.jsonl",),
+         contents={"train.jsonl": '{"input": "1+1=", "output": "2"}\n'}),
+    Case("LR516", "missing-prompt-file",
+         {"data.train": {"data_path": "train.jsonl", "prompt_file": "p.txt"}},
+         {"data.train": {"data_path": "train.jsonl", "prompt_file": "q.txt"}},
+         "data.train.prompt_file", contents={"train.jsonl": '{"input": "1", "output": "2"}\n',
+                                             "q.txt": "say {}"}),
     Case("LR901", "compat-key", {"policy.dtensor_cfg.sequence_parallel": True},
          {"policy.dtensor_cfg.sequence_parallel": False},
          "policy.dtensor_cfg.sequence_parallel"),
@@ -256,6 +297,8 @@ def _run(case: Case, changes: dict[str, Any], recipe_dir: Any, monkeypatch: pyte
 
 @pytest.mark.parametrize("case", RULE_CASES, ids=lambda c: c.id)
 def test_rule_fails(case: Case, recipe_dir: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, text in case.contents.items():
+        (recipe_dir.root / name).write_text(text)
     path, result = _run(case, case.bad, recipe_dir, monkeypatch, "bad.yaml")
     found = [d for d in result.diagnostics if d.rule == case.rule]
     assert found, f"{case.rule} not reported: {[(d.rule, d.message) for d in result.diagnostics]}"
@@ -275,6 +318,8 @@ def test_rule_fails(case: Case, recipe_dir: Any, monkeypatch: pytest.MonkeyPatch
 def test_rule_passes(case: Case, recipe_dir: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in case.files:
         (recipe_dir.root / name).write_text('{"prompt": "1+1=", "response": "2"}\n')
+    for name, text in case.contents.items():
+        (recipe_dir.root / name).write_text(text)
     _, result = _run(case, case.good, recipe_dir, monkeypatch, "good.yaml")
     assert not [d for d in result.diagnostics if d.rule == case.rule], result.diagnostics
     assert result.ok, [(d.rule, d.message) for d in result.errors]

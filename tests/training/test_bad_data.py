@@ -4,32 +4,16 @@ import json
 
 import pytest
 
-from lora_rl.data.jsonl import DataError, read_jsonl
 from tests.training.conftest import QUIET
 
-
-def test_malformed_lines_are_reported_with_file_and_line(tmp_path):
-    path = tmp_path / "d.jsonl"
-    path.write_text('{"prompt": "a", "response": "b"}\n{oops\n[1, 2]\n{"prompt": "a"}\n\n')
-    with pytest.raises(DataError) as err:
-        read_jsonl(path, ("prompt", "response"))
-    text = str(err.value)
-    assert f"{path}:2:" in text and "not valid JSON" in text
-    assert f"{path}:3:" in text and "JSON object" in text
-    assert f"{path}:4:" in text and "response" in text
-
-
-def test_empty_and_missing_files(tmp_path):
-    (tmp_path / "empty.jsonl").write_text("\n")
-    with pytest.raises(DataError, match="empty"):
-        read_jsonl(tmp_path / "empty.jsonl", ("prompt",))
-    with pytest.raises(DataError, match="no such data file"):
-        read_jsonl(tmp_path / "missing.jsonl", ("prompt",))
+# File-level cases (malformed lines, wrong keys, empty, missing, pipes): tests/data/test_loading.py
 
 
 @pytest.mark.parametrize("content,expected", [
     ('{"prompt": "1+1=", "response": "2"}\nnot json\n', "train.jsonl:2:"),
     ('{"prompt": "1+1=", "response": "' + "9" * 200 + '"}\n', "train.jsonl:1: "),
+    ('{"prompt": "1+1=", "response": "2"}\n{"prompt": "1+1="}\n', "train.jsonl:2: "),
+    ("\n", "the data set is empty"),
 ])
 def test_run_stops_cleanly_on_bad_data(runner, content, expected):
     (runner.workdir / "train.jsonl").write_text(content)

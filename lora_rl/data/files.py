@@ -1,0 +1,167 @@
+"""Load a local data set with the Hugging Face `datasets` library, and turn its failures into one
+message that names the file (and, for JSON lines, the line) instead of a traceback.
+
+Formats: .jsonl / .json, .parquet, .arrow, .csv files and `save_to_disk` directories. Only
+regular files and directories are read: a FIFO or a device would block or stream forever.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+from lora_rl.data.jsonl import DataError, Record
+
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow",
+            ".csv": "csv"}
+MAX_SHOWN = 10
+
+
+def check_path(path: Path, key: str, data: bool = True) -> None:
+    """A regular file or directory (a data set), or just a regular file (`data=False`: a
+    prompt or template file); else DataError naming the recipe key."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        what = "data file" if data else "file"
+        raise DataError(f"{path}: no such {what} ({key}; paths are relative to the working "
+                        "directory)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc}) ({key})") from None
+    if not (stat.S_ISREG(mode) or (data and stat.S_ISDIR(mode))):
+        raise DataError(f"{path}: not a regular file{' or directory' if data else ''} ({key}); "
+                        "lora-rl reads only files and `save_to_disk` directories, never pipes "
+                        "or devices")
+    if data and stat.S_ISREG(mode) and path.suffix.lower() not in BUILDERS:
+        raise DataError(f"{path}: unknown data format '{path.suffix}' ({key})\nfix: use "
+                        f"{', '.join(BUILDERS)} or a `save_to_disk` directory")
+
+
+def _quiet_datasets():
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    return datasets
+
+
+def jsonl_problems(path: Path) -> list[str]:
+    """file:line messages for the lines of a JSON-lines file that are not JSON objects (only
+    called after `datasets` refused the file, to say where)."""
+    problems = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"{path}: cannot read as UTF-8 text ({exc})"]
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}:{exc.colno}: not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{path}:{number}: a record must be a JSON object, found "
+                            f"{type(value).__name__}")
+    return problems
+
+
+def _line_numbers(path: Path, count: int) -> list[int]:
+    """Line of each record of a JSON-lines file (`datasets` skips blank lines)."""
+    if path.suffix.lower() != ".jsonl":
+        return list(range(1, count + 1))
+    with path.open(encoding="utf-8") as handle:
+        numbers = [n for n, raw in enumerate(handle, start=1) if raw.strip()]
+    return numbers if len(numbers) == count else list(range(1, count + 1))
+
+
+def _load(path: Path, split: str):
+    datasets = _quiet_datasets()
+    if path.is_dir():
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise DataError(f"{path}: no split '{split}' (has: {', '.join(loaded)})\nfix: "
+                                "set the data block's `split`")
+            loaded = loaded[split]
+        return loaded
+    builder = BUILDERS[path.suffix.lower()]
+    options = {"features": _csv_text_columns(path, datasets), "keep_default_na": False} \
+        if builder == "csv" else {}
+    return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+
+
+def _csv_text_columns(path: Path, datasets):
+    """CSV holds text: every column a string, so "07" stays "07" (type inference would make it
+    the integer 7). The header names the columns."""
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), [])
+    return datasets.Features({name: datasets.Value("string") for name in header})
+
+
+def load_records(path: Path, key: str, split: str = "train") -> list[Record]:
+    """Every record of the data set at `path`. Raises DataError with file:line."""
+    check_path(path, key)
+    try:
+        table = _load(path, split)
+    except DataError:
+        raise
+    except StopIteration:  # `datasets`' answer to an empty JSON file
+        table = None
+    except Exception as exc:  # noqa: BLE001 - pyarrow/datasets raise many types for bad files
+        if not _blank(path):
+            raise DataError(_explain(path, exc)) from None
+        table = None
+    if table is None or len(table) == 0:
+        raise DataError(f"{path}: the data set is empty (no records)\nfix: add records, or "
+                        f"point {key} at the right file")
+    rows = table.to_list()
+    shown = str(path)
+    return [Record(shown, line, row)
+            for line, row in zip(_line_numbers(path, len(rows)), rows, strict=True)]
+
+
+def _blank(path: Path) -> bool:
+    return path.is_file() and not path.read_bytes().strip()
+
+
+def _explain(path: Path, exc: Exception) -> str:
+    """Why `datasets` refused a file: file:line for JSON lines, else its own message."""
+    problems = jsonl_problems(path) if path.suffix.lower() in (".jsonl", ".json") and \
+        path.is_file() else []
+    if path.suffix.lower() == ".json" and len(problems) > MAX_SHOWN:
+        problems = []  # a JSON array file, not lines: the line scan would mislead
+    if not problems:
+        cause = exc.__cause__ or exc
+        text = str(cause).strip()
+        problems = [f"{path}: cannot be read as a data set ({type(cause).__name__}: "
+                    f"{text.splitlines()[0] if text else ''})"]
+    return summarise(problems, "fix: correct those records")
+
+
+def summarise(problems: list[str], fix: str) -> str:
+    more = f"\n... and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
+    return "\n".join(problems[:MAX_SHOWN]) + more + f"\n{fix}"
+
+
+def first_record(path: Path) -> dict | str | None:
+    """The first record of a JSON-lines file without loading the data set (for `validate`):
+    a dict, an error text, or None when the format is not JSON lines or the file is empty."""
+    if path.suffix.lower() != ".jsonl" or not path.is_file():
+        return None
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                return f"{path}:{number}:{exc.colno}: not valid JSON ({exc.msg})"
+            if not isinstance(value, dict):
+                return f"{path}:{number}: a record must be a JSON object"
+            return value
+    return None
