@@ -60,12 +60,15 @@ def validate(
     model: ModelOption = None,
     output_format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.text,
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too")] = False,
+    check_env: Annotated[bool, typer.Option(
+        "--check-env", help="What this machine lacks to run the recipe (packages, model, "
+                            "adapter and data paths) is an error, as in `run`")] = False,
 ) -> None:
     """Check recipes: schema, cross-field rules, and (with --model) the model's shape."""
     from lora_rl import report
     from lora_rl.config.validate import validate_recipe
 
-    results = [validate_recipe(f, overrides or [], model) for f in files]
+    results = [validate_recipe(f, overrides or [], model, check_env=check_env) for f in files]
     if output_format is OutputFormat.text:
         report.print_text(results, _console(), strict)
     else:
@@ -80,7 +83,8 @@ def validate(
 def _exit_code(results, strict: bool) -> int:
     if any(d.rule in IO_RULES for r in results for d in r.diagnostics):
         return EXIT_USAGE
-    if any(r.errors or (strict and r.warnings) for r in results):
+    # --strict fails on warnings about the recipe, not on what this machine lacks (--check-env).
+    if any(r.errors or (strict and r.recipe_warnings) for r in results):
         return EXIT_INVALID
     return EXIT_OK
 
@@ -139,8 +143,13 @@ def run(
     from lora_rl import report
     from lora_rl.config.validate import validate_recipe
 
-    result = validate_recipe(file, [*(overrides or []), *(set_overrides or [])],
-                             resolve_embedded_model=True)
+    # What this machine lacks (a package, an input file) is an error here, before anything
+    # loads: a first pass does not even build the embedded model; the second adds the checks
+    # that need the model's shape.
+    every = [*(overrides or []), *(set_overrides or [])]
+    result = validate_recipe(file, every, check_env=True)
+    if result.config is not None and not result.errors:
+        result = validate_recipe(file, every, resolve_embedded_model=True, check_env=True)
     if result.diagnostics:
         report.print_text([result], _console(stderr=True), strict=False)
     if result.config is None or result.errors:

@@ -70,4 +70,5 @@ def test_training_can_start_from_a_peft_adapter(trained):
     wrong = runner.run("run", "recipes/sft-tiny-dtensor-lora.yaml",
                        "policy.init_adapter_path=out/init", "policy.dtensor_cfg.lora_cfg.dim=4",
                        "checkpointing.enabled=false", *QUIET, check=False)
-    assert wrong.returncode == 1 and "rank r=8" in wrong.stderr
+    # caught by `validate`'s rule before the model loads
+    assert wrong.returncode == 1 and "error LR613" in wrong.stderr and "r=8" in wrong.stderr
