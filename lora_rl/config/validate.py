@@ -62,9 +62,20 @@ def validate_recipe(path: Path, overrides: Sequence[str] = (), model_dir: Path |
     # Findings about the recipe as a whole (no algorithm section, a missing top-level key, ...)
     # have no key to point at: they point at the top of the file.
     top = Location(result.file, 1, 1)
-    result.diagnostics = [d if d.location or d.rule in IO_RULES else replace(d, location=top)
-                          for d in result.diagnostics]
+    located = [d if d.location or d.rule in IO_RULES else replace(d, location=top)
+               for d in result.diagnostics]
+    result.diagnostics = sorted(located, key=lambda d: _reading_order(d, result.file))
     return result
+
+
+def _reading_order(d: Diagnostic, own_file: str) -> tuple[int, str, int, int]:
+    """The recipe's own file first, then its `defaults:` parents, then the overrides (applied
+    last); by line and column within each."""
+    loc = d.location
+    if loc is None:
+        return (-1, "", 0, 0)
+    rank = 0 if loc.file == own_file else 2 if loc.file.startswith("<") else 1
+    return (rank, loc.file, loc.line, loc.column)
 
 
 IO_RULES = frozenset({"LR010"})
