@@ -16,7 +16,7 @@ EVAL_BATCH = 64
 
 def exact_match_accuracy(backend: TrainingBackend, fmt: TextFormat, records: list[Record],
                          cfg: RecipeConfig, runtime: Runtime,
-                         answer_key: str | None = None) -> float:
+                         answer_key: str | None = None, batch_size: int = EVAL_BATCH) -> float:
     """Share of records whose greedy completion equals the reference (computed on rank 0)."""
     key = answer_key or cfg.data.response_key
     tokenizer = fmt.tokenizer
@@ -27,7 +27,7 @@ def exact_match_accuracy(backend: TrainingBackend, fmt: TextFormat, records: lis
     with backend.eval_mode(), backend.generation_model() as model:
         if runtime.is_main:
             model.eval()
-            for chunk in chunks(records, EVAL_BATCH):
+            for chunk in chunks(records, batch_size):
                 prompts = [fmt.prompt_ids(r.text(cfg.data.prompt_key)) for r in chunk]
                 out = generate(model, prompts, params, pad_id=tokenizer.pad_token_id)
                 for record, tokens in zip(chunk, out.tokens, strict=True):

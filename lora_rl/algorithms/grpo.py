@@ -218,7 +218,8 @@ class GRPO(Algorithm):
         records = [r for r, _ in self.val_records[: self.algo.max_val_samples]]
         return {"val_accuracy": exact_match_accuracy(self.backend, self.format, records, self.cfg,
                                                      self.runtime,
-                                                     answer_key=self.cfg.data.answer_key)}
+                                                     answer_key=self.cfg.data.answer_key,
+                                                     batch_size=self.algo.val_batch_size)}
 
     def cleanup(self) -> None:
         # The engine first: vLLM's shutdown needs the process groups the session tears down.

@@ -226,3 +226,12 @@ def _scheduler_milestones(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Findi
     elif milestones != sorted(set(milestones)):
         yield Finding(key, f"milestones {milestones} are not strictly increasing",
                       "list the switch steps in increasing order")
+
+
+@rule("LR640", "warning", "logprob_batch_size other than train_micro_batch_size has no effect")
+def _logprob_batch(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    size, micro = cfg.policy.logprob_batch_size, cfg.policy.train_micro_batch_size
+    if size is not None and size != micro and (cfg.grpo or cfg.dpo):
+        yield Finding("policy.logprob_batch_size", f"logprob_batch_size is {size}, but lora-rl "
+                      "computes log-probabilities (old policy, reference) per train micro-batch "
+                      f"of {micro}", "remove it, or set it to ${policy.train_micro_batch_size}")

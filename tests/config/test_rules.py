@@ -256,6 +256,8 @@ RULE_CASES: list[Case] = [
                                {"name": "torch.optim.lr_scheduler.ConstantLR"},
                                {"milestones": [2]}]},
          "policy.scheduler[2].milestones", point="key"),
+    Case("LR640", "logprob-batch", {"policy.logprob_batch_size": 2},
+         {"policy.logprob_batch_size": 1}, "policy.logprob_batch_size", kind="grpo"),
     Case("LR901", "compat-key", {"policy.dtensor_cfg.sequence_parallel": True},
          {"policy.dtensor_cfg.sequence_parallel": False},
          "policy.dtensor_cfg.sequence_parallel"),
