@@ -223,6 +223,7 @@ def convert(
 ) -> None:
     """Rewrite the LoRA block between DTensor lora_cfg, Megatron peft and AReaL keys."""
     from lora_rl.convert import ConvertError, convert_file
+    from lora_rl.convert.training import CannotCarry
 
     def say(line: str) -> None:  # plain stderr: rich would re-wrap long key paths
         typer.echo(line, err=True)
@@ -231,7 +232,7 @@ def convert(
         result = convert_file(file, to.value, out)
     except ConvertError as exc:
         say(f"error: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(EXIT_INVALID if isinstance(exc, CannotCarry) else EXIT_USAGE) from None
     # The YAML goes to stdout when there is no --out, so every message goes to stderr.
     if out is None:
         sys.stdout.write(result.text)
