@@ -83,7 +83,7 @@ def _hub_model(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     yield Finding("policy.model_name", f"'{name}' is not a local directory and lora-rl "
                   "downloads nothing: `run` needs the model on disk",
                   f"download it (`huggingface-cli download {name} --local-dir models/x`) and "
-                  "set policy.model_name: models/x (or pass `validate --model DIR`)")
+                  "set policy.model_name: models/x")
 
 
 @rule("LR611", "warning", "The local model directory does not exist", environment=True)
