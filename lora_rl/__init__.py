@@ -53,10 +53,10 @@ def run(path: str | PathLike, overrides: Sequence[str] = (), *, force: bool = Fa
     RecipeInvalidError before anything runs when the recipe has errors."""
     from pathlib import Path
 
-    from lora_rl.config.validate import validate_recipe
+    from lora_rl.config.validate import validate_for_run
     from lora_rl.launcher import check_output_paths, launch
 
-    report = validate_recipe(Path(path), list(overrides), resolve_embedded_model=True)
+    report = validate_for_run(Path(path), list(overrides))
     if report.config is None or report.errors:
         raise RecipeInvalidError(report)
     check_output_paths(report.config, force)

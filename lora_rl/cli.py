@@ -87,12 +87,16 @@ def validate(
     output_format: Annotated[OutputFormat, typer.Option(
         "--format", "-f", help="text, json, sarif or github (annotations)")] = OutputFormat.text,
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too")] = False,
+    check_env: Annotated[bool, typer.Option(
+        "--check-env", help="What this machine lacks to run the recipe (packages, model, "
+                            "adapter and data paths) is an error, as in `run`")] = False,
 ) -> None:
     """Check recipes: schema, cross-field rules, and (with --model) the model's shape."""
     from lora_rl import report
     from lora_rl.config.validate import validate_recipe
 
-    results = [validate_recipe(resolve_recipe(f), overrides or [], model) for f in files]
+    results = [validate_recipe(resolve_recipe(f), overrides or [], model, check_env=check_env)
+               for f in files]
     if output_format is OutputFormat.text:
         report.print_text(results, _console(), strict)
     else:
@@ -166,11 +170,10 @@ def run(
     An earlier run's checkpoints in checkpointing.checkpoint_dir are resumed exactly: model,
     optimizer, scheduler and data position (--fresh moves them aside and starts over)."""
     from lora_rl import report
-    from lora_rl.config.validate import validate_recipe
+    from lora_rl.config.validate import validate_for_run
 
     recipe = resolve_recipe(file)
-    result = validate_recipe(recipe, [*(overrides or []), *(set_overrides or [])],
-                             resolve_embedded_model=True)
+    result = validate_for_run(recipe, [*(overrides or []), *(set_overrides or [])])
     if result.diagnostics:
         report.print_text([result], _console(stderr=True), strict=False)
     if result.config is None or result.errors:
@@ -273,6 +276,7 @@ def convert(
 ) -> None:
     """Rewrite the LoRA block between DTensor lora_cfg, Megatron peft and AReaL keys."""
     from lora_rl.convert import ConvertError, convert_file
+    from lora_rl.convert.training import CannotCarry
 
     def say(line: str) -> None:  # plain stderr: rich would re-wrap long key paths
         typer.echo(line, err=True)
@@ -281,7 +285,7 @@ def convert(
         result = convert_file(file, to.value, out)
     except ConvertError as exc:
         say(f"error: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(EXIT_INVALID if isinstance(exc, CannotCarry) else EXIT_USAGE) from None
     # The YAML goes to stdout when there is no --out, so every message goes to stderr.
     if out is None:
         sys.stdout.write(result.text)

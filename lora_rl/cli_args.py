@@ -38,10 +38,9 @@ def recipe_or_exit(recipe: Path, overrides: list[str] | None) -> RecipeConfig:
     """The validated recipe (its model resolved); on errors they are printed and the command
     exits with validate's code."""
     from lora_rl import report
-    from lora_rl.config.validate import validate_recipe
+    from lora_rl.config.validate import validate_for_run
 
-    result = validate_recipe(resolve_recipe(recipe), overrides or [],
-                             resolve_embedded_model=True)
+    result = validate_for_run(resolve_recipe(recipe), overrides or [])
     if result.config is None or result.errors:
         report.print_text([result], console(stderr=True), strict=False)
         raise typer.Exit(exit_code([result], False))

@@ -17,7 +17,8 @@ def exit_code(results, strict: bool) -> int:
 
     if any(d.rule in IO_RULES for r in results for d in r.diagnostics):
         return EXIT_USAGE
-    if any(r.errors or (strict and r.warnings) for r in results):
+    # --strict fails on warnings about the recipe, not on what this machine lacks (--check-env).
+    if any(r.errors or (strict and r.recipe_warnings) for r in results):
         return EXIT_INVALID
     return EXIT_OK
 

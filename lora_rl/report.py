@@ -38,7 +38,7 @@ def print_text(results: Sequence[ValidationResult], console: Console, strict: bo
                 console.print(f"  [green]fix:[/green] {escape(d.fix)}",
                               highlight=False, soft_wrap=True)
         n_err, n_warn = len(result.errors), len(result.warnings)
-        if n_err or (strict and n_warn):
+        if n_err or (strict and result.recipe_warnings):
             summary = f"[red]invalid[/red] ({n_err} error(s), {n_warn} warning(s))"
         else:
             summary = "[green]valid[/green]" + (f" ({n_warn} warning(s))" if n_warn else "")
@@ -59,7 +59,7 @@ def to_json(results: Sequence[ValidationResult], strict: bool) -> str:
         "version": __version__,
         "results": [{
             "file": r.file,
-            "valid": not r.errors and not (strict and r.warnings),
+            "valid": not r.errors and not (strict and r.recipe_warnings),
             "diagnostics": [_as_dict(d) for d in r.diagnostics],
         } for r in results],
     }, indent=2)

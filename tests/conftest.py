@@ -118,9 +118,9 @@ class RecipeKit:
 
     @staticmethod
     def position(text: str, dotted: str) -> Position:
-        """The position of a mapping key, or of a list item (`key[2]`, last part only), in
-        block-style YAML (as `dump` writes it), found by indentation alone, independently of
-        the loader under test."""
+        """The position of a mapping key, or of a list item (`key[2]`; a mapping inside an item:
+        `key[2].name`), in block-style YAML (as `dump` writes it), found by indentation alone,
+        independently of the loader under test."""
         lines = text.splitlines()
         start, stop, indent = 0, len(lines), 0
         found = -1
@@ -129,6 +129,8 @@ class RecipeKit:
         if item:
             parts[-1] = item[1]
         for depth, part in enumerate(parts):
+            inner = re.fullmatch(r"(.+)\[(\d+)\]", part) if depth < len(parts) - 1 else None
+            part = inner[1] if inner else part
             found = -1
             for index in range(start, stop):
                 line = lines[index]
@@ -147,6 +149,11 @@ class RecipeKit:
                                   and len(lines[end]) - len(lines[end].lstrip(" ")) == indent):
                 end += 1
             start, stop = found + 1, end
+            if inner:  # the item's mapping: its first key shares the "- " line
+                items = [k for k in range(start, stop) if lines[k].startswith(" " * indent + "- ")]
+                start = items[int(inner[2])]
+                stop = next((k for k in items if k > start), stop)
+                lines[start] = lines[start][:indent] + "  " + lines[start][indent + 2:]
             indent += 2
         key_column = indent + 1
         if item:

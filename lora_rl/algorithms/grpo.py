@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -104,7 +104,8 @@ class GRPO(Algorithm):
         answers = [s.answer for s, _ in items for _ in range(group)]
         prompt_texts = [s.prompt_text for s, _ in items for _ in range(group)]
         # Same seed on every rank: identical rollouts everywhere, no gather needed.
-        out, timing = self.engine.sample(prompts, self.params, seed_step(self.algo.seed, step, 0))
+        params = capped_to_context(self.params, prompts, self.cfg.policy.max_total_sequence_length)
+        out, timing = self.engine.sample(prompts, params, seed_step(self.algo.seed, step, 0))
         responses = [self.tokenizer.decode(t, skip_special_tokens=True) for t in out.tokens]
         rewards = torch.tensor(score(self.reward_fn, prompt_texts, responses, answers,
                                      self.cfg.env.reward_kwargs), dtype=torch.float32)
@@ -229,3 +230,12 @@ def _aligned(batch: TokenBatch, gen_logprobs: list[list[float]],
         start = len(example.input_ids) - len(values) - 1
         out[row, start:start + len(values)] = torch.tensor(values, dtype=torch.float64)
     return out
+
+
+def capped_to_context(params: SamplingParams, prompts: list[list[int]],
+                      total: int) -> SamplingParams:
+    """Generation stops at the model length, as vLLM stops at max_model_len: NeMo RL recipes
+    write `max_new_tokens: ${policy.max_total_sequence_length}` (rule LR302 warns about it), so
+    the budget is what the longest prompt of the batch leaves of max_total_sequence_length."""
+    room = max(1, total - max(len(p) for p in prompts))
+    return params if params.max_new_tokens <= room else replace(params, max_new_tokens=room)

@@ -117,7 +117,7 @@ class GRPOConfig(_LoopConfig):
     max_val_samples: PositiveInt = 256
     """Validation prompts per validation."""
     val_batch_size: PositiveInt = 256
-    """Validation prompts per generation batch."""
+    """Validation prompts per generation batch (greedy generation for val_accuracy)."""
     val_start_at: int = compat(-1)
     """First step at which periodic validation runs."""
     val_num_generations_per_prompt: PositiveInt = compat(1)

@@ -180,6 +180,9 @@ def apply_overrides(data: dict, positions: SourceMap, overrides: Sequence[str]) 
                              f"list of {len(parent)}", where, f"use index {len(parent)} to append")
             parent.append(None)
         _drop_subtree(positions, path)
+        # Sections the override created (`++a.b.c=v` on a recipe without `a.b`) come from it too.
+        positions.update({path[:depth]: Positions(where, where)
+                          for depth in range(1, len(path)) if path[:depth] not in positions})
         positions[path] = Positions(where, where)
         positions.update({path + p: Positions(where, where) for p in value_pos})
         parent[leaf] = value

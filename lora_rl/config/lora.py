@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lora_rl.config.base import DType, Section
+from lora_rl.config.base import DType, Section, compat
 
 LoraAInit = Literal["xavier", "uniform", "normal", "kaiming"]
 """`xavier`: xavier-normal; `uniform`: kaiming-uniform(a=sqrt(5)) as PEFT; `normal`: N(0, 1/dim);
@@ -75,8 +75,9 @@ class MegatronPeftConfig(Section):
     """Initialisation of A (`linear_in`)."""
     lora_B_init_method: Literal["zero", "xavier", "uniform", "normal", "kaiming"] = "zero"
     """Initialisation of B (`linear_out`); must be `zero` so step 0 equals the base model."""
-    a2a_experimental: bool = False
-    """Megatron-Bridge's experimental all-to-all for MoE expert LoRA; a no-op for dense models."""
+    a2a_experimental: bool = compat(False)
+    """Megatron-Bridge's experimental all-to-all for MoE expert LoRA (lora-rl has no expert
+    parallelism to apply it to)."""
     lora_dtype: DType | None = None
     """Adapter weight dtype; null follows the base layer. Required for quantized base weights."""
 

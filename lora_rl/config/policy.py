@@ -138,8 +138,8 @@ class PolicyConfig(Section):
     train_micro_batch_size: PositiveInt = 1
     """Samples per forward/backward on one rank; the rest is gradient accumulation."""
     logprob_batch_size: PositiveInt | None = None
-    """Samples per forward when computing log-probabilities (DPO/GRPO); null means the micro
-    batch size."""
+    """Samples per forward when computing log-probabilities (DPO/GRPO). lora-rl computes them
+    per train micro-batch: null or `train_micro_batch_size`; another value is warned about."""
     max_total_sequence_length: PositiveInt = 1024
     """Longest prompt + response, in tokens."""
     generation_batch_size: PositiveInt | None = compat(None)

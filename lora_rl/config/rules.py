@@ -36,16 +36,21 @@ class Rule:
     severity: Severity
     title: str
     check: Check
+    environment: bool = False
+    """The finding is a fact about this machine (a missing package, a missing input file), not
+    about the recipe: a warning in `validate`, an error under `validate --check-env` and always
+    in `run`, before anything loads."""
 
 
 RULES: dict[str, Rule] = {}
 
 
-def rule(rule_id: str, severity: Severity, title: str) -> Callable[[Check], Check]:
+def rule(rule_id: str, severity: Severity, title: str, *,
+         environment: bool = False) -> Callable[[Check], Check]:
     def register(check: Check) -> Check:
         if rule_id in RULES:
             raise RuntimeError(f"rule id {rule_id} registered twice")
-        RULES[rule_id] = Rule(rule_id, severity, title, check)
+        RULES[rule_id] = Rule(rule_id, severity, title, check, environment)
         return check
 
     return register
@@ -317,15 +322,23 @@ def _group_size(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       "baseline: every advantage is zero", "set num_generations_per_prompt >= 2")
 
 
-@rule("LR302", "error", "Generated length must fit max_total_sequence_length")
+@rule("LR302", "warning", "Generation is capped by max_total_sequence_length")
 def _gen_fits(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     gen = cfg.policy.generation
     total = cfg.policy.max_total_sequence_length
     if cfg.grpo and gen is not None and gen.max_new_tokens >= total:
-        yield Finding(f"{GEN}.max_new_tokens", f"max_new_tokens {gen.max_new_tokens} leaves no "
-                      f"room for the prompt in max_total_sequence_length {total}",
-                      f"lower max_new_tokens below {total}, or raise "
-                      "policy.max_total_sequence_length")
+        # NeMo RL's convention (`max_new_tokens: ${policy.max_total_sequence_length}`): the
+        # engine stops at the model length, so responses get what the prompt leaves.
+        yield Finding(f"{GEN}.max_new_tokens", f"max_new_tokens {gen.max_new_tokens} reaches "
+                      f"max_total_sequence_length {total}: generation stops at {total} tokens "
+                      "of prompt + response, so responses are capped at what the prompt leaves",
+                      f"lower max_new_tokens below {total} to make the cap explicit")
+
+
+@rule("LR600", "error", "vLLM max_model_len must hold max_total_sequence_length")
+def _vllm_len_fits(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    gen = cfg.policy.generation
+    total = cfg.policy.max_total_sequence_length
     vllm_len = gen.vllm_cfg.max_model_len if gen else None
     if gen and gen.backend == "vllm" and vllm_len is not None and vllm_len < total:
         yield Finding(f"{GEN}.vllm_cfg.max_model_len", f"vLLM max_model_len {vllm_len} is "
@@ -341,7 +354,8 @@ def _split_needs_lora(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       "separate, but LoRA is not enabled", "enable LoRA or remove the key")
 
 
-@rule("LR304", "error", "generation.backend: vllm requires the vllm extra to be installed")
+@rule("LR304", "warning", "generation.backend: vllm requires the vllm extra to be installed",
+      environment=True)
 def _vllm_installed(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     gen = cfg.policy.generation
     if cfg.grpo and gen and gen.backend == "vllm" and importlib.util.find_spec("vllm") is None:
@@ -436,7 +450,7 @@ def _quiet_match(match_names: Callable, names: list[str], lora: object) -> list[
         return match_names(names, lora)
 
 
-@rule("LR401", "error", "LoRA target modules must exist in the model")
+@rule("LR401", "error", "Every LoRA target module name must match a layer of the model")
 def _targets_exist(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     lora = cfg.policy.active_lora
     if ctx.model is None or lora is None:
@@ -447,11 +461,48 @@ def _targets_exist(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     names = _linear_names(ctx.model, cfg.policy.backend)
     if not names:
         return  # an architecture whose module names lora-rl cannot derive: nothing to check
+    fix = "use names that exist in the model (`lora-rl explain --model DIR` lists them)"
+    unmatched = list(_unmatched(lora, names, "target_modules"))
+    for index, pattern, hint in unmatched:
+        yield Finding(f"{key}.{index}", f"target '{pattern}' matches none of the model's "
+                      f"{len(names)} linear layers{hint}: LoRA would silently skip it", fix)
+    if unmatched:
+        return
     try:
         _quiet_match(match_names, names, lora)
     except LoraMatchError as exc:
-        yield Finding(key, str(exc), "use names that exist in the model (`lora-rl explain "
-                      "--model DIR` lists them)")
+        yield Finding(key, str(exc), fix)
+
+
+def _unmatched(lora: object, names: list[str], field: str) -> Iterator[tuple[int, str, str]]:
+    """(index, pattern, did-you-mean) of each entry of `field` that matches no module name."""
+    import difflib
+
+    from lora_rl.lora.matching import ModuleMatcher, canonical_units, matches, short_name
+
+    if ModuleMatcher.from_config(lora).canonical:  # type: ignore[arg-type]
+        names = canonical_units(names)
+    shorts = sorted({short_name(n) for n in names})
+    for index, pattern in enumerate(getattr(lora, field) or []):
+        if not any(matches(pattern, n) for n in names):
+            close = difflib.get_close_matches(short_name(pattern), shorts, n=2)
+            hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else \
+                f" (its linear layers are named {', '.join(shorts[:8])})"
+            yield index, pattern, hint
+
+
+@rule("LR614", "warning", "An exclude_modules entry matches no layer of the model")
+def _excludes_exist(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    lora = cfg.policy.active_lora
+    if ctx.model is None or lora is None:
+        return
+    names = _linear_names(ctx.model, cfg.policy.backend)
+    key = f"{PEFT}.exclude_modules" if cfg.policy.megatron_cfg.enabled else \
+        f"{LORA}.exclude_modules"
+    for index, pattern, hint in _unmatched(lora, names, "exclude_modules") if names else ():
+        yield Finding(f"{key}.{index}", f"exclude '{pattern}' matches none of the model's "
+                      f"linear layers{hint}: nothing is excluded by it",
+                      "fix the name, or remove it")
 
 
 @rule("LR402", "warning", "LoRA on the output layer (lm_head / output_layer)")
@@ -477,7 +528,8 @@ def _output_layer(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 # ---- data ----------------------------------------------------------------------------------
 
 
-@rule("LR501", "warning", "No local training data: `run` will stop until there is")
+@rule("LR501", "warning", "No local training data: `run` will stop until there is",
+      environment=True)
 def _has_data(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     from lora_rl.config.sections import BUILTIN_DATASETS
     from lora_rl.data.specs import data_specs, hub_only_blocks
@@ -505,7 +557,8 @@ def _has_data(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       "save it locally and set data.train.data_path (or data.train_data_path)")
 
 
-@rule("LR502", "warning", "A data file named in the recipe does not exist (yet)")
+@rule("LR502", "warning", "A data file named in the recipe does not exist (yet)",
+      environment=True)
 def _data_files_exist(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     from lora_rl.data.specs import data_specs
 
@@ -553,4 +606,5 @@ def _unused_sections(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 # Rules kept in their own modules register on import.
 from lora_rl.config import rules_data  # noqa: E402,F401
 from lora_rl.config import rules_families  # noqa: E402,F401
+from lora_rl.config import rules_inputs  # noqa: E402,F401
 from lora_rl.config import rules_loggers  # noqa: E402,F401

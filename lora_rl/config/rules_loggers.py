@@ -9,10 +9,11 @@ from lora_rl.config.recipe import RecipeConfig
 from lora_rl.config.rules import Finding, RuleContext, rule
 
 
-@rule("LR960", "warning", "A tracker is switched on but its package is not installed here")
+@rule("LR960", "warning", "A tracker is switched on but its package is not installed here",
+      environment=True)
 def _tracker_installed(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
-    # A fact about this machine, not the recipe: a warning here, an error at `run` (before
-    # the model loads), where the tracker must work.
+    # A fact about this machine, not the recipe: a warning in `validate`, an error under
+    # --check-env and at `run`, before the model loads.
     from lora_rl.trackers import missing_trackers
 
     for name in missing_trackers(cfg.logger):

@@ -41,29 +41,58 @@ class ValidationResult:
         return [d for d in self.diagnostics if d.severity == "warning"]
 
     @property
+    def recipe_warnings(self) -> list[Diagnostic]:
+        """Warnings about the recipe itself: what `--strict` fails on. Environment findings
+        (a package or an input file missing here) are left to `--check-env`."""
+        return [d for d in self.warnings if not (d.rule in RULES and RULES[d.rule].environment)]
+
+    @property
     def ok(self) -> bool:
         return not self.errors
 
 
+def validate_for_run(path: Path, overrides: Sequence[str] = ()) -> ValidationResult:
+    """Validation before a run: what this machine lacks (a package, an input file) is an error,
+    found before anything loads — a first pass does not even build the embedded model; the
+    second adds the checks that need the model's shape."""
+    result = validate_recipe(path, overrides, check_env=True)
+    if result.config is not None and not result.errors:
+        result = validate_recipe(path, overrides, resolve_embedded_model=True, check_env=True)
+    return result
+
+
 def validate_recipe(path: Path, overrides: Sequence[str] = (), model_dir: Path | None = None,
-                    *, resolve_embedded_model: bool = False) -> ValidationResult:
+                    *, resolve_embedded_model: bool = False,
+                    check_env: bool = False) -> ValidationResult:
     """Validate a recipe file. `model_dir` (or a local `policy.model_name`) enables the rules
     that need the model's config.json; `resolve_embedded_model` also builds the embedded tiny
-    model when missing (used by `run`, never by `validate`)."""
-    result = _validate(path, overrides, model_dir, resolve_embedded_model)
+    model when missing (used by `run`, never by `validate`). `check_env` makes what this
+    machine lacks (packages, input files: environment rules) errors, as `run` does."""
+    result = _validate(path, overrides, model_dir, resolve_embedded_model, check_env)
     # Findings about the recipe as a whole (no algorithm section, a missing top-level key, ...)
     # have no key to point at: they point at the top of the file.
     top = Location(result.file, 1, 1)
-    result.diagnostics = [d if d.location or d.rule in IO_RULES else replace(d, location=top)
-                          for d in result.diagnostics]
+    located = [d if d.location or d.rule in IO_RULES else replace(d, location=top)
+               for d in result.diagnostics]
+    result.diagnostics = sorted(located, key=lambda d: _reading_order(d, result.file))
     return result
+
+
+def _reading_order(d: Diagnostic, own_file: str) -> tuple[int, str, int, int]:
+    """The recipe's own file first, then its `defaults:` parents, then the overrides (applied
+    last); by line and column within each."""
+    loc = d.location
+    if loc is None:
+        return (-1, "", 0, 0)
+    rank = 0 if loc.file == own_file else 2 if loc.file.startswith("<") else 1
+    return (rank, loc.file, loc.line, loc.column)
 
 
 IO_RULES = frozenset({"LR010"})
 
 
 def _validate(path: Path, overrides: Sequence[str], model_dir: Path | None,
-              resolve_embedded_model: bool) -> ValidationResult:
+              resolve_embedded_model: bool, check_env: bool) -> ValidationResult:
     result = ValidationResult(file=display_name(path))
     try:
         data, positions = load_layered(path)
@@ -77,18 +106,19 @@ def _validate(path: Path, overrides: Sequence[str], model_dir: Path | None,
         config = RecipeConfig.model_validate(data)
     except ValidationError as exc:
         schema_errors = translate(exc, RecipeConfig, data, positions)
-        result.diagnostics = schema_errors + _rules_despite(schema_errors, data, positions)
+        result.diagnostics = schema_errors + _rules_despite(schema_errors, data, positions,
+                                                            check_env)
         return result
     result.config = config
     context, model_diagnostics = _model_context(config, model_dir, positions,
                                                 resolve_embedded_model)
     result.model = context.model
-    result.diagnostics = model_diagnostics + run_rules(config, context, positions)
+    result.diagnostics = model_diagnostics + run_rules(config, context, positions, check_env)
     return result
 
 
-def _rules_despite(schema_errors: list[Diagnostic], data: dict,
-                   positions: SourceMap) -> list[Diagnostic]:
+def _rules_despite(schema_errors: list[Diagnostic], data: dict, positions: SourceMap,
+                   check_env: bool) -> list[Diagnostic]:
     """Run the cross-field rules on the recipe minus its schema errors, so one run reports
     typos, type errors and rule violations together. Findings on keys that had a schema error
     are dropped (they would be about a default the user did not choose)."""
@@ -101,7 +131,7 @@ def _rules_despite(schema_errors: list[Diagnostic], data: dict,
         config = RecipeConfig.model_validate(repaired)
     except ValidationError:
         return []
-    return [d for d in run_rules(config, RuleContext(), positions)
+    return [d for d in run_rules(config, RuleContext(), positions, check_env)
             if not any(d.path[: len(b)] == b for b in broken)]
 
 
@@ -121,10 +151,11 @@ def _delete(tree: Any, path: KeyPath) -> bool:
     return False
 
 
-def run_rules(config: RecipeConfig, context: RuleContext,
-              positions: SourceMap) -> list[Diagnostic]:
+def run_rules(config: RecipeConfig, context: RuleContext, positions: SourceMap,
+              check_env: bool = False) -> list[Diagnostic]:
     out = []
     for rule in RULES.values():
+        severity = "error" if rule.environment and check_env else rule.severity
         for finding in rule.check(config, context):
             # A numeric component is a list index (`target_modules.2`), as in the source map.
             path: KeyPath = tuple(int(part) if part.isdigit() else part
@@ -133,7 +164,7 @@ def run_rules(config: RecipeConfig, context: RuleContext,
             if where is not None and path not in positions:
                 where = replace(where, via=f"{dotted(path)} is not written here: its default "
                                 "applies (shown at the nearest written key)")
-            out.append(Diagnostic(rule.id, rule.severity, finding.message, path, where,
+            out.append(Diagnostic(rule.id, severity, finding.message, path, where,
                                   finding.fix))
     return out
 
@@ -148,7 +179,9 @@ def _model_context(config: RecipeConfig, model_dir: Path | None, positions: Sour
         if directory is None:
             return RuleContext(), []
         return RuleContext(model=read_model_facts(directory)), []
-    except (ModelFactsError, ModelSourceError, OSError, RuntimeError, ArithmeticError) as exc:
+    except ModelSourceError:
+        return RuleContext(), []  # a local path that does not exist: rule LR611 says so
+    except (ModelFactsError, OSError, RuntimeError, ArithmeticError) as exc:
         # OSError: a name too long for the file system; RuntimeError: `~nosuchuser/...` or a
         # config.json nested too deeply; ArithmeticError: `"num_hidden_layers": Infinity`
         detail = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"

@@ -96,8 +96,7 @@ def _switch_backend(edit: Edit, cfg: RecipeConfig, target: Schema) -> None:
         _put(doc, ("policy", "megatron_cfg", "bridge_type"), "megatron-bridge", mg.bridge_type)
         _put(doc, ("policy", "megatron_cfg", "tensor_model_parallel_size"),
              dt.tensor_parallel_size, mg.tensor_model_parallel_size)
-        _optimizer_note(edit, "policy.optimizer.kwargs.lr", p.optimizer.kwargs.lr,
-                        "policy.megatron_cfg.optimizer.lr", mg.optimizer.lr)
+        _carry_training(edit, cfg, target)
         return
     _put(doc, ("policy", "dtensor_cfg", "_v2"), True, dt.v2)  # DTensor LoRA needs v2 (LR102)
     tp = mg.tensor_model_parallel_size
@@ -110,15 +109,55 @@ def _switch_backend(edit: Edit, cfg: RecipeConfig, target: Schema) -> None:
         pp = mg.pipeline_model_parallel_size
         edit.losses.append(Loss("pipeline_model_parallel_size", f"{pp} has no DTensor "
                                 "counterpart; those devices become data parallel"))
-    _optimizer_note(edit, "policy.megatron_cfg.optimizer.lr", mg.optimizer.lr,
-                    "policy.optimizer.kwargs.lr", p.optimizer.kwargs.lr)
+    _carry_training(edit, cfg, target)
 
 
-def _optimizer_note(edit: Edit, old_key: str, old: float, new_key: str, new: float) -> None:
-    # Each backend has its own optimizer section; converting the LoRA block leaves them alone,
-    # but a learning rate that silently changes by 1000x deserves a line.
-    if old != new:
-        edit.notes.append(f"the new backend reads {new_key} ({new:g}), not {old_key} ({old:g})")
+def _carry_training(edit: Edit, cfg: RecipeConfig, target: Schema) -> None:
+    """Optimizer, schedule, clipping and recompute: each backend reads its own keys, so the
+    source backend's values are written into the target's (CannotCarry when impossible)."""
+    from lora_rl.convert import training
+
+    carried = training.to_megatron(cfg) if target == "megatron" else training.to_dtensor(cfg)
+    for key, value in carried.values.items():
+        path = ("policy", *key.split("."))
+        effective = _effective(cfg, path)
+        if isinstance(value, dict):  # optimizer kwargs: key by key, to keep the rest
+            for sub, item in value.items():
+                _put(edit.doc, (*path, sub), item, _plain(effective.get(sub)))
+        elif key == "scheduler":
+            _put_block(edit.doc, path, value, effective)
+        else:
+            _put(edit.doc, path, value, effective)
+    edit.losses += [Loss(key, detail) for key, detail in carried.losses]
+    edit.notes.append(f"optimizer, learning-rate schedule and gradient clipping carried to "
+                      f"{target}'s keys")
+
+
+def _effective(cfg: RecipeConfig, path: tuple[str, ...]) -> Any:
+    node: Any = cfg
+    for part in path:
+        node = getattr(node, part)
+    if isinstance(node, list):
+        return [s.model_dump() for s in node]
+    return node.model_dump() if hasattr(node, "model_dump") else node
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _put_block(doc: Any, path: tuple[str, ...], value: list[dict] | None, effective: Any) -> None:
+    """A list of mappings in block style (the scheduler list), unless already in effect."""
+    if value == effective or (not value and not effective):
+        return
+    node = doc
+    for key in path[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = CommentedMap()
+        node = node[key]
+    node[path[-1]] = None if value is None else CommentedSeq(
+        CommentedMap((k, CommentedMap(v) if isinstance(v, dict) else _yaml_value(v))
+                     for k, v in item.items()) for item in value)
 
 
 def to_areal(edit: Edit, cfg: RecipeConfig, source: Schema) -> Any:

@@ -155,10 +155,23 @@ def _megatron_adapter_in_hf_names(adapter: dict[str, torch.Tensor], base_model: 
 def _write_peft(target: Path, adapter: dict[str, torch.Tensor],
                 lora: DTensorLoraConfig | MegatronPeftConfig, base_model: str) -> None:
     config = adapter_config(rank=lora.dim, alpha=lora.alpha, dropout=lora.dropout,
-                            modules=patched_modules(adapter), base_model=base_model)
+                            modules=patched_modules(adapter), base_model=peft_base(base_model))
     (target / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
     save_file({k: v.contiguous() for k, v in to_peft_keys(adapter).items()},
               str(target / ADAPTER_WEIGHTS))
+
+
+def peft_base(base_model: str) -> str:
+    """What `base_model_name_or_path` must say for `peft` to find the base: the absolute local
+    directory (the embedded tiny model's cache directory, a recipe's relative `models/x`); a
+    hub id that is not on disk is written as given (peft resolves hub ids itself)."""
+    from lora_rl.model_source import ModelSourceError, local_model_dir
+
+    try:
+        directory = local_model_dir(base_model, build=True)
+    except ModelSourceError:
+        return base_model
+    return str(directory.resolve()) if directory is not None else base_model
 
 
 def _write_merged(target: Path, adapter: dict[str, torch.Tensor],

@@ -152,7 +152,7 @@ def adapter_config(*, rank: int, alpha: float, dropout: float, modules: list[str
         "lora_dropout": dropout, "target_modules": short, **extra,
         "base_model_name_or_path": base_model,
         "fan_in_fan_out": False, "bias": "none", "use_rslora": False, "use_dora": False,
-        "modules_to_save": None, "inference_mode": True,
+        "modules_to_save": None, "inference_mode": True, "peft_version": peft_version(),
     }
 
 
@@ -161,6 +161,18 @@ def _layer_relative(name: str) -> str:
     target_parameters by suffix)."""
     match = re.search(r"(?:^|\.)layers\.\d+\.(.+)$", name)
     return match[1] if match else name
+PEFT_FORMAT_VERSION = "0.13.0"
+"""The oldest peft whose adapter layout lora-rl writes (pyproject's `peft>=0.13`)."""
+
+
+def peft_version() -> str:
+    """The installed peft's version (what peft itself records), else the oldest it supports."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("peft")
+    except PackageNotFoundError:
+        return PEFT_FORMAT_VERSION
 
 
 def read_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

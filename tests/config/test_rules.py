@@ -44,11 +44,10 @@ class Case:
     vllm: bool | None = None
     """Pretend vLLM is installed (True) or not (False); None: whatever is true here."""
     files: tuple[str, ...] = field(default_factory=tuple)
-    """Files created in the working directory before validating the passing case."""
+    """Files created in the working directory before validating the passing case (a name
+    ending in `/` is a PEFT adapter directory)."""
     missing: tuple[str, ...] = ()
-    """Packages to pretend are not installed."""
-    contents: dict[str, str] = field(default_factory=dict)
-    """Files (name -> text) created in the working directory before both cases."""
+    """Modules that look uninstalled while validating the failing case."""
 
     @property
     def id(self) -> str:
@@ -157,7 +156,7 @@ RULE_CASES: list[Case] = [
          "grpo.num_generations_per_prompt", kind="grpo"),
     Case("LR302", "no-room-for-prompt", {f"{GEN}.max_new_tokens": 64},
          {f"{GEN}.max_new_tokens": 63}, f"{GEN}.max_new_tokens", kind="grpo"),
-    Case("LR302", "vllm-max-model-len",
+    Case("LR600", "vllm-max-model-len",
          {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg": {"max_model_len": 32}},
          {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg": {"max_model_len": 64}},
          f"{GEN}.vllm_cfg.max_model_len", kind="grpo", vllm=True),
@@ -186,10 +185,22 @@ RULE_CASES: list[Case] = [
     Case("LR401", "dtensor-unknown-target",
          {f"{LORA}.match_all_linear": False, f"{LORA}.target_modules": ["qkv_proj"]},
          {f"{LORA}.match_all_linear": False, f"{LORA}.target_modules": ["q_proj", "v_proj"]},
-         f"{LORA}.target_modules", point="key", model={}),
+         f"{LORA}.target_modules[0]", model={}),
+    Case("LR401", "one-typo-of-two",
+         {f"{LORA}.match_all_linear": False, f"{LORA}.target_modules": ["q_prj", "v_proj"]},
+         {f"{LORA}.match_all_linear": False, f"{LORA}.target_modules": ["q_proj", "v_proj"]},
+         f"{LORA}.target_modules[0]", model={}),
     Case("LR401", "megatron-unknown-target", {f"{PEFT}.target_modules": ["q_proj"]},
-         {f"{PEFT}.target_modules": ["linear_qkv"]}, f"{PEFT}.target_modules", point="key",
+         {f"{PEFT}.target_modules": ["linear_qkv"]}, f"{PEFT}.target_modules[0]",
          kind="megatron", model={}),
+    Case("LR401", "megatron-excludes-everything",
+         {f"{PEFT}.exclude_modules": ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]},
+         {f"{PEFT}.exclude_modules": ["linear_qkv"]}, f"{PEFT}.target_modules",
+         anchor=PEFT, point="key", kind="megatron", model={}),
+    Case("LR614", "exclude-typo",
+         {f"{LORA}.match_all_linear": False, f"{LORA}.exclude_modules": ["o_prj"]},
+         {f"{LORA}.match_all_linear": False, f"{LORA}.exclude_modules": ["o_proj"]},
+         f"{LORA}.exclude_modules[0]", model={}),
     Case("LR402", "lm-head", {f"{LORA}.match_all_linear": False,
                               f"{LORA}.target_modules": ["q_proj", "lm_head"]},
          {f"{LORA}.match_all_linear": False, f"{LORA}.target_modules": ["q_proj"]},
@@ -251,6 +262,54 @@ RULE_CASES: list[Case] = [
          {"data.train": {"data_path": "train.jsonl", "prompt_file": "q.txt"}},
          "data.train.prompt_file", contents={"train.jsonl": '{"input": "1", "output": "2"}\n',
                                              "q.txt": "say {}"}),
+    Case("LR601", "no-transformers", {}, {}, "", anchor="<top>", missing=("transformers",)),
+    Case("LR602", "no-megatron-core", {}, {}, "policy.megatron_cfg.enabled", kind="megatron",
+         missing=("megatron.core",)),
+    Case("LR610", "hub-id", {"policy.model_name": "meta-llama/Llama-3.1-8B"}, {},
+         "policy.model_name"),
+    Case("LR611", "missing-model-dir", {"policy.model_name": "./models/llama"},
+         {"policy.model_name": "./models/llama"}, "policy.model_name", files=("models/llama/",)),
+    Case("LR612", "missing-adapter", {"policy.init_adapter_path": "results/sft-peft"},
+         {"policy.init_adapter_path": "results/sft-peft"}, "policy.init_adapter_path",
+         files=("results/sft-peft/",)),
+    Case("LR613", "adapter-rank", {"policy.init_adapter_path": "adapter", f"{LORA}.dim": 4},
+         {"policy.init_adapter_path": "adapter"}, f"{LORA}.dim", files=("adapter/",),
+         anchor=f"{LORA}.dim"),
+    Case("LR620", "adapter-without-lora",
+         {"policy.init_adapter_path": "adapter", f"{LORA}.enabled": False},
+         {"policy.init_adapter_path": "adapter"}, "policy.init_adapter_path",
+         files=("adapter/",)),
+    Case("LR621", "pipeline-dtype", {"policy.megatron_cfg.pipeline_dtype": "bfloat16"},
+         {"policy.megatron_cfg.pipeline_dtype": "float32"}, "policy.megatron_cfg.pipeline_dtype",
+         kind="megatron"),
+    Case("LR630", "kwarg-typo",
+         {"policy.scheduler": [{"name": "torch.optim.lr_scheduler.LinearLR",
+                                "kwargs": {"start_factr": 0.1}}]},
+         {"policy.scheduler": [{"name": "torch.optim.lr_scheduler.LinearLR",
+                                "kwargs": {"start_factor": 0.1}}]},
+         "policy.scheduler[0].kwargs.start_factr"),
+    Case("LR630", "kwarg-not-whole",
+         {"policy.scheduler": [{"name": "torch.optim.lr_scheduler.ConstantLR",
+                                "kwargs": {"total_iters": 2.5}}]},
+         {"policy.scheduler": [{"name": "torch.optim.lr_scheduler.ConstantLR",
+                                "kwargs": {"total_iters": 2}}]},
+         "policy.scheduler[0].kwargs.total_iters"),
+    Case("LR630", "cosine-needs-t-max",
+         {"policy.scheduler": [{"name": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                                "kwargs": {"eta_min": 0.0}}]},
+         {"policy.scheduler": [{"name": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                                "kwargs": {"T_max": 10}}]},
+         "policy.scheduler[0].kwargs", point="key"),
+    Case("LR631", "milestones-count",
+         {"policy.scheduler": [{"name": "torch.optim.lr_scheduler.LinearLR"},
+                               {"name": "torch.optim.lr_scheduler.ConstantLR"},
+                               {"milestones": [2, 5]}]},
+         {"policy.scheduler": [{"name": "torch.optim.lr_scheduler.LinearLR"},
+                               {"name": "torch.optim.lr_scheduler.ConstantLR"},
+                               {"milestones": [2]}]},
+         "policy.scheduler[2].milestones", point="key"),
+    Case("LR640", "logprob-batch", {"policy.logprob_batch_size": 2},
+         {"policy.logprob_batch_size": 1}, "policy.logprob_batch_size", kind="grpo"),
     Case("LR901", "compat-key", {"policy.dtensor_cfg.sequence_parallel": True},
          {"policy.dtensor_cfg.sequence_parallel": False},
          "policy.dtensor_cfg.sequence_parallel"),
@@ -280,19 +339,28 @@ def _expected_location(case: Case, recipe_dir: Any, path: Path) -> tuple[str, in
 
 
 def _run(case: Case, changes: dict[str, Any], recipe_dir: Any, monkeypatch: pytest.MonkeyPatch,
-         name: str) -> tuple[Path, ValidationResult]:
+         name: str, missing: tuple[str, ...] = ()) -> tuple[Path, ValidationResult]:
     path = recipe_dir.write(_fix(changes, recipe_dir.kit), kind=case.kind, name=name)
     model_dir = recipe_dir.model(**case.model) if case.model is not None else None
-    if case.vllm is not None:
-        real_find_spec = importlib.util.find_spec
-        fake = importlib.machinery.ModuleSpec("vllm", None) if case.vllm else None
-        monkeypatch.setattr(importlib.util, "find_spec",
-                            lambda n, *a: fake if n == "vllm" else real_find_spec(n, *a))
-    if case.missing:
-        find_spec = importlib.util.find_spec
-        monkeypatch.setattr(importlib.util, "find_spec",
-                            lambda n, *a: None if n in case.missing else find_spec(n, *a))
+    real_find_spec = importlib.util.find_spec
+    fake = {"vllm": importlib.machinery.ModuleSpec("vllm", None) if case.vllm else None}
+    fake = {**(fake if case.vllm is not None else {}), **dict.fromkeys(missing)}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: fake[n] if n in fake else real_find_spec(n, *a))
     return path, validate_recipe(path, model_dir=model_dir)
+
+
+def _make_files(case: Case, root: Path) -> None:
+    for name in case.files:
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith("/"):  # a PEFT adapter directory with the recipe's rank and alpha
+            target.mkdir(exist_ok=True)
+            (target / "adapter_config.json").write_text(
+                '{"peft_type": "LORA", "r": 8, "lora_alpha": 16}')
+            (target / "adapter_model.safetensors").write_bytes(b"")
+        else:
+            target.write_text('{"prompt": "1+1=", "response": "2"}\n')
 
 
 @pytest.mark.parametrize("case", RULE_CASES, ids=lambda c: c.id)
@@ -300,6 +368,9 @@ def test_rule_fails(case: Case, recipe_dir: Any, monkeypatch: pytest.MonkeyPatch
     for name, text in case.contents.items():
         (recipe_dir.root / name).write_text(text)
     path, result = _run(case, case.bad, recipe_dir, monkeypatch, "bad.yaml")
+    if case.rule in ("LR613", "LR620"):
+        _make_files(case, recipe_dir.root)  # the adapter exists: the recipe disagrees with it
+    path, result = _run(case, case.bad, recipe_dir, monkeypatch, "bad.yaml", case.missing)
     found = [d for d in result.diagnostics if d.rule == case.rule]
     assert found, f"{case.rule} not reported: {[(d.rule, d.message) for d in result.diagnostics]}"
     matching = [d for d in found if d.dotted_path == case.path]
@@ -316,10 +387,7 @@ def test_rule_fails(case: Case, recipe_dir: Any, monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize("case", RULE_CASES, ids=lambda c: c.id)
 def test_rule_passes(case: Case, recipe_dir: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in case.files:
-        (recipe_dir.root / name).write_text('{"prompt": "1+1=", "response": "2"}\n')
-    for name, text in case.contents.items():
-        (recipe_dir.root / name).write_text(text)
+    _make_files(case, recipe_dir.root)
     _, result = _run(case, case.good, recipe_dir, monkeypatch, "good.yaml")
     assert not [d for d in result.diagnostics if d.rule == case.rule], result.diagnostics
     assert result.ok, [(d.rule, d.message) for d in result.errors]
@@ -477,12 +545,18 @@ def test_loader_rule(rule: str, recipe_dir: Any, recipe_kit: Any) -> None:
     assert ok.ok, ok.errors
 
 
-def test_lr403_is_a_warning_when_the_model_name_is_a_missing_path(recipe_dir: Any) -> None:
+def test_a_missing_model_path_is_an_environment_fact(recipe_dir: Any) -> None:
+    """A missing local model directory is LR611 (not LR403): a warning in `validate`, an error
+    under --check-env and in `run`."""
     path = recipe_dir.write({"policy.model_name": "./no-such-model"})
-    diag = _only(validate_recipe(path), "LR403")
-    assert diag.severity == "warning"
+    result = validate_recipe(path)
+    assert [d.rule for d in result.diagnostics] == ["LR611"]
+    diag = result.diagnostics[0]
+    assert diag.severity == "warning" and result.ok
+    assert diag.message == "model directory ./no-such-model does not exist here"
     assert diag.location.line == recipe_dir.position("policy.model_name").line
-    assert diag.severity in _severity("LR403")
+    strict = validate_recipe(path, check_env=True)
+    assert [(d.rule, d.severity) for d in strict.diagnostics] == [("LR611", "error")]
 
 
 def test_every_rule_id_has_a_case() -> None:

@@ -44,6 +44,26 @@ def test_peft_and_merged_exports_agree_with_lora_rl(trained, model_cache):
     assert all(k.startswith("base_model.model.") and ".default" not in k for k in keys)
 
 
+def test_peft_export_names_a_base_that_peft_resolves(trained, model_cache):
+    """`AutoPeftModelForCausalLM.from_pretrained(adapter)` alone: base_model_name_or_path is the
+    embedded model's local directory, not the unresolvable name `lora-rl/tiny-llama`."""
+    import json
+
+    import peft
+    from peft import AutoPeftModelForCausalLM
+
+    runner = trained
+    runner.run("export", "--checkpoint", "results/sft-tiny-dtensor-lora/step_30", "--format",
+               "peft", "--out", "out/peft")
+    config = json.loads((runner.workdir / "out/peft/adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((model_cache / "tiny-llama-v1").resolve())
+    assert config["peft_version"] == peft.__version__
+    model = AutoPeftModelForCausalLM.from_pretrained(runner.workdir / "out/peft")
+    tokens = torch.tensor([[1, 9, 4, 10, 5, 13]])
+    with torch.no_grad():
+        assert model(tokens).logits.shape == (1, 6, model.config.vocab_size)
+
+
 def test_export_refuses_to_overwrite_and_explains_bad_checkpoints(trained):
     runner = trained
     args = ["export", "--checkpoint", "results/sft-tiny-dtensor-lora", "--format", "peft"]
@@ -70,4 +90,5 @@ def test_training_can_start_from_a_peft_adapter(trained):
     wrong = runner.run("run", "recipes/sft-tiny-dtensor-lora.yaml",
                        "policy.init_adapter_path=out/init", "policy.dtensor_cfg.lora_cfg.dim=4",
                        "checkpointing.enabled=false", *QUIET, check=False)
-    assert wrong.returncode == 1 and "rank r=8" in wrong.stderr
+    # caught by `validate`'s rule before the model loads
+    assert wrong.returncode == 1 and "error LR613" in wrong.stderr and "r=8" in wrong.stderr

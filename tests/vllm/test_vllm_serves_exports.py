@@ -76,7 +76,7 @@ def test_vllm_serves_the_merged_export_and_the_peft_adapter(tmp_path, vllm_cache
     adapter_dir, merged_dir = tmp_path / "exported-peft", tmp_path / "exported-merged"
     from lora_rl.model_source import require_local_model_dir
 
-    # The adapter names its base as the recipe did (`lora-rl/tiny-llama`); vLLM needs the files.
+    # The adapter names its base by its local directory (peft and vLLM resolve it).
     base_dir = str(require_local_model_dir(json.loads(
         (adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]))
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
