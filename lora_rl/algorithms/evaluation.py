@@ -14,7 +14,8 @@ EVAL_BATCH = 64
 
 
 def exact_match_accuracy(backend: TrainingBackend, renderer: Renderer,
-                         items: list[tuple[Sample, list[int]]], runtime: Runtime) -> float:
+                         items: list[tuple[Sample, list[int]]], runtime: Runtime,
+                         batch_size: int = EVAL_BATCH) -> float:
     """Share of samples whose greedy completion of their rendered prompt (ids given) equals the
     reference answer (computed on rank 0)."""
     tokenizer = renderer.tokenizer
@@ -25,7 +26,7 @@ def exact_match_accuracy(backend: TrainingBackend, renderer: Renderer,
     with backend.eval_mode(), backend.generation_model() as model:
         if runtime.is_main:
             model.eval()
-            for chunk in chunks(items, EVAL_BATCH):
+            for chunk in chunks(items, batch_size):
                 out = generate(model, [ids for _, ids in chunk], params,
                                pad_id=tokenizer.pad_token_id)
                 for (sample, _), tokens in zip(chunk, out.tokens, strict=True):

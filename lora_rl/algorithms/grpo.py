@@ -213,7 +213,7 @@ class GRPO(Algorithm):
 
         items = self.val_records[: self.algo.max_val_samples]
         return {"val_accuracy": exact_match_accuracy(self.backend, self.renderer, items,
-                                                     self.runtime)}
+                                                     self.runtime, self.algo.val_batch_size)}
 
     def cleanup(self) -> None:
         # The engine first: vLLM's shutdown needs the process groups the session tears down.

@@ -48,6 +48,8 @@ class Case:
     ending in `/` is a PEFT adapter directory)."""
     missing: tuple[str, ...] = ()
     """Modules that look uninstalled while validating the failing case."""
+    contents: dict[str, str] = field(default_factory=dict)
+    """Files (name -> text) created in the working directory before both cases."""
 
     @property
     def id(self) -> str:
@@ -367,7 +369,6 @@ def _make_files(case: Case, root: Path) -> None:
 def test_rule_fails(case: Case, recipe_dir: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, text in case.contents.items():
         (recipe_dir.root / name).write_text(text)
-    path, result = _run(case, case.bad, recipe_dir, monkeypatch, "bad.yaml")
     if case.rule in ("LR613", "LR620"):
         _make_files(case, recipe_dir.root)  # the adapter exists: the recipe disagrees with it
     path, result = _run(case, case.bad, recipe_dir, monkeypatch, "bad.yaml", case.missing)
@@ -388,6 +389,8 @@ def test_rule_fails(case: Case, recipe_dir: Any, monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize("case", RULE_CASES, ids=lambda c: c.id)
 def test_rule_passes(case: Case, recipe_dir: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     _make_files(case, recipe_dir.root)
+    for name, text in case.contents.items():
+        (recipe_dir.root / name).write_text(text)
     _, result = _run(case, case.good, recipe_dir, monkeypatch, "good.yaml")
     assert not [d for d in result.diagnostics if d.rule == case.rule], result.diagnostics
     assert result.ok, [(d.rule, d.message) for d in result.errors]
