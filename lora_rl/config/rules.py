@@ -604,7 +604,9 @@ def _unused_sections(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 
 
 # Rules kept in their own modules register on import.
-from lora_rl.config import rules_data  # noqa: E402,F401
-from lora_rl.config import rules_families  # noqa: E402,F401
-from lora_rl.config import rules_inputs  # noqa: E402,F401
-from lora_rl.config import rules_loggers  # noqa: E402,F401
+from lora_rl.config import (  # noqa: E402,F401
+    rules_data,
+    rules_families,
+    rules_inputs,
+    rules_loggers,
+)

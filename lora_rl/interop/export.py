@@ -67,6 +67,8 @@ class CheckpointAdapter:
     lora: DTensorLoraConfig | MegatronPeftConfig
     base_model: str
     adapter: dict[str, torch.Tensor]
+    tokenizer: dict | None
+    """How training encoded text (state.json's `tokenizer`), for the exported tokenizer."""
 
 
 def checkpoint_adapter(checkpoint: Path, base: str | None = None) -> CheckpointAdapter:
@@ -93,7 +95,8 @@ def checkpoint_adapter(checkpoint: Path, base: str | None = None) -> CheckpointA
     adapter = ckpt.tensors["adapter"]
     if backend == "megatron":
         adapter = _megatron_adapter_in_hf_names(adapter, base_model, ckpt.path)
-    return CheckpointAdapter(ckpt.path, ckpt.step, backend, lora, base_model, adapter)
+    return CheckpointAdapter(ckpt.path, ckpt.step, backend, lora, base_model, adapter,
+                             ckpt.state.get("tokenizer"))
 
 
 def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str | None,
@@ -111,7 +114,7 @@ def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str 
                 _write_peft(tmp, adapter, lora, base_model)
             else:
                 _write_merged(tmp, adapter, lora, base_model)
-            _write_tokenizer(ckpt.state.get("tokenizer"), base_model, tmp)
+            _write_tokenizer(found.tokenizer, base_model, tmp)
         except AdapterFormatError as exc:
             raise ExportError(f"{found.path}: {exc}") from None
         stamp = {"schema_version": EXPORT_SCHEMA_VERSION, "lora_rl_version": __version__,
