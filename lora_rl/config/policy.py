@@ -1,9 +1,10 @@
 """`policy`: the model being trained, its backend (DTensor or Megatron Core) and its generator."""
 
 
-from typing import Any, Literal
+import difflib
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 
 from lora_rl.config.base import DType, PositiveInt, Section, compat
 from lora_rl.config.generation import GenerationConfig
@@ -77,6 +78,25 @@ class SchedulerMilestones(Section):
 
     milestones: list[PositiveInt]
     """One milestone fewer than there are schedulers, increasing."""
+
+
+def _scheduler_entry_kind(entry: Any) -> str:
+    """Which kind of scheduler list item `entry` is meant to be, so that a wrong item is judged
+    as that kind only: a `milestones` entry when it has no `name` and a key that is (nearly)
+    `milestones`, else a scheduler."""
+    if isinstance(entry, SchedulerMilestones):
+        return "milestones"
+    if not isinstance(entry, dict) or "name" in entry:
+        return "step"
+    near = any(difflib.get_close_matches(str(key), ["milestones"], n=1, cutoff=0.6)
+               for key in entry)
+    return "milestones" if near else "step"
+
+
+SchedulerEntry = Annotated[
+    Annotated[SchedulerStep, Tag("step")] | Annotated[SchedulerMilestones, Tag("milestones")],
+    Discriminator(_scheduler_entry_kind),
+]
 
 
 class DTensorConfig(Section):
@@ -163,7 +183,7 @@ class PolicyConfig(Section):
     """NeMo RL's sequence packing."""
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     """DTensor optimizer (Megatron uses `megatron_cfg.optimizer`)."""
-    scheduler: list[SchedulerStep | SchedulerMilestones] | None = None
+    scheduler: list[SchedulerEntry] | None = None
     """LR schedule: one scheduler, or several with a final `milestones` entry; null is constant."""
     dtensor_cfg: DTensorConfig = Field(default_factory=DTensorConfig)
     """DTensor (FSDP2 + TP) backend."""
