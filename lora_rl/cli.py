@@ -28,9 +28,6 @@ app = typer.Typer(
 app.add_typer(recipes_app, name="recipes")
 
 
-IO_RULES = frozenset({"LR010"})
-
-
 class OutputFormat(str, Enum):
     text = "text"
     json = "json"
@@ -78,7 +75,9 @@ def validate(
 
 
 def _exit_code(results, strict: bool) -> int:
-    if any(d.rule in IO_RULES for r in results for d in r.diagnostics):
+    from lora_rl.config.diagnostics import USAGE_RULES
+
+    if any(d.rule in USAGE_RULES for r in results for d in r.diagnostics):
         return EXIT_USAGE
     if any(r.errors or (strict and r.warnings) for r in results):
         return EXIT_INVALID

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import re
 import types
 import typing
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location, dotted
+from lora_rl.config.yaml_errors import NO_SPACE_KEY
 from lora_rl.config.yaml_source import SourceMap
 
 
@@ -146,9 +146,6 @@ def did_you_mean(word: str, choices: list[str]) -> str | None:
     return close[0] if close else None
 
 
-_NO_SPACE = re.compile(r"^[A-Za-z_][\w.-]*:\S")
-"""`dim:16`: a key and value with no space after the colon, which YAML reads as one string."""
-
 _TYPE_WORDS = {
     "int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
     "dict": "a mapping", "list": "a list", "NoneType": "null",
@@ -270,7 +267,7 @@ def _value_fix(err: dict, path: KeyPath) -> str | None:
     # Every wrong value gets a fix line: what to write instead.
     key = dotted(path) or "the recipe"
     value = err.get("input")
-    if err["type"] in _MAPPING_ERRORS and isinstance(value, str) and _NO_SPACE.match(value):
+    if err["type"] in _MAPPING_ERRORS and isinstance(value, str) and NO_SPACE_KEY.match(value):
         name, rest = value.split(":", 1)
         return f"add a space after the colon: `{name}: {rest}` (without one, YAML reads " \
             f"'{value}' as a single string)"

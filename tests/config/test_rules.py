@@ -379,8 +379,14 @@ def _lr009(d: Any, kit: Any):
 
 
 def _lr010(d: Any, kit: Any):
-    path = d.write(text="")
-    return (lambda: validate_recipe(path), Located("LR010", "", "recipe.yaml", 1, 1),
+    path = d.root / "missing.yaml"
+    return (lambda: validate_recipe(path), Located("LR010", "", None, None, None),
+            lambda: validate_recipe(d.write(name="ok.yaml")))
+
+
+def _lr011(d: Any, kit: Any):
+    path = d.write(text="# a comment\n\n")
+    return (lambda: validate_recipe(path), Located("LR011", "", "recipe.yaml", 1, 1),
             lambda: validate_recipe(d.write(name="ok.yaml")))
 
 
@@ -396,6 +402,7 @@ def _lr403(d: Any, kit: Any):
 LOADER_CASES = {
     "LR001": _lr001, "LR002": _lr002, "LR003": _lr003, "LR004": _lr004, "LR005": _lr005,
     "LR006": _lr006, "LR007": _lr007, "LR008": _lr008, "LR009": _lr009, "LR010": _lr010,
+    "LR011": _lr011,
     "LR403": _lr403,
 }
 
