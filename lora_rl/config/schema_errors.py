@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location, dotted
+from lora_rl.config.key_hints import KeyHint, hint
 from lora_rl.config.yaml_errors import NO_SPACE_KEY
 from lora_rl.config.yaml_source import SourceMap
 
@@ -125,8 +126,11 @@ def locate(positions: SourceMap, path: KeyPath, prefer_key: bool) -> Location | 
 
 def suggested_key(root: type[BaseModel], path: KeyPath, data: Any) -> str | None:
     """The key an unknown key at `path` most likely meant, in the same section."""
-    section = model_at(root, path[:-1], data)
-    return did_you_mean(str(path[-1]), field_keys(section)) if section else None
+    return key_hint(root, path, data).key
+
+
+def key_hint(root: type[BaseModel], path: KeyPath, data: Any) -> KeyHint:
+    return hint(root, model_at(root, path[:-1], data), path[:-1], str(path[-1]))
 
 
 def rejected_paths(diag: Diagnostic, root: type[BaseModel], data: Any) -> list[KeyPath]:
@@ -220,10 +224,7 @@ def _diagnostic(err: dict, kind: str, path: KeyPath, root: type[BaseModel], data
     parent = dotted(path[:-1]) or "the top level"
     if kind == "extra_forbidden":
         key = str(path[-1])
-        section = model_at(root, path[:-1], data)
-        choices = field_keys(section) if section else []
-        guess = suggested_key(root, path, data)
-        fix = f"did you mean '{guess}'?" if guess else f"valid keys here: {', '.join(choices)}"
+        fix = key_hint(root, path, data).fix
         return Diagnostic("LR001", "error", f"unknown key '{key}' in {parent}", path, where, fix)
     if kind == "missing" and isinstance(path[-1], int):  # a fixed-length list is too short
         where = locate(positions, path[:-1], prefer_key=False)
