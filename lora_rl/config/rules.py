@@ -263,14 +263,16 @@ def _tp_divides_model(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     if ctx.model is None:
         return
     lay = layout(cfg)
-    for what, size in (("attention heads", ctx.model.num_attention_heads),
-                       ("key/value heads", ctx.model.num_key_value_heads),
-                       ("hidden size", ctx.model.hidden_size),
-                       ("MLP size", ctx.model.intermediate_size)):
-        if size and size % lay.tp:
-            yield Finding(lay.tp_key, f"tensor parallel size {lay.tp} does not divide the "
-                          f"model's {size} {what}", "choose a tensor parallel size dividing "
-                          f"{size}")
+    sizes = (("attention heads", ctx.model.num_attention_heads),
+             ("key/value heads", ctx.model.num_key_value_heads),
+             ("hidden size", ctx.model.hidden_size),
+             ("MLP size", ctx.model.intermediate_size))
+    failing = [(what, size) for what, size in sizes if size and size % lay.tp]
+    if failing:  # one value, one finding, naming every size it does not divide
+        yield Finding(lay.tp_key, f"tensor parallel size {lay.tp} does not divide the model's "
+                      + ", ".join(f"{size} {what}" for what, size in failing),
+                      "choose a tensor parallel size dividing "
+                      + ", ".join(str(size) for _, size in failing))
 
 
 @rule("LR204", "error", "Context parallelism (context_parallel_size > 1) is not implemented")
