@@ -170,8 +170,9 @@ class PolicyConfig(Section):
     """Overrides applied to the model's Hugging Face config."""
     draft: dict[str, Any] | None = compat(None)
     """Draft model for speculative decoding (`enabled`, `model_name`, ...)."""
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    """Clip the global gradient norm to this; null disables clipping."""
+    max_grad_norm: float | None = Field(1.0, ge=0)
+    """Clip the global gradient norm to this; null or 0 disables clipping (0 as in Megatron's
+    `clip_grad`, which NeMo RL recipes interpolate from this key)."""
     make_sequence_length_divisible_by: PositiveInt = compat(1)
     """Pad sequence lengths to a multiple of this (lora-rl pads to the longest in the
     micro-batch)."""
@@ -181,8 +182,9 @@ class PolicyConfig(Section):
     """NeMo RL's token-budget micro-batching."""
     sequence_packing: dict[str, Any] | None = compat(None)
     """NeMo RL's sequence packing."""
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    """DTensor optimizer (Megatron uses `megatron_cfg.optimizer`)."""
+    optimizer: OptimizerConfig | None = Field(default_factory=OptimizerConfig)
+    """DTensor optimizer. Megatron uses `megatron_cfg.optimizer`; NeMo RL's Megatron recipes set
+    this to null to say so (the DTensor backend needs it, rule LR131)."""
     scheduler: list[SchedulerEntry] | None = None
     """LR schedule: one scheduler, or several with a final `milestones` entry; null is constant."""
     dtensor_cfg: DTensorConfig = Field(default_factory=DTensorConfig)

@@ -96,8 +96,9 @@ def _switch_backend(edit: Edit, cfg: RecipeConfig, target: Schema) -> None:
         _put(doc, ("policy", "megatron_cfg", "bridge_type"), "megatron-bridge", mg.bridge_type)
         _put(doc, ("policy", "megatron_cfg", "tensor_model_parallel_size"),
              dt.tensor_parallel_size, mg.tensor_model_parallel_size)
-        _optimizer_note(edit, "policy.optimizer.kwargs.lr", p.optimizer.kwargs.lr,
-                        "policy.megatron_cfg.optimizer.lr", mg.optimizer.lr)
+        if p.optimizer is not None:
+            _optimizer_note(edit, "policy.optimizer.kwargs.lr", p.optimizer.kwargs.lr,
+                            "policy.megatron_cfg.optimizer.lr", mg.optimizer.lr)
         return
     _put(doc, ("policy", "dtensor_cfg", "_v2"), True, dt.v2)  # DTensor LoRA needs v2 (LR102)
     tp = mg.tensor_model_parallel_size
@@ -110,6 +111,10 @@ def _switch_backend(edit: Edit, cfg: RecipeConfig, target: Schema) -> None:
         pp = mg.pipeline_model_parallel_size
         edit.losses.append(Loss("pipeline_model_parallel_size", f"{pp} has no DTensor "
                                 "counterpart; those devices become data parallel"))
+    if p.optimizer is None:  # NeMo RL's Megatron recipes null the DTensor optimizer (LR131)
+        edit.notes.append("policy.optimizer is null: give the DTensor backend an optimizer "
+                          f"(policy.optimizer.kwargs.lr: {mg.optimizer.lr:g} keeps Megatron's)")
+        return
     _optimizer_note(edit, "policy.megatron_cfg.optimizer.lr", mg.optimizer.lr,
                     "policy.optimizer.kwargs.lr", p.optimizer.kwargs.lr)
 

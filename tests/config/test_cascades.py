@@ -116,3 +116,14 @@ def test_the_guard_is_gone_after_the_rules(recipe_dir: Any, probe_rule: list[str
     found = [d.dotted_path for d in validate_recipe(path).diagnostics if d.rule == "LR999"]
     assert found == [f"{LORA}.dim", f"{LORA}.target_modules"]
     assert probe_rule == ["targets ['q_proj']"]
+
+
+def test_a_rule_error_does_not_cut_the_compat_key_scan_short(recipe_dir: Any) -> None:
+    """LR901 reports keys as written: a value another rule rejected (LR101 on
+    megatron_cfg.enabled, read by the scan to skip disabled sections) does not stop it before
+    the compat keys after it."""
+    path = recipe_dir.write({f"{MG}.enabled": True, "logger.monitor_gpus": True})
+    result = validate_recipe(path)
+    assert [(d.rule, d.dotted_path) for d in result.errors] == [("LR101", f"{MG}.enabled")]
+    assert [d.dotted_path for d in result.warnings if d.rule == "LR901"] == \
+        ["logger.monitor_gpus"]

@@ -70,9 +70,13 @@ def test_unknown_key_names_what_was_meant(recipe_dir: Any, kind: str, section: s
 
 
 def test_the_meant_key_is_not_judged_at_its_default(recipe_dir: Any) -> None:
-    """`use_lora: true` for `enabled` in a DPO recipe: DPO's "needs LoRA" rule (LR307) would
-    otherwise fire on the default `enabled: false`."""
-    path = recipe_dir.write({f"{LORA}.enabled": recipe_dir.kit.DELETE, f"{LORA}.use_lora": True,
-                             "dpo": {"max_num_steps": 1}, "sft": recipe_dir.kit.DELETE})
+    """`use_lora: true` for `enabled` in a Megatron DPO recipe: the "full fine-tuning keeps a
+    reference copy" warning (LR307) would otherwise fire on the default `enabled: false`."""
+    path = recipe_dir.write({f"{PEFT}.enabled": recipe_dir.kit.DELETE, f"{PEFT}.use_lora": True,
+                             "dpo": {"max_num_steps": 1}, "sft": recipe_dir.kit.DELETE},
+                            kind="megatron")
     assert [d.rule for d in validate_recipe(path).diagnostics] == ["LR001"]
+    unguessed = recipe_dir.write({f"{PEFT}.enabled": recipe_dir.kit.DELETE, "dpo": {
+        "max_num_steps": 1}, "sft": recipe_dir.kit.DELETE}, kind="megatron", name="off.yaml")
+    assert [d.rule for d in validate_recipe(unguessed).diagnostics] == ["LR307"]
     assert CliRunner().invoke(app, ["validate", str(path)]).exit_code == 1
