@@ -32,3 +32,12 @@ def _dtensor_needs_optimizer(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Fi
                       "trains with it (null is how NeMo RL's Megatron recipes say the DTensor "
                       "optimizer is not used)", "give policy.optimizer a name and kwargs, or "
                       f"remove the null to use the default AdamW ({DT}.enabled is true)")
+
+
+@rule("LR132", "error", "policy.init_adapter_path without LoRA")
+def _adapter_needs_lora(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    if cfg.policy.init_adapter_path and cfg.policy.active_lora is None:
+        key = f"{PEFT}.enabled" if cfg.policy.megatron_cfg.enabled else f"{LORA}.enabled"
+        yield Finding("policy.init_adapter_path", "init_adapter_path starts training from a "
+                      "saved LoRA adapter, but LoRA is off (full fine-tuning has no adapter "
+                      "to load it into)", f"set {key}: true, or remove init_adapter_path")
