@@ -11,11 +11,11 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 """0 ok, 1 invalid recipe / failed run, 2 usage or I/O error."""
 
 def exit_code(results, strict: bool) -> int:
-    """validate's exit code for these ValidationResults: 2 when a recipe could not be read at
-    all (IO_RULES), 1 for errors (or warnings under --strict)."""
-    from lora_rl.config.validate import IO_RULES
+    """validate's exit code for these ValidationResults: 2 when a file or an override could not
+    be used at all (USAGE_RULES), 1 for errors (or recipe warnings under --strict)."""
+    from lora_rl.config.diagnostics import USAGE_RULES
 
-    if any(d.rule in IO_RULES for r in results for d in r.diagnostics):
+    if any(d.rule in USAGE_RULES for r in results for d in r.diagnostics):
         return EXIT_USAGE
     # --strict fails on warnings about the recipe, not on what this machine lacks (--check-env).
     if any(r.errors or (strict and r.recipe_warnings) for r in results):

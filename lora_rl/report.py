@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lora_rl import __version__
-from lora_rl.config.diagnostics import Diagnostic
+from lora_rl.config.diagnostics import USAGE_RULES, Diagnostic
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -38,7 +38,9 @@ def print_text(results: Sequence[ValidationResult], console: Console, strict: bo
                 console.print(f"  [green]fix:[/green] {escape(d.fix)}",
                               highlight=False, soft_wrap=True)
         n_err, n_warn = len(result.errors), len(result.warnings)
-        if n_err or (strict and result.recipe_warnings):
+        if any(d.rule in USAGE_RULES for d in result.diagnostics):
+            summary = "[red]not validated[/red] (the file or an override could not be used)"
+        elif n_err or (strict and result.recipe_warnings):
             summary = f"[red]invalid[/red] ({n_err} error(s), {n_warn} warning(s))"
         else:
             summary = "[green]valid[/green]" + (f" ({n_warn} warning(s))" if n_warn else "")

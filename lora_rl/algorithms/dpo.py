@@ -1,4 +1,5 @@
-"""Direct Preference Optimization with the reference policy = the base model, adapter off.
+"""Direct Preference Optimization with the reference policy = the base model, adapter off (full
+fine-tuning: a frozen copy of the starting weights, see `backends.base.FrozenReference`).
 
 Each micro-batch stacks chosen rows over rejected rows. Reference log-probs are computed once
 per step (adapter disabled, dropout off) before the policy's forward/backward; the loss of a

@@ -1,4 +1,5 @@
-"""Group Relative Policy Optimization with LoRA; the reference policy is the adapter turned off.
+"""Group Relative Policy Optimization; the reference policy is the adapter turned off (full
+fine-tuning: a frozen copy of the starting weights, see `backends.base.FrozenReference`).
 
 A step: sample `num_prompts_per_step` prompts -> `num_generations_per_prompt` responses each
 (native torch generator, LoRA merged in fp32 or kept split) -> rewards -> group-normalised

@@ -10,10 +10,12 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+if TYPE_CHECKING:
+    from lora_rl.config.recipe import RecipeConfig
 
 @dataclass
 class TokenBatch:
@@ -57,7 +59,8 @@ class TrainingBackend(Protocol):
         """Clip, step (unless gradients are not finite), schedule, zero gradients."""
 
     def reference_policy(self) -> AbstractContextManager[None]:
-        """Within this context the model is the frozen reference (LoRA disabled)."""
+        """Within this context the model is the frozen reference: LoRA disabled, or, for full
+        fine-tuning, the starting weights swapped in (`FrozenReference`)."""
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         """Sum over data-parallel ranks."""
@@ -97,12 +100,55 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def needs_reference(cfg: RecipeConfig) -> bool:
+    """DPO, and GRPO with a KL penalty, compare the policy against a frozen reference."""
+    return cfg.dpo is not None or (cfg.grpo is not None
+                                   and cfg.loss_fn.reference_policy_kl_penalty > 0)
+
+
+class FrozenReference:
+    """Full fine-tuning's reference policy: the trainable weights as they were at the start
+    (NeMo RL's frozen reference model), kept as one copy and swapped into the model in place
+    for a block. In-place copies keep every parameter object, its sharding (DTensor/FSDP2) and
+    the optimizer's references to it; a swap back restores the trained weights bit for bit.
+    Memory: one copy of the trainable weights (this rank's shards), plus one parameter at a
+    time while swapping."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        with torch.no_grad():
+            self.params = [p for p in model.parameters() if p.requires_grad]
+            self.saved = [p.detach().clone() for p in self.params]
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        self._swap()
+        try:
+            yield
+        finally:
+            self._swap()
+
+    def _swap(self) -> None:
+        with torch.no_grad():
+            for param, saved in zip(self.params, self.saved, strict=True):
+                held = param.detach().clone()
+                param.copy_(saved)
+                saved.copy_(held)
+        # FSDP2 keeps the root's gathered (unsharded) weights after a forward: drop them, so
+        # the next forward gathers the weights now in place.
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in self.model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
+
+
 @contextlib.contextmanager
 def adapter_off_reference(model: torch.nn.Module, has_lora: bool) -> Iterator[None]:
     """The frozen reference policy: the same module with its adapters disabled (no copy)."""
     from lora_rl.lora import disable_lora
 
     if not has_lora:
-        raise RuntimeError("a reference policy needs LoRA (full fine-tuning keeps no copy)")
+        raise RuntimeError("a reference policy needs LoRA or a FrozenReference copy")
     with disable_lora(model):
         yield

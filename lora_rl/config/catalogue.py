@@ -16,7 +16,8 @@ LOADER_RULES: dict[str, str] = {
     "LR007": "Malformed or inapplicable override",
     "LR008": "Interpolation `${...}` cannot be resolved",
     "LR009": "Document too large or too deeply nested (alias bomb)",
-    "LR010": "Recipe file missing, unreadable, empty or too large",
+    "LR010": "Recipe file missing, unreadable or too large (exit code 2)",
+    "LR011": "Recipe file is empty (only blank lines or comments)",
 }
 
 MODEL_RULES: dict[str, str] = {

@@ -22,21 +22,26 @@ _SWITCHES = {"gpu_monitoring": "monitor_gpus"}
 
 def _switched_off(model: BaseModel, name: str) -> bool:
     # `logger.wandb: {...}` next to `wandb_enabled: false` configures a feature that is off.
-    return getattr(model, _SWITCHES.get(name, f"{name}_enabled"), None) is False
+    return vars(model).get(_SWITCHES.get(name, f"{name}_enabled")) is False
 
 
 def set_compat_fields(model: BaseModel, prefix: str = "") -> Iterator[str]:
-    """Dotted YAML paths of compat fields written in the recipe with a non-default value."""
+    """Dotted YAML paths of compat fields written in the recipe with a non-default value.
+
+    Values are read from each section's own `vars()`: this scan is about which keys are
+    written, so a value that another rule rejected (the rule engine stops a rule that reads
+    one, see `cascade`) must not cut it short. Values a schema error rejected are not in the
+    recipe it sees at all."""
     for name, info in type(model).model_fields.items():
         if name not in model.model_fields_set or _switched_off(model, name):
             continue
         key = info.alias or name
         path = f"{prefix}.{key}" if prefix else key
-        value = getattr(model, name)
+        value = vars(model)[name]
         if is_compat_field(info):
             if not _is_inert(value, info.get_default(call_default_factory=True)):
                 yield path
-        elif isinstance(value, BaseModel) and getattr(value, "enabled", None) is not False:
+        elif isinstance(value, BaseModel) and vars(value).get("enabled") is not False:
             # Nothing inside a disabled section (the backend not in use, ...) takes effect.
             yield from set_compat_fields(value, path)
         elif isinstance(value, list):  # a list of sections (NeMo RL's data blocks)

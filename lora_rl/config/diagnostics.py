@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Severity = Literal["error", "warning"]
+
+USAGE_RULES = frozenset({"LR010", "LR007"})
+"""Problems with the command line rather than the recipe: a file that cannot be read (LR010),
+an override (--set) that cannot be applied (LR007). `validate` exits 2 on them; a recipe that
+was read and is wrong (empty, bad YAML, bad values) exits 1."""
 KeyPath = tuple[str | int, ...]
 
 

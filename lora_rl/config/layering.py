@@ -36,13 +36,15 @@ def load_layered(path: Path) -> tuple[dict[str, Any], SourceMap]:
 
 def _load(resolved: Path, shown_path: Path, stack: tuple[Path, ...]) -> tuple[dict, SourceMap]:
     shown = display_name(shown_path)
-    data, positions = parse_yaml(read_text(shown_path), shown)
+    text = read_text(shown_path)
+    data, positions = parse_yaml(text, shown)
     if data is None:
-        raise _error("LR010", f"{shown} is empty", Location(shown, 1, 1),
+        # The file was read: an empty recipe is an invalid recipe (exit 1), not an I/O error.
+        raise _error("LR011", f"{shown} is empty (no YAML content, only blank lines or "
+                     "comments)", Location(shown, 1, 1),
                      "start from `lora-rl recipes cp sft-tiny-dtensor-lora my.yaml`")
     if not isinstance(data, dict):
-        raise _error("LR004", f"a recipe is a mapping of sections, but {shown} holds a "
-                     f"{type(data).__name__}", Location(shown, 1, 1))
+        raise _not_a_mapping(data, text, shown)
     merged: dict[str, Any] = {}
     merged_positions: SourceMap = {}
     for parent, where in _parents(data, positions, shown):
@@ -242,6 +244,24 @@ def _container(data: dict, path: KeyPath, text: str, where: Location, create: bo
         raise _error("LR007", f"override {text!r}: {'.'.join(path[:-1])} is a list; index it "
                      "with a number", where)
     return node
+
+
+def _not_a_mapping(data: Any, text: str, shown: str) -> RecipeError:
+    """A document that is a list or a single value, reported where its content starts."""
+    line, column = 1, 1
+    for number, content in enumerate(text.splitlines(), 1):
+        stripped = content.strip()
+        if stripped and not stripped.startswith(("#", "%", "---")):
+            line, column = number, len(content) - len(content.lstrip()) + 1
+            break
+    if isinstance(data, list):
+        return _error("LR004", f"a recipe is a mapping of sections (`sft:`, `policy:`, ...), "
+                      f"but {shown} holds a list", Location(shown, line, column),
+                      "write the sections as `key:` lines at the left margin, without '- '")
+    return _error("LR004", f"a recipe is a mapping of sections (`sft:`, `policy:`, ...), but "
+                  f"{shown} holds a single value ({data!r:.40})", Location(shown, line, column),
+                  "write the recipe as `key: value` lines (a space after each colon); start "
+                  "from `lora-rl recipes cp sft-tiny-dtensor-lora my.yaml`")
 
 
 def _error(rule: str, message: str, where: Location | None, fix: str | None = None) -> RecipeError:

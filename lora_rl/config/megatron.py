@@ -47,8 +47,8 @@ class MegatronOptimizerConfig(Section):
     """Shard optimizer state over data-parallel ranks."""
     use_precision_aware_optimizer: bool = compat(True)
     """Transformer Engine's precision-aware optimizer."""
-    clip_grad: float | None = Field(1.0, gt=0)
-    """Global gradient-norm clip; null disables."""
+    clip_grad: float | None = Field(1.0, ge=0)
+    """Global gradient-norm clip; null or 0 disables it (Megatron: clipping only when > 0)."""
     optimizer_cpu_offload: bool = compat(False)
     """Offload optimizer state to CPU."""
     optimizer_offload_fraction: float = compat(0.0)

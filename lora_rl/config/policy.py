@@ -1,9 +1,10 @@
 """`policy`: the model being trained, its backend (DTensor or Megatron Core) and its generator."""
 
 
-from typing import Any, Literal
+import difflib
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 
 from lora_rl.config.base import DType, PositiveInt, Section, compat
 from lora_rl.config.generation import GenerationConfig
@@ -81,6 +82,25 @@ class SchedulerMilestones(Section):
     """One milestone fewer than there are schedulers, increasing."""
 
 
+def _scheduler_entry_kind(entry: Any) -> str:
+    """Which kind of scheduler list item `entry` is meant to be, so that a wrong item is judged
+    as that kind only: a `milestones` entry when it has no `name` and a key that is (nearly)
+    `milestones`, else a scheduler."""
+    if isinstance(entry, SchedulerMilestones):
+        return "milestones"
+    if not isinstance(entry, dict) or "name" in entry:
+        return "step"
+    near = any(difflib.get_close_matches(str(key), ["milestones"], n=1, cutoff=0.6)
+               for key in entry)
+    return "milestones" if near else "step"
+
+
+SchedulerEntry = Annotated[
+    Annotated[SchedulerStep, Tag("step")] | Annotated[SchedulerMilestones, Tag("milestones")],
+    Discriminator(_scheduler_entry_kind),
+]
+
+
 class DTensorConfig(Section):
     """The PyTorch DTensor backend: FSDP2 data parallel plus tensor parallel."""
 
@@ -152,8 +172,9 @@ class PolicyConfig(Section):
     """Overrides applied to the model's Hugging Face config."""
     draft: dict[str, Any] | None = compat(None)
     """Draft model for speculative decoding (`enabled`, `model_name`, ...)."""
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    """Clip the global gradient norm to this; null disables clipping."""
+    max_grad_norm: float | None = Field(1.0, ge=0)
+    """Clip the global gradient norm to this; null or 0 disables clipping (0 as in Megatron's
+    `clip_grad`, which NeMo RL recipes interpolate from this key)."""
     make_sequence_length_divisible_by: PositiveInt = compat(1)
     """Pad sequence lengths to a multiple of this (lora-rl pads to the longest in the
     micro-batch)."""
@@ -163,9 +184,10 @@ class PolicyConfig(Section):
     """NeMo RL's token-budget micro-batching."""
     sequence_packing: dict[str, Any] | None = compat(None)
     """NeMo RL's sequence packing."""
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    """DTensor optimizer (Megatron uses `megatron_cfg.optimizer`)."""
-    scheduler: list[SchedulerStep | SchedulerMilestones] | None = None
+    optimizer: OptimizerConfig | None = Field(default_factory=OptimizerConfig)
+    """DTensor optimizer. Megatron uses `megatron_cfg.optimizer`; NeMo RL's Megatron recipes set
+    this to null to say so (the DTensor backend needs it, rule LR131)."""
+    scheduler: list[SchedulerEntry] | None = None
     """LR schedule: one scheduler, or several with a final `milestones` entry; null is constant."""
     dtensor_cfg: DTensorConfig = Field(default_factory=DTensorConfig)
     """DTensor (FSDP2 + TP) backend."""

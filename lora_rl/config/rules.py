@@ -268,14 +268,16 @@ def _tp_divides_model(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     if ctx.model is None:
         return
     lay = layout(cfg)
-    for what, size in (("attention heads", ctx.model.num_attention_heads),
-                       ("key/value heads", ctx.model.num_key_value_heads),
-                       ("hidden size", ctx.model.hidden_size),
-                       ("MLP size", ctx.model.intermediate_size)):
-        if size and size % lay.tp:
-            yield Finding(lay.tp_key, f"tensor parallel size {lay.tp} does not divide the "
-                          f"model's {size} {what}", "choose a tensor parallel size dividing "
-                          f"{size}")
+    sizes = (("attention heads", ctx.model.num_attention_heads),
+             ("key/value heads", ctx.model.num_key_value_heads),
+             ("hidden size", ctx.model.hidden_size),
+             ("MLP size", ctx.model.intermediate_size))
+    failing = [(what, size) for what, size in sizes if size and size % lay.tp]
+    if failing:  # one value, one finding, naming every size it does not divide
+        yield Finding(lay.tp_key, f"tensor parallel size {lay.tp} does not divide the model's "
+                      + ", ".join(f"{size} {what}" for what, size in failing),
+                      "choose a tensor parallel size dividing "
+                      + ", ".join(str(size) for _, size in failing))
 
 
 @rule("LR204", "error", "Context parallelism (context_parallel_size > 1) is not implemented")
@@ -388,18 +390,19 @@ def _grpo_supported(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       "set grpo.max_rollout_turns: 1")
 
 
-@rule("LR307", "error", "A reference policy (DPO, GRPO with a KL penalty) needs LoRA")
-def _reference_needs_lora(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+@rule("LR307", "warning", "Full fine-tuning with a reference policy keeps a copy of the weights")
+def _reference_copy(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    # LoRA: the reference is the base with the adapter off (no copy). Full fine-tuning keeps
+    # the starting weights as a frozen copy (backends.base.FrozenReference), as NeMo RL does.
     needs = cfg.dpo is not None or (cfg.grpo is not None
                                     and cfg.loss_fn.reference_policy_kl_penalty > 0)
     if needs and cfg.policy.active_lora is None:
         key = f"{PEFT}.enabled" if cfg.policy.megatron_cfg.enabled else f"{LORA}.enabled"
         what = "DPO" if cfg.dpo else "GRPO's KL penalty"
-        yield Finding(key, f"{what} compares against a reference policy, which lora-rl takes "
-                      "from the frozen base with the adapter turned off; with LoRA disabled "
-                      "there is no reference (lora-rl keeps no second model copy)",
-                      f"set {key}: true" + ("" if cfg.dpo else
-                                            ", or loss_fn.reference_policy_kl_penalty: 0"))
+        yield Finding(key, f"{what} compares against a reference policy; without LoRA that is a "
+                      "frozen copy of the starting weights, which holds a second copy of every "
+                      "trainable weight in memory", f"set {key}: true to use the adapter-off "
+                      "base as the reference (no copy), or keep full fine-tuning knowingly")
 
 
 @rule("LR308", "error", "vLLM rollouts: one engine per training process, split rank <= 512")
@@ -606,6 +609,7 @@ def _unused_sections(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 # Rules kept in their own modules register on import.
 from lora_rl.config import (  # noqa: E402,F401
     rules_data,
+    rules_diagnostics,
     rules_families,
     rules_inputs,
     rules_loggers,

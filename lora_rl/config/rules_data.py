@@ -91,6 +91,8 @@ def _template_for_chat(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]
 
     if cfg.policy.tokenizer.chat_template != "default" or not uses_chat(cfg):
         return
+    if any(_misfit(spec, cfg) for spec in _specs(cfg)):
+        return  # LR514 explains the problem: data of the wrong kind
     name = cfg.policy.tokenizer.name or cfg.policy.model_name
     if tokenizer_has_template(name) is False:
         yield Finding("policy.tokenizer.chat_template", f"the recipe's data is chat data, but "
@@ -122,18 +124,24 @@ def tokenizer_has_template(name: str) -> bool | None:
     return bool(config.get("chat_template"))
 
 
+def _misfit(spec, cfg: RecipeConfig) -> tuple[str, str] | None:
+    """(message, fix) when a data set's kind does not fit the recipe's algorithm."""
+    if spec.kind == "chat" and cfg.algorithm == "dpo":
+        return ("openai_format records are conversations without preference pairs; DPO needs "
+                "chosen/rejected responses", "use dataset_name: BinaryPreferenceDataset "
+                "(prompt/chosen/rejected, strings or messages) or PreferenceDataset")
+    if spec.kind == "ranked" and cfg.algorithm != "dpo":
+        return (f"PreferenceDataset records are preference pairs; {cfg.algorithm.upper()} "
+                "cannot train on them", "use openai_format or ResponseDataset records")
+    return None
+
+
 @rule("LR514", "error", "The data set's kind does not fit the algorithm")
 def _kind_fits(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     for spec in _specs(cfg):
-        if spec.kind == "chat" and cfg.algorithm == "dpo":
-            yield Finding(spec.where, "openai_format records are conversations without "
-                          "preference pairs; DPO needs chosen/rejected responses",
-                          "use dataset_name: BinaryPreferenceDataset (prompt/chosen/rejected, "
-                          "strings or messages) or PreferenceDataset")
-        if spec.kind == "ranked" and cfg.algorithm != "dpo":
-            yield Finding(spec.where, f"PreferenceDataset records are preference pairs; "
-                          f"{cfg.algorithm.upper()} cannot train on them",
-                          "use openai_format or ResponseDataset records")
+        misfit = _misfit(spec, cfg)
+        if misfit:
+            yield Finding(spec.where, *misfit)
 
 
 @rule("LR515", "warning", "split_validation_size has no effect next to validation data")

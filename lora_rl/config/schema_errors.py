@@ -10,6 +10,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location, dotted
+from lora_rl.config.key_hints import KeyHint, hint
+from lora_rl.config.yaml_errors import NO_SPACE_KEY
 from lora_rl.config.yaml_source import SourceMap
 
 
@@ -40,27 +42,54 @@ def models_in(annotation: Any) -> list[type[BaseModel]]:
 
 
 def model_at(root: type[BaseModel], path: KeyPath, data: Any) -> type[BaseModel] | None:
-    """The section model that holds the keys at `path` (list indexes are stepped over)."""
-    model: type[BaseModel] | None = root
+    """The section model that holds the keys at `path` (list indexes are stepped over; in a
+    list of a union of sections, each item is judged as the member it is meant to be)."""
+    candidates: list[type[BaseModel]] = [root]
+    discriminator: Any = None
     node = data
     for part in path:
         if isinstance(node, list) and isinstance(part, int):
             node = node[part] if part < len(node) else None
             continue
-        if model is None:
-            return None
-        info = _field(model, str(part))
+        model = _pick(candidates, node, discriminator)
+        info = _field(model, str(part)) if model is not None else None
         if info is None:
             return None
         node = node.get(part) if isinstance(node, dict) else None
-        candidates = models_in(info.annotation)
-        model = _pick(candidates, node)
-    return model
+        candidates, discriminator = models_in(info.annotation), _discriminator(info.annotation)
+    return _pick(candidates, node, discriminator)
 
 
-def _pick(candidates: list[type[BaseModel]], node: Any) -> type[BaseModel] | None:
+def _discriminator(annotation: Any) -> tuple[Any, dict[str, type[BaseModel]]] | None:
+    """(the callable that tells a union's members apart, {tag: member}) where the field
+    declares one, as `policy.scheduler`'s items do."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        for meta in annotation.__metadata__:
+            if callable(getattr(meta, "discriminator", None)):
+                members = {}
+                for member in typing.get_args(typing.get_args(annotation)[0]):
+                    tags = [m.tag for m in getattr(member, "__metadata__", ()) if hasattr(m, "tag")]
+                    models = models_in(member)
+                    if tags and models:
+                        members[tags[0]] = models[0]
+                return meta.discriminator, members
+    for arg in typing.get_args(annotation):
+        found = _discriminator(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _pick(candidates: list[type[BaseModel]], node: Any,
+          discriminator: tuple[Any, dict[str, type[BaseModel]]] | None = None
+          ) -> type[BaseModel] | None:
     if len(candidates) <= 1:
         return candidates[0] if candidates else None
+    if discriminator is not None and not isinstance(node, list):
+        choose, members = discriminator
+        chosen = members.get(choose(node))
+        if chosen is not None:
+            return chosen
     items = node if isinstance(node, list) else [node]
     keys = {k for item in items if isinstance(item, dict) for k in item}
     return max(candidates, key=lambda m: len(keys & set(field_keys(m))))
@@ -95,6 +124,27 @@ def locate(positions: SourceMap, path: KeyPath, prefer_key: bool) -> Location | 
     return None
 
 
+def suggested_key(root: type[BaseModel], path: KeyPath, data: Any) -> str | None:
+    """The key an unknown key at `path` most likely meant, in the same section."""
+    return key_hint(root, path, data).key
+
+
+def key_hint(root: type[BaseModel], path: KeyPath, data: Any) -> KeyHint:
+    return hint(root, model_at(root, path[:-1], data), path[:-1], str(path[-1]))
+
+
+def rejected_paths(diag: Diagnostic, root: type[BaseModel], data: Any) -> list[KeyPath]:
+    """The values a schema error rejects: the wrong value itself; for an unknown key also the
+    key it most likely meant (its default is not what the user chose); for a missing key the
+    section that lacks it."""
+    if diag.rule == "LR003":
+        return [diag.path[:-1]]
+    if diag.rule == "LR001":
+        guess = suggested_key(root, diag.path, data)
+        return [diag.path] + ([diag.path[:-1] + (guess,)] if guess else [])
+    return [diag.path]
+
+
 def did_you_mean(word: str, choices: list[str]) -> str | None:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return close[0] if close else None
@@ -125,7 +175,11 @@ def translate(exc: ValidationError, root: type[BaseModel], data: Any,
             continue
         seen.add((rule_kind, path))
         out.append(_diagnostic(err, kind, path, root, data, positions))
-    return out
+    # `milestone:` for `milestones:` is one mistake: the unknown key's did-you-mean says it all,
+    # a "missing required key 'milestones'" next to it would be a second message for it.
+    meant = {d.path[:-1] + (guess,) for d in out if d.rule == "LR001"
+             for guess in [suggested_key(root, d.path, data)] if guess}
+    return [d for d in out if not (d.rule == "LR003" and d.path in meant)]
 
 
 def _union_tag(loc: tuple[Any, ...], data: Any) -> tuple[KeyPath, str, Any] | None:
@@ -170,10 +224,7 @@ def _diagnostic(err: dict, kind: str, path: KeyPath, root: type[BaseModel], data
     parent = dotted(path[:-1]) or "the top level"
     if kind == "extra_forbidden":
         key = str(path[-1])
-        section = model_at(root, path[:-1], data)
-        choices = field_keys(section) if section else []
-        guess = did_you_mean(key, choices)
-        fix = f"did you mean '{guess}'?" if guess else f"valid keys here: {', '.join(choices)}"
+        fix = key_hint(root, path, data).fix
         return Diagnostic("LR001", "error", f"unknown key '{key}' in {parent}", path, where, fix)
     if kind == "missing" and isinstance(path[-1], int):  # a fixed-length list is too short
         where = locate(positions, path[:-1], prefer_key=False)
@@ -183,10 +234,20 @@ def _diagnostic(err: dict, kind: str, path: KeyPath, root: type[BaseModel], data
         return Diagnostic("LR003", "error", f"missing required key '{path[-1]}' in {parent}",
                           path, where, f"add `{path[-1]}:` to {parent}")
     message = f"{dotted(path) or 'recipe'}: {_expected(err)}, found {_found(err.get('input'))}"
+    value = err.get("input")
+    if kind in _MAPPING_ERRORS and not isinstance(value, (dict, list)) and path in positions:
+        # A scalar where a section belongs (`lora_cfg:` with `dim:16` below it): the scalar is
+        # the mistake, not the key above it.
+        where = positions[path].value
     return Diagnostic("LR002", "error", message, path, where, _value_fix(err, path))
 
 
+_MAPPING_ERRORS = ("dict_type", "model_type", "model_attributes_type")
+
+
 def _expected(err: dict) -> str:
+    if err["type"] in _MAPPING_ERRORS:  # pydantic names the section's class here
+        return "expected a mapping of keys"
     msg = err["msg"]
     for prefix in ("Input should be ", "Value error, "):
         if msg.startswith(prefix):
@@ -200,11 +261,18 @@ def _value_fix(err: dict, path: KeyPath) -> str | None:
     if err["type"] == "literal_error" and isinstance(err.get("input"), str):
         choices = [c.strip().strip("'") for c in str(ctx.get("expected", "")).replace(" or ", ",")
                    .split(",") if c.strip()]
-        guess = did_you_mean(err["input"], choices)
+        # `LinearLR` for `torch.optim.lr_scheduler.LinearLR`: the short name of a dotted choice.
+        short = [c for c in choices if c.rsplit(".", 1)[-1] == err["input"]]
+        guess = short[0] if len(short) == 1 else did_you_mean(err["input"], choices)
         return f"did you mean '{guess}'?" if guess else f"use one of: {', '.join(choices)}"
     # Every wrong value gets a fix line: what to write instead.
     key = dotted(path) or "the recipe"
-    if err["type"] in ("dict_type", "model_type", "model_attributes_type"):
+    value = err.get("input")
+    if err["type"] in _MAPPING_ERRORS and isinstance(value, str) and NO_SPACE_KEY.match(value):
+        name, rest = value.split(":", 1)
+        return f"add a space after the colon: `{name}: {rest}` (without one, YAML reads " \
+            f"'{value}' as a single string)"
+    if err["type"] in _MAPPING_ERRORS:
         return f"write {key} as a mapping of keys (key: value lines)"
     msg = err["msg"]
     if msg.startswith("Input should be "):

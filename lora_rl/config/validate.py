@@ -13,13 +13,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from lora_rl.config.cascade import ReadGuard
 from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location, RecipeError, dotted
 from lora_rl.config.interpolation import resolve_interpolations
 from lora_rl.config.layering import apply_overrides, display_name, load_layered
 from lora_rl.config.model_facts import ModelFacts, ModelFactsError, read_model_facts
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.config.rules import RULES, RuleContext
-from lora_rl.config.schema_errors import locate, translate
+from lora_rl.config.schema_errors import locate, rejected_paths, translate
 from lora_rl.config.yaml_source import SourceMap
 
 
@@ -113,50 +114,73 @@ def _validate(path: Path, overrides: Sequence[str], model_dir: Path | None,
     context, model_diagnostics = _model_context(config, model_dir, positions,
                                                 resolve_embedded_model)
     result.model = context.model
-    result.diagnostics = model_diagnostics + run_rules(config, context, positions, check_env)
+    result.diagnostics = model_diagnostics + run_rules(config, context, positions,
+                                                       check_env=check_env)
     return result
 
 
 def _rules_despite(schema_errors: list[Diagnostic], data: dict, positions: SourceMap,
                    check_env: bool) -> list[Diagnostic]:
     """Run the cross-field rules on the recipe minus its schema errors, so one run reports
-    typos, type errors and rule violations together. Findings on keys that had a schema error
-    are dropped (they would be about a default the user did not choose)."""
+    typos, type errors and rule violations together. What a schema error rejected is removed
+    (its default stands in) and marked rejected, so no rule reads it: a rule never reports on
+    a default the user did not choose (see `cascade`)."""
     repaired = copy.deepcopy(data)
-    broken = {d.path for d in schema_errors}
-    for path in broken:
-        if not _delete(repaired, path):
-            return []
-    try:
-        config = RecipeConfig.model_validate(repaired)
-    except ValidationError:
+    rejected: set[KeyPath] = set()
+    pending = [path for d in schema_errors for path in rejected_paths(d, RecipeConfig, data)]
+    for _ in range(_REPAIR_ROUNDS):
+        for path in pending:
+            removed = _delete(repaired, path)
+            if removed is None:
+                return []
+            rejected.add(removed)
+        try:
+            config = RecipeConfig.model_validate(repaired)
+            break
+        except ValidationError as exc:
+            # Removing a value can expose another error (an item's required key, a section
+            # left without a required field): remove that too.
+            pending = [path for d in translate(exc, RecipeConfig, repaired, {})
+                       for path in rejected_paths(d, RecipeConfig, repaired)]
+    else:
         return []
-    return [d for d in run_rules(config, RuleContext(), positions, check_env)
-            if not any(d.path[: len(b)] == b for b in broken)]
+    return [d for d in run_rules(config, RuleContext(), positions, rejected, check_env)
+            if not any(d.path[: len(bad)] == bad for bad in rejected)]
 
 
-def _delete(tree: Any, path: KeyPath) -> bool:
-    """Remove the value at `path` so its default applies; False when that cannot help."""
+_REPAIR_ROUNDS = 4
+
+
+def _delete(tree: Any, path: KeyPath) -> KeyPath | None:
+    """Remove the value at `path` (or the list holding it) so its default applies; the path
+    removed, or None when nothing can be (a required top-level key)."""
+    while path and isinstance(path[-1], int):
+        path = path[:-1]  # a list item: the list goes, its default applies
     if not path:
-        return False
+        return None
     node = tree
     for part in path[:-1]:
         try:
             node = node[part]
         except (KeyError, IndexError, TypeError):
-            return True
+            return path  # already gone with an ancestor
     if isinstance(node, dict):
         node.pop(path[-1], None)
-        return True
-    return False
+        return path
+    return None
 
 
 def run_rules(config: RecipeConfig, context: RuleContext, positions: SourceMap,
+              rejected: set[KeyPath] | frozenset[KeyPath] = frozenset(),
               check_env: bool = False) -> list[Diagnostic]:
+    """Every rule in catalogue order; none reads a value that a schema error (`rejected`) or an
+    earlier rule's error rejected (see `cascade`). Environment rules are errors under
+    `check_env`."""
     out = []
+    guard = ReadGuard(config, rejected)
     for rule in RULES.values():
         severity = "error" if rule.environment and check_env else rule.severity
-        for finding in rule.check(config, context):
+        for finding in guard.findings(rule.check, config, context):
             # A numeric component is a list index (`target_modules.2`), as in the source map.
             path: KeyPath = tuple(int(part) if part.isdigit() else part
                                   for part in finding.path.split(".")) if finding.path else ()
@@ -166,6 +190,8 @@ def run_rules(config: RecipeConfig, context: RuleContext, positions: SourceMap,
                                 "applies (shown at the nearest written key)")
             out.append(Diagnostic(rule.id, severity, finding.message, path, where,
                                   finding.fix))
+            if severity == "error":
+                guard.reject(path)
     return out
 
 

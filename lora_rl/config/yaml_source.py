@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location, RecipeError
+from lora_rl.config.yaml_errors import explain as explain_syntax_error
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_VALUES = 100_000
@@ -130,6 +131,10 @@ def parse_yaml(text: str, file: str, via: str | None = None) -> tuple[Any, Sourc
         raise _fail("LR009", f"values nested deeper than {MAX_DEPTH} levels",
                     _location(exc.mark, file, via)) from None
     except yaml.MarkedYAMLError as exc:
+        cause = explain_syntax_error(exc, text)
+        if cause is not None:
+            raise _fail("LR004", f"YAML syntax: {cause.message}",
+                        Location(file, cause.line, cause.column, via), cause.fix) from None
         mark = exc.problem_mark or exc.context_mark
         where = _location(mark, file, via) if mark else Location(file, 1, 1, via)
         problem = exc.problem or str(exc)

@@ -123,7 +123,7 @@ def _carry_training(edit: Edit, cfg: RecipeConfig, target: Schema) -> None:
         effective = _effective(cfg, path)
         if isinstance(value, dict):  # optimizer kwargs: key by key, to keep the rest
             for sub, item in value.items():
-                _put(edit.doc, (*path, sub), item, _plain(effective.get(sub)))
+                _put(edit.doc, (*path, sub), item, _plain((effective or {}).get(sub)))
         elif key == "scheduler":
             _put_block(edit.doc, path, value, effective)
         else:
@@ -134,8 +134,12 @@ def _carry_training(edit: Edit, cfg: RecipeConfig, target: Schema) -> None:
 
 
 def _effective(cfg: RecipeConfig, path: tuple[str, ...]) -> Any:
+    """The value in effect at `path`; None below a null section (NeMo RL's Megatron recipes
+    write `policy.optimizer: null`)."""
     node: Any = cfg
     for part in path:
+        if node is None:
+            return None
         node = getattr(node, part)
     if isinstance(node, list):
         return [s.model_dump() for s in node]

@@ -32,7 +32,8 @@ LOADER_FIXES: dict[str, str] = {
     "LR008": "reference an existing key, e.g. ${policy.model_name}, or a known resolver such as "
              "${mul:2,4}",
     "LR009": "remove the YAML aliases that expand the document, or split it",
-    "LR010": "pass an existing, readable, non-empty .yaml file",
+    "LR010": "pass an existing, readable .yaml file",
+    "LR011": "write the recipe's sections, or start from `lora-rl recipes cp NAME my.yaml`",
     "LR403": "pass --model with a local model directory containing config.json",
 }
 

@@ -2,8 +2,11 @@
 `defaults:` with relative paths, `${mul:...}`, `${.x}`, string `None`, `1e-5`, `_override_`)
 validate with no errors, and every NeMo RL-only key they set is named by an LR901 warning.
 
-NeMo RL's DPO and GRPO base files train without LoRA; lora-rl's reference policy is the base
-with the adapter off, so they are validated with the overrides NeMo RL's LoRA guide gives.
+NeMo RL's DPO and GRPO base files train without LoRA (full fine-tuning against a frozen
+reference copy, which lora-rl keeps too); they are validated as they are, and with the overrides
+NeMo RL's LoRA guide gives. The `*_megatron.yaml` children switch a base to Megatron the way
+NeMo RL's do: `policy.optimizer: null` (Megatron trains with `megatron_cfg.optimizer`) and
+`clip_grad: 0` (no clipping) or `${policy.max_grad_norm}`.
 """
 
 from __future__ import annotations
@@ -40,10 +43,21 @@ MEGATRON_MOE = {"policy.megatron_cfg.freeze_moe_router", "policy.megatron_cfg.mo
 WEIGHT_DECAY_RAMP = {"policy.megatron_cfg.scheduler.start_weight_decay",
                      "policy.megatron_cfg.scheduler.end_weight_decay"}
 
+MEGATRON_BASE = {"policy.megatron_cfg.checkpoint.async_save",
+                 "policy.megatron_cfg.checkpoint.ckpt_assume_constant_structure",
+                 "policy.megatron_cfg.freeze_moe_router",
+                 "policy.megatron_cfg.moe_router_bias_update_rate",
+                 "policy.megatron_cfg.moe_router_dtype",
+                 "policy.megatron_cfg.moe_router_load_balancing_type"}
+
 EXPECTED_COMPAT = {
     "sft.yaml": SFT_BASE,
     "dpo.yaml": DPO_BASE,
     "grpo_math_1B.yaml": GRPO_BASE,
+    "sft_megatron.yaml": SFT_BASE | WEIGHT_DECAY_RAMP,
+    "dpo_megatron.yaml": DPO_BASE | WEIGHT_DECAY_RAMP | {
+        "policy.megatron_cfg.moe_router_dtype", "policy.megatron_cfg.sequence_parallel"},
+    "grpo_math_1B_megatron.yaml": GRPO_BASE | MEGATRON_BASE,
     f"{LLM}/sft-llama3.1-8b-1n8g-fsdp2tp1-lora.yaml":
         SFT_BASE
         | {"policy.make_sequence_length_divisible_by", "data.add_generation_prompt"},
@@ -146,10 +160,37 @@ def test_dpo_lora_without_v2_is_caught() -> None:
     assert [d.rule for d in result.errors] == ["LR102"]
 
 
-@pytest.mark.parametrize("name", sorted(GUIDE_OVERRIDES))
-def test_reference_policy_without_lora_is_caught(name: str) -> None:
+STOCK_FULL_FT = ["dpo.yaml", "grpo_math_1B.yaml", "dpo_megatron.yaml",
+                 "grpo_math_1B_megatron.yaml"]
+
+
+@pytest.mark.parametrize("name", STOCK_FULL_FT)
+def test_stock_full_fine_tuning_validates_with_a_reference_copy(name: str) -> None:
+    """Before: LR307 refused them ("lora-rl keeps no second model copy"); now a frozen copy is
+    kept, and LR307 only warns what it costs."""
     result = validate_recipe(FIXTURES / name)
-    assert "LR307" in {d.rule for d in result.errors}
+    assert result.config is not None and _errors(result) == []
+    assert result.config.policy.active_lora is None
+    (copy,) = [d for d in result.warnings if d.rule == "LR307"]
+    assert "second copy of every trainable weight" in copy.message
+
+
+def test_megatron_children_null_the_dtensor_optimizer_and_clip_with_zero() -> None:
+    """Before: LR002 on `optimizer: null` and on `clip_grad: 0`."""
+    sft = _validate("sft_megatron.yaml").config
+    grpo = _validate("grpo_math_1B_megatron.yaml").config
+    assert sft is not None and grpo is not None
+    assert sft.policy.optimizer is None and sft.policy.backend == "megatron"
+    assert sft.policy.megatron_cfg.optimizer.clip_grad == 0.0   # no clipping
+    assert grpo.policy.megatron_cfg.optimizer.clip_grad == 1.0  # ${policy.max_grad_norm}
+    assert grpo.policy.make_sequence_length_divisible_by == 1   # ${...tensor_model_parallel_size}
+
+
+def test_a_null_optimizer_on_dtensor_is_caught() -> None:
+    result = validate_recipe(FIXTURES / "sft_megatron.yaml",
+                             ["policy.dtensor_cfg.enabled=true",
+                              "policy.megatron_cfg.enabled=false"])
+    assert [(d.rule, d.dotted_path) for d in result.errors] == [("LR131", "policy.optimizer")]
 
 
 def test_advantage_estimator_must_agree_with_grpo() -> None:
@@ -241,3 +282,15 @@ def test_max_new_tokens_equal_to_the_total_length_is_a_warning() -> None:
     line = next(i for i, t in enumerate(text, 1)
                 if "max_new_tokens: ${policy.max_total_sequence_length}" in t)
     assert (diag.location.file.endswith("grpo_math_1B.yaml"), diag.location.line) == (True, line)
+def test_converting_a_megatron_child_with_a_null_optimizer(tmp_path: Path) -> None:
+    """Before: AttributeError ('NoneType' object has no attribute ...). The Megatron optimizer is
+    carried into the null DTensor one, so the converted recipe trains at the same LR."""
+    from lora_rl.convert import convert_text
+
+    child = tmp_path / "lora.yaml"
+    child.write_text(f"defaults: {FIXTURES / 'sft_megatron.yaml'}\n"
+                     "policy:\n  megatron_cfg:\n    peft:\n      enabled: true\n")
+    result = convert_text(child, "dtensor")
+    assert result.output_errors == []
+    assert "  optimizer:\n    name: torch.optim.AdamW\n    kwargs:\n      lr: 5e-06\n" \
+        in result.text

@@ -463,7 +463,7 @@ def test_numbers_are_accepted_where_floats_are_expected(recipe_dir: Any) -> None
 
 def test_empty_file(recipe_dir: Any) -> None:
     for text in ("", "# only a comment\n", "\n\n"):
-        diag = only(validate_recipe(recipe_dir.write(text=text)), "LR010")
+        diag = only(validate_recipe(recipe_dir.write(text=text)), "LR011")
         assert "empty" in diag.message and diag.location.line == 1
 
 
@@ -477,10 +477,9 @@ def test_endless_file_is_bounded() -> None:
     assert "larger" in only(validate_recipe(Path("/dev/zero")), "LR010").message
 
 
-@pytest.mark.parametrize("setup", ["empty", "directory", "missing"])
+@pytest.mark.parametrize("setup", ["directory", "missing"])
 def test_io_errors_exit_2(recipe_dir: Any, setup: str) -> None:
-    target = {"empty": lambda: recipe_dir.write(text=""),
-              "directory": lambda: recipe_dir.empty_dir("d"),
+    target = {"directory": lambda: recipe_dir.empty_dir("d"),
               "missing": lambda: recipe_dir.root / "missing.yaml"}[setup]()
     proc = subprocess.run([sys.executable, "-m", "lora_rl", "validate", str(target)],
                           capture_output=True, text=True, env=os.environ.copy(), timeout=60)

@@ -173,6 +173,9 @@ RULE_CASES: list[Case] = [
          {f"{GEN}.colocated": {"enabled": True}}, f"{GEN}.colocated.enabled", kind="grpo"),
     Case("LR306", "multi-turn", {"grpo.max_rollout_turns": 2}, {"grpo.max_rollout_turns": 1},
          "grpo.max_rollout_turns", kind="grpo"),
+    Case("LR307", "megatron-dpo-without-lora",
+         {"dpo": {"max_num_steps": 1}, "sft": DELETE, f"{PEFT}.enabled": False},
+         {"dpo": {"max_num_steps": 1}, "sft": DELETE}, f"{PEFT}.enabled", kind="megatron"),
     Case("LR307", "grpo-kl-without-lora", {f"{LORA}.enabled": False},
          {f"{LORA}.enabled": False, "loss_fn": {"reference_policy_kl_penalty": 0.0}},
          f"{LORA}.enabled", kind="grpo"),
@@ -220,6 +223,12 @@ RULE_CASES: list[Case] = [
          model={"model_type": "qwen3_moe"}),
     Case("LR412", "unknown-family-lora", {}, {f"{LORA}.enabled": False}, "policy.model_name",
          model={"model_type": "gpt2"}),
+    Case("LR130", "rank-above-hidden", {f"{LORA}.dim": 128}, {f"{LORA}.dim": 64}, f"{LORA}.dim",
+         model={}),
+    Case("LR130", "megatron-rank-above-hidden", {f"{PEFT}.dim": 65}, {f"{PEFT}.dim": 64},
+         f"{PEFT}.dim", kind="megatron", model={}),
+    Case("LR131", "dtensor-null-optimizer", {"policy.optimizer": None}, {},
+         "policy.optimizer"),
     Case("LR501", "no-data", {"data.dataset_name": DELETE, "data.prompt_key": "question"},
          {"data.prompt_key": "question"}, "data", point="key"),
     Case("LR501", "not-built-in", {"data.dataset_name": "openmathinstruct2"},
@@ -365,13 +374,19 @@ def _make_files(case: Case, root: Path) -> None:
             target.write_text('{"prompt": "1+1=", "response": "2"}\n')
 
 
-@pytest.mark.parametrize("case", RULE_CASES, ids=lambda c: c.id)
-def test_rule_fails(case: Case, recipe_dir: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def run_failing(case: Case, recipe_dir: Any,
+                monkeypatch: pytest.MonkeyPatch) -> tuple[Path, ValidationResult]:
+    """Validate a case's failing recipe, with the files it needs in place."""
     for name, text in case.contents.items():
         (recipe_dir.root / name).write_text(text)
     if case.rule in ("LR613", "LR620"):
         _make_files(case, recipe_dir.root)  # the adapter exists: the recipe disagrees with it
-    path, result = _run(case, case.bad, recipe_dir, monkeypatch, "bad.yaml", case.missing)
+    return _run(case, case.bad, recipe_dir, monkeypatch, "bad.yaml", case.missing)
+
+
+@pytest.mark.parametrize("case", RULE_CASES, ids=lambda c: c.id)
+def test_rule_fails(case: Case, recipe_dir: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, result = run_failing(case, recipe_dir, monkeypatch)
     found = [d for d in result.diagnostics if d.rule == case.rule]
     assert found, f"{case.rule} not reported: {[(d.rule, d.message) for d in result.diagnostics]}"
     matching = [d for d in found if d.dotted_path == case.path]
@@ -516,8 +531,14 @@ def _lr009(d: Any, kit: Any):
 
 
 def _lr010(d: Any, kit: Any):
-    path = d.write(text="")
-    return (lambda: validate_recipe(path), Located("LR010", "", "recipe.yaml", 1, 1),
+    path = d.root / "missing.yaml"
+    return (lambda: validate_recipe(path), Located("LR010", "", None, None, None),
+            lambda: validate_recipe(d.write(name="ok.yaml")))
+
+
+def _lr011(d: Any, kit: Any):
+    path = d.write(text="# a comment\n\n")
+    return (lambda: validate_recipe(path), Located("LR011", "", "recipe.yaml", 1, 1),
             lambda: validate_recipe(d.write(name="ok.yaml")))
 
 
@@ -533,6 +554,7 @@ def _lr403(d: Any, kit: Any):
 LOADER_CASES = {
     "LR001": _lr001, "LR002": _lr002, "LR003": _lr003, "LR004": _lr004, "LR005": _lr005,
     "LR006": _lr006, "LR007": _lr007, "LR008": _lr008, "LR009": _lr009, "LR010": _lr010,
+    "LR011": _lr011,
     "LR403": _lr403,
 }
 

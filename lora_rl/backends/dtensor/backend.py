@@ -16,11 +16,13 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from lora_rl.backends.base import (
+    FrozenReference,
     LossFn,
     StepStats,
     TokenBatch,
     adapter_off_reference,
     eval_mode,
+    needs_reference,
 )
 from lora_rl.backends.dtensor.generation_copy import GenerationCopy
 from lora_rl.backends.dtensor.model import build_policy_model
@@ -46,9 +48,13 @@ class DTensorBackend:
         self.dp_rank = self.mesh.get_local_rank("dp") if self.mesh is not None else 0
         self.optimizer = build_optimizer(self.model.parameters(), policy.optimizer)
         self.scheduler = build_scheduler(self.optimizer, policy.scheduler)
-        self.max_grad_norm = policy.max_grad_norm
+        self.max_grad_norm = policy.max_grad_norm or None  # 0: no clipping
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
         self._generation_copy = GenerationCopy(self)
+        # Full fine-tuning's reference policy: the starting weights, copied before any step or
+        # resume (with LoRA the reference is the adapter turned off, no copy).
+        self._reference = FrozenReference(self.model) \
+            if self.built.lora_report is None and needs_reference(cfg) else None
 
     # ---- forward / backward ---------------------------------------------------------------
 
@@ -89,6 +95,8 @@ class DTensorBackend:
         return clip_gradients(self._trainable, self.max_grad_norm)
 
     def reference_policy(self) -> AbstractContextManager[None]:
+        if self._reference is not None:
+            return self._reference.swapped_in()
         return adapter_off_reference(self.model, self.built.lora_report is not None)
 
     def eval_mode(self) -> AbstractContextManager[None]:

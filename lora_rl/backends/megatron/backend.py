@@ -16,11 +16,13 @@ import torch
 import torch.distributed as dist
 
 from lora_rl.backends.base import (
+    FrozenReference,
     LossFn,
     StepStats,
     TokenBatch,
     adapter_off_reference,
     eval_mode,
+    needs_reference,
 )
 from lora_rl.backends.megatron import checkpoint_state, cpu_shim, schedule
 from lora_rl.backends.megatron.adapters import MegatronLora, apply_megatron_lora
@@ -79,10 +81,14 @@ class MegatronBackend:
         self.optimizer = build_optimizer(self.main.params, mg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, mg.optimizer, mg.scheduler,
                                          cfg.algorithm_config.max_num_steps)
-        self.max_grad_norm = mg.optimizer.clip_grad
+        self.max_grad_norm = mg.optimizer.clip_grad or None  # 0: no clipping, as Megatron
         self.lora_dropout = mg.peft.dropout if self.lora is not None else 0.0
         self._report = self._count_parameters()
         self._generation_copy = GenerationCopy(self)
+        # Full fine-tuning's reference policy: the starting weights of this rank's shard and
+        # stage, copied before any step or resume (with LoRA: the adapter turned off).
+        self._reference = FrozenReference(self.model) \
+            if self.lora is None and needs_reference(cfg) else None
 
     def _load_adapter(self, directory: Path) -> None:
         from lora_rl.interop.peft_format import AdapterFormatError, read_adapter
@@ -162,6 +168,8 @@ class MegatronBackend:
         return StepStats(grad_norm=norm, lr=self.scheduler.get_last_lr()[0], skipped=not finite)
 
     def reference_policy(self) -> AbstractContextManager[None]:
+        if self._reference is not None:
+            return self._reference.swapped_in()
         return adapter_off_reference(self.model, self.lora is not None)
 
     def eval_mode(self) -> AbstractContextManager[None]:
