@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from lora_rl.config.recipe import RecipeConfig
+from lora_rl.output_paths import OutputPathError, check_output_dir
 from lora_rl.rank_group import RankGroup
 
 
@@ -25,17 +26,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-class OutputPathError(ValueError):
-    pass
-
-
 def check_output_paths(cfg: RecipeConfig, force: bool, cwd: Path | None = None) -> None:
-    """Run outputs stay under the working directory unless the user says --force: a recipe
-    must not silently write (or replace) checkpoints and logs elsewhere on the machine."""
+    """Before anything loads: the run's directories can be written (`check_output_dir`), and
+    they stay under the working directory unless the user says --force: a recipe must not
+    silently write (or replace) checkpoints and logs elsewhere on the machine."""
     root = (cwd or Path.cwd()).resolve()
-    for key, value in (("checkpointing.checkpoint_dir", cfg.checkpointing.checkpoint_dir),
-                       ("logger.log_dir", cfg.logger.log_dir)):
-        target = (root / value).resolve()
+    outputs = [("logger.log_dir", cfg.logger.log_dir)]
+    if cfg.checkpointing.enabled:
+        outputs.insert(0, ("checkpointing.checkpoint_dir", cfg.checkpointing.checkpoint_dir))
+    for key, value in outputs:
+        target = check_output_dir(value, key, root)
         if not force and target != root and root not in target.parents:
             raise OutputPathError(f"{key} = {value} resolves to {target}, outside the working "
                                   f"directory {root}; pass --force to write there")

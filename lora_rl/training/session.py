@@ -12,6 +12,8 @@ from lora_rl.checkpoint import (
     Checkpoint,
     latest_checkpoint,
     prune_checkpoints,
+    remove_stale_temp_dirs,
+    restore_interrupted_replacements,
     save_checkpoint,
 )
 from lora_rl.config.recipe import RecipeConfig
@@ -48,6 +50,13 @@ class TrainingSession:
         """Restore weights, optimizer and `order` (the data position) from the latest good
         checkpoint; the first step to run (0 for a fresh run). `maybe_save` records `order`."""
         self.order = order
+        if self.ckpt.enabled and self.runtime.is_main:
+            restore_interrupted_replacements(self.root)
+            removed = remove_stale_temp_dirs(self.root)
+            if removed:
+                self.say(f"removed {len(removed)} temporary checkpoint dir(s) left by an "
+                         f"interrupted write: {', '.join(p.name for p in removed)}")
+        self.runtime.barrier()
         found = latest_checkpoint(self.root, warn=self.say) if self.ckpt.enabled else None
         step = 0
         if found is not None:

@@ -26,10 +26,14 @@ ARGS = ["recipes/sft-tiny-dtensor-lora.yaml", "sft.val_period=0", "sft.val_at_st
 
 def test_lr_edit_trains_at_the_new_lr_and_optimizer_change_is_refused(runner):
     runner.run("run", *ARGS, "sft.max_num_steps=4")
+    stale = runner.workdir / f"ck/e/.tmp-step_5-{2**22 + 1}"  # a write killed mid-way
+    stale.mkdir()
     done = runner.run("run", *ARGS, "sft.max_num_steps=6", "policy.optimizer.kwargs.lr=1e-4")
     assert ("resume: recipe changed since the checkpoint: policy.optimizer.kwargs.lr: 0.005 -> "
             "0.0001; applied to the restored optimizer and schedule (lr now 0.0001)") in done.stdout
     assert "sft.max_num_steps: 4 -> 6; in effect from this resume" in done.stdout
+    assert f"removed 1 temporary checkpoint dir(s) left by an interrupted write: {stale.name}" \
+        in done.stdout and not stale.exists()
     lrs = {row["step"]: row["lr"] for row in runner.metrics("logs/e")}
     assert lrs == {1: 5e-3, 2: 5e-3, 3: 5e-3, 4: 5e-3, 5: 1e-4, 6: 1e-4}
 
