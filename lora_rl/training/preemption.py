@@ -42,6 +42,7 @@ class _State:
         self.stopped = False
         self.installed = False
         self.parent_pid: int | None = None
+        self.wakeup_fd: int | None = None
         self.done = threading.Event()
         self.lock = threading.Lock()
 
@@ -82,6 +83,7 @@ def install(parent_pid: int | None = None, child: bool = True) -> None:
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    _state.wakeup_fd = write_fd
     for sig in STOP_SIGNALS:
         signal.signal(sig, _note_signal)
     threading.Thread(target=_watchdog, args=(read_fd,), name="lora-rl-stop",
@@ -90,12 +92,28 @@ def install(parent_pid: int | None = None, child: bool = True) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def reassert() -> list[str]:
+    """Put our stop handlers and wakeup fd back if a library (an inference engine) replaced
+    them while it started; the names of the signals it had taken."""
+    if not _state.installed:
+        return []
+    taken = [signal.Signals(sig).name for sig in STOP_SIGNALS
+             if signal.getsignal(sig) is not _note_signal]
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _note_signal)
+    if _state.wakeup_fd is not None and signal.set_wakeup_fd(
+            _state.wakeup_fd, warn_on_full_buffer=False) != _state.wakeup_fd:
+        taken.append("wakeup fd")
+    return taken
+
+
 def configure(grace_s: float) -> None:
     _state.grace_s = grace_s
 
 
 def enter_training() -> None:
     """From here on a stop request is honoured at a step boundary, with a checkpoint."""
+    reassert()
     _state.training = True
 
 
@@ -196,6 +214,7 @@ def peer_failure_reason(exc: BaseException) -> str:
 
 def agree_to_stop(runtime: Any) -> bool:
     """True on every rank when any rank was asked to stop (one all-reduce per step)."""
+    reassert()  # an engine started since (vLLM) may have installed its own handlers
     local = requested()
     if not runtime.distributed:
         return local

@@ -30,6 +30,10 @@ RANK = textwrap.dedent("""
         time.sleep(0.3)
         print("last words", flush=True)
         os.kill(os.getpid(), 9)
+    if mode == "hijacked":  # a library (an inference engine) takes the signals while starting
+        import signal
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
     if mode != "setup":
         preemption.enter_training()
     if mode == "stuck":  # a step that never ends: only the grace period stops it
@@ -103,6 +107,15 @@ def test_stop_signal_reaches_every_rank_and_names_itself(tmp_path, sig):
         assert f"rank {rank} stopped by {sig.name}" in stdout
     assert "Traceback" not in stdout + stderr
     assert _gone(pids)
+
+
+def test_handlers_taken_by_a_library_are_put_back_when_training_starts(tmp_path):
+    proc = _launch(tmp_path, "hijacked")
+    _wait_ranks(proc, 1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == EXIT_PREEMPTED, stderr
+    assert "rank 0 stopped by SIGTERM" in stdout
 
 
 def test_the_same_signal_twice_at_once_is_one_request(tmp_path):
