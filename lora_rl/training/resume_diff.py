@@ -2,9 +2,11 @@
 
 Every checkpoint records the recipe settings that matter to a resume (`recipe_record`). On
 resume the new recipe is compared with it:
-- settings that define the trained state (model, LoRA shape and targets, optimizer type,
-  parallel layout) must be equal: `fixed_changes` lists each differing key with both values,
+- settings that define the trained state (algorithm, model, LoRA shape and targets,
+  optimizer type) must be equal: `fixed_changes` lists each differing key with both values,
   and the resume is refused before anything is loaded;
+- the parallel layout may change: checkpoints hold whole tensors (docs/megatron.md), which
+  are resharded to the new layout;
 - settings of the optimizer and LR schedule (lr, weight decay, betas, eps, momentum,
   scheduler) are applied to the restored optimizer and scheduler (`apply_recipe_hparams`),
   whose saved values would otherwise win;
@@ -24,6 +26,12 @@ from lora_rl.config.recipe import RecipeConfig
 OPTIMIZER_PREFIXES = ("policy.optimizer.kwargs.", "policy.scheduler",
                       "policy.megatron_cfg.optimizer.", "policy.megatron_cfg.scheduler.")
 """Adjustable keys that live in the restored optimizer/scheduler state."""
+LAYOUT_KEYS = ("cluster.num_nodes", "cluster.gpus_per_node",
+               "policy.dtensor_cfg.tensor_parallel_size",
+               "policy.dtensor_cfg.context_parallel_size",
+               "policy.megatron_cfg.tensor_model_parallel_size",
+               "policy.megatron_cfg.pipeline_model_parallel_size",
+               "policy.megatron_cfg.context_parallel_size")
 
 
 def _flat(prefix: str, value: Any) -> dict[str, Any]:
@@ -40,16 +48,16 @@ def recipe_record(cfg: RecipeConfig) -> dict[str, dict[str, Any]]:
     policy = cfg.policy
     algo = cfg.algorithm
     fixed: dict[str, Any] = {"algorithm": algo, "policy.backend": policy.backend,
-                             "policy.model_name": policy.model_name,
-                             "cluster.num_nodes": cfg.cluster.num_nodes,
-                             "cluster.gpus_per_node": cfg.cluster.gpus_per_node}
-    adjustable: dict[str, Any] = {"policy.max_grad_norm": policy.max_grad_norm}
+                             "policy.model_name": policy.model_name}
+    adjustable: dict[str, Any] = {"policy.max_grad_norm": policy.max_grad_norm,
+                                  "cluster.num_nodes": cfg.cluster.num_nodes,
+                                  "cluster.gpus_per_node": cfg.cluster.gpus_per_node}
     if policy.backend == "megatron":
         mg = policy.megatron_cfg
         lora_key = "policy.megatron_cfg.peft"
         for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size",
                     "context_parallel_size"):
-            fixed[f"policy.megatron_cfg.{key}"] = getattr(mg, key)
+            adjustable[f"policy.megatron_cfg.{key}"] = getattr(mg, key)
         optimizer = mg.optimizer.model_dump(mode="json")
         fixed["policy.megatron_cfg.optimizer.optimizer"] = optimizer.pop("optimizer")
         adjustable.update(_flat("policy.megatron_cfg.optimizer", optimizer))
@@ -58,8 +66,8 @@ def recipe_record(cfg: RecipeConfig) -> dict[str, dict[str, Any]]:
     else:
         dt = policy.dtensor_cfg
         lora_key = "policy.dtensor_cfg.lora_cfg"
-        fixed["policy.dtensor_cfg.tensor_parallel_size"] = dt.tensor_parallel_size
-        fixed["policy.dtensor_cfg.context_parallel_size"] = dt.context_parallel_size
+        adjustable["policy.dtensor_cfg.tensor_parallel_size"] = dt.tensor_parallel_size
+        adjustable["policy.dtensor_cfg.context_parallel_size"] = dt.context_parallel_size
         fixed["policy.optimizer.name"] = policy.optimizer.name
         adjustable.update(_flat("policy.optimizer.kwargs",
                                 policy.optimizer.kwargs.model_dump(mode="json")))
@@ -89,6 +97,13 @@ class Change:
     @property
     def in_optimizer_state(self) -> bool:
         return self.key.startswith(OPTIMIZER_PREFIXES)
+
+    @property
+    def effect(self) -> str:
+        """What the resume does about it (for the optimizer: see `apply_recipe_hparams`)."""
+        if self.key in LAYOUT_KEYS:
+            return "the checkpoint's whole tensors are resharded to the new layout"
+        return "in effect from this resume"
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:

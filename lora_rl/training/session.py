@@ -93,7 +93,7 @@ class TrainingSession:
         else:
             applied = ""
         for change in changes:
-            effect = applied if change.in_optimizer_state else "in effect from this resume"
+            effect = applied if change.in_optimizer_state else change.effect
             self.say(f"resume: recipe changed since the checkpoint: {change}; {effect}")
 
     def _check_same_run(self, state: dict[str, Any], path: Path) -> None:

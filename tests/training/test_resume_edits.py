@@ -61,6 +61,14 @@ def test_record_splits_fixed_from_adjustable_keys():
     assert [c.key for c in fixed_changes(base, edited)] == ["policy.dtensor_cfg.lora_cfg.dim"]
     assert [c.key for c in adjustable_changes(base, edited)] == [
         "policy.optimizer.kwargs.lr", "policy.optimizer.kwargs.weight_decay"]
+    # Checkpoints hold whole tensors, so a new layout is announced, not refused.
+    wider = recipe_record(_cfg(dtensor_cfg={**lora, "tensor_parallel_size": 2}))
+    assert fixed_changes(base, wider) == []
+    (change,) = adjustable_changes(base, wider)
+    assert change.key == "policy.dtensor_cfg.tensor_parallel_size" and "resharded" in change.effect
+    sgd = recipe_record(_cfg(dtensor_cfg=lora, optimizer={"name": "torch.optim.SGD"}))
+    assert [str(c) for c in fixed_changes(base, sgd)] == [
+        "policy.optimizer.name: 'torch.optim.AdamW' -> 'torch.optim.SGD'"]
 
 
 @pytest.mark.parametrize("schedule", [
