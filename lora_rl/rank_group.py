@@ -34,6 +34,8 @@ from lora_rl.training.preemption import (
 
 KILL_SLACK_S = 10.0
 """Beyond the grace period: interpreter exit, process-group teardown."""
+SETTLE_S = 2.0
+"""After one rank fails, how long the others may take to end by themselves."""
 REPEAT_S = 0.5
 """A second signal within this is the same request delivered twice (`timeout`, Slurm and
 `kill -- -PGID` signal the launcher's process group as well as the launcher); after it, a
@@ -150,12 +152,22 @@ class RankGroup:
         return EXIT_PREEMPTED
 
     def _failed(self, codes: list[int | None]) -> int:
+        # Ranks failing on the same error (rank 0 printed it) end within moments of each other;
+        # signalling them mid-exit would only add noise.
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
+            time.sleep(0.05)
+        codes = [proc.poll() for proc in self.procs]
+        if all(code == 1 for code in codes):
+            return 1  # a clean failure on every rank: rank 0 said why
         failed = [(rank, code) for rank, code in enumerate(codes)
                   if code not in (None, 0, EXIT_PREEMPTED)]
-        # The rank that died first, not one that stopped because it lost it.
-        rank, code = min(failed, key=lambda item: item[1] == EXIT_PEER_LOST)
-        self._say(f"error: rank {rank} {describe_exit(code)}{self._last(rank)}; stopping the "
-                  "other ranks")
+        # The rank that died, not one that stopped because it lost it; then the lowest rank.
+        rank, code = min(failed, key=lambda item: (item[1] == EXIT_PEER_LOST, item[1] >= 0,
+                                                   item[0]))
+        running = any(code is None for code in codes)
+        self._say(f"error: rank {rank} {describe_exit(code)}{self._last(rank)}"
+                  + ("; stopping the other ranks" if running else ""))
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s + KILL_SLACK_S
         while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):

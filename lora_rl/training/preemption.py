@@ -192,16 +192,18 @@ def _watchdog(read_fd: int) -> None:
     os._exit(EXIT_PREEMPTED)
 
 
+PEER_LOST_MARKERS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                     "Connection refused", "NCCL communicator was aborted")
+
+
 def is_peer_failure(exc: BaseException) -> bool:
-    """A collective broke because another rank is gone (gloo: connection reset or closed)."""
+    """A collective broke because another rank is gone (gloo: connection reset or closed),
+    as opposed to a bug in what was sent, which keeps its traceback."""
     import torch.distributed as dist
 
-    if isinstance(exc, getattr(dist, "DistError", ())):
+    if isinstance(exc, getattr(dist, "DistNetworkError", ())):
         return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and any(
-        marker in text for marker in ("Connection reset by peer", "Connection closed by peer",
-                                      "Broken pipe", "[gloo", "NCCL communicator was aborted"))
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in PEER_LOST_MARKERS)
 
 
 def peer_failure_reason(exc: BaseException) -> str:

@@ -30,6 +30,11 @@ RANK = textwrap.dedent("""
         time.sleep(0.3)
         print("last words", flush=True)
         os.kill(os.getpid(), 9)
+    if mode == "fail":  # every rank hits the same error; rank 0 reports it
+        time.sleep(0.2 * int(os.environ["RANK"]))
+        if os.environ["RANK"] == "0":
+            print("error: the recipe cannot resume this checkpoint", file=sys.stderr)
+        sys.exit(1)
     if mode == "hijacked":  # a library (an inference engine) takes the signals while starting
         import signal
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -149,6 +154,14 @@ def test_dead_rank_is_named_with_signal_and_last_line(tmp_path):
     assert ("error: rank 1 was killed by SIGKILL; its last line: last words; stopping the other "
             "ranks") in stderr
     assert _gone(pids)
+
+
+def test_a_failure_every_rank_reports_alike_is_not_repeated_by_the_launcher(tmp_path):
+    proc = _launch(tmp_path, "fail", "fail")
+    _wait_ranks(proc, 2)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert stderr.strip() == "error: the recipe cannot resume this checkpoint"
 
 
 def test_ranks_die_with_a_killed_launcher(tmp_path):
