@@ -2,7 +2,8 @@
 
 A checkpoint is complete only when its `manifest.json` (sha256 of every file) exists: it is
 written last, into a temporary directory that is then renamed into place. A SIGKILL at any
-point leaves either the previous checkpoints untouched or a `.tmp-*` directory that is ignored.
+point leaves either the previous checkpoints untouched or a `.tmp-*` directory that is ignored
+and removed at the next start (`remove_stale_temp_dirs`).
 Loading verifies the checksums, reports a corrupt or truncated checkpoint, and falls back to
 the previous one.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +124,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, step, tensors, state)
 
 
-def _restore_interrupted_replacements(root: Path) -> None:
+def restore_interrupted_replacements(root: Path) -> None:
     """A kill between the two renames that replace `step_N` leaves the old, complete checkpoint
     as `.old-step_N-<pid>` and no `step_N`: put it back rather than lose that step."""
     if not root.is_dir():
@@ -135,9 +137,45 @@ def _restore_interrupted_replacements(root: Path) -> None:
                 os.rename(child, final)
 
 
+_TEMP_NAME = re.compile(r"^\.(tmp|old)-step_(\d+)-(\d+)$")
+
+
+def _writer_alive(pid: int) -> bool:
+    """A lora-rl process with this pid is running (one that might still be writing)."""
+    if pid == os.getpid():
+        return False
+    try:
+        return b"lora_rl" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def remove_stale_temp_dirs(root: Path) -> list[Path]:
+    """Remove what interrupted writes left in `root`: `.tmp-step_N-PID` (a write killed before
+    its rename) and `.old-step_N-PID` once `step_N` is back in place (a replacement killed
+    before deleting the old copy). Only these names of lora-rl's own, never anything else, and
+    not while the process that made them may still be writing. Call after
+    `restore_interrupted_replacements`, which may still need an `.old-step_N`."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for child in sorted(root.iterdir()):
+        match = _TEMP_NAME.match(child.name)
+        if not match or not child.is_dir() or child.is_symlink():
+            continue
+        kind, step, pid = match.group(1), match.group(2), int(match.group(3))
+        if kind == "old" and not (root / f"step_{step}").is_dir():
+            continue
+        if _writer_alive(pid):
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+        removed.append(child)
+    return removed
+
+
 def latest_checkpoint(root: Path, warn: Any = print) -> Checkpoint | None:
     """The newest checkpoint under `root` that verifies; broken ones are reported and skipped."""
-    _restore_interrupted_replacements(root)
+    restore_interrupted_replacements(root)
     for _step, path in reversed(step_dirs(root)):
         try:
             return load_checkpoint(path)

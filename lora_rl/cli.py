@@ -309,8 +309,15 @@ def init_model(
 ) -> None:
     """Build the embedded tiny model, tokenizer and task data (deterministic, no download)."""
     from lora_rl.model_source import cache_root
+    from lora_rl.output_paths import OutputPathError, check_output_dir
     from lora_rl.tiny import build_tiny_model, ensure_tiny_model
 
+    if out is not None:
+        try:
+            check_output_dir(out, "--out")
+        except OutputPathError as exc:
+            _console(stderr=True).print(f"error: {exc}")
+            raise typer.Exit(EXIT_USAGE) from None
     path = build_tiny_model(out) if out else ensure_tiny_model(cache_root())
     _console().print(f"tiny model ready at {path}")
 

@@ -2,24 +2,22 @@
 
 A single-process recipe runs in this process. Under an external `torchrun` (RANK/WORLD_SIZE
 already set) this process *is* a rank. Otherwise the launcher starts `cluster` worth of ranks on
-loopback, watches them, and stops them all when one fails or on Ctrl-C, naming the rank.
+loopback and watches them (`lora_rl.rank_group`): stop signals reach every rank, which checkpoints
+and exits; a rank that fails is named and the others are stopped; none outlives the launcher.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from lora_rl.config.recipe import RecipeConfig
-
-GRACE_S = 10.0
+from lora_rl.output_paths import OutputPathError, check_output_dir
+from lora_rl.rank_group import RankGroup
 
 
 def _free_port() -> int:
@@ -28,17 +26,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-class OutputPathError(ValueError):
-    pass
-
-
 def check_output_paths(cfg: RecipeConfig, force: bool, cwd: Path | None = None) -> None:
-    """Run outputs stay under the working directory unless the user says --force: a recipe
-    must not silently write (or replace) checkpoints and logs elsewhere on the machine."""
+    """Before anything loads: the run's directories can be written (`check_output_dir`), and
+    they stay under the working directory unless the user says --force: a recipe must not
+    silently write (or replace) checkpoints and logs elsewhere on the machine."""
     root = (cwd or Path.cwd()).resolve()
-    for key, value in (("checkpointing.checkpoint_dir", cfg.checkpointing.checkpoint_dir),
-                       ("logger.log_dir", cfg.logger.log_dir)):
-        target = (root / value).resolve()
+    outputs = [("logger.log_dir", cfg.logger.log_dir)]
+    if cfg.checkpointing.enabled:
+        outputs.insert(0, ("checkpointing.checkpoint_dir", cfg.checkpointing.checkpoint_dir))
+    for key, value in outputs:
+        target = check_output_dir(value, key, root)
         if not force and target != root and root not in target.parents:
             raise OutputPathError(f"{key} = {value} resolves to {target}, outside the working "
                                   f"directory {root}; pass --force to write there")
@@ -75,52 +72,23 @@ def _spawn(cfg: RecipeConfig, world: int) -> int:
                                                       exclude_unset=True)))
         port = _free_port()
         threads = max(1, (os.cpu_count() or 1) // world)
-        procs = []
-        for rank in range(world):
-            env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank),
-                   "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                   "LORA_RL_THREADS": os.environ.get("LORA_RL_THREADS", str(threads)),
-                   **_env_vars(cfg)}
-            procs.append(subprocess.Popen([sys.executable, "-m", "lora_rl.worker", str(resolved)],
-                                          env=env))
-        return _watch(procs)
+        group = RankGroup(cfg.checkpointing.preemption_grace_s, Path(tmp) / "stop-signal")
+        with group.forwarding_signals():
+            for rank in range(world):
+                env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "LORA_RL_THREADS": os.environ.get("LORA_RL_THREADS", str(threads)),
+                       "LORA_RL_LAUNCHER_PID": str(os.getpid()),
+                       **_env_vars(cfg)}
+                group.start(_rank_command(resolved), env)
+            return group.watch()
+
+
+def _rank_command(resolved: Path) -> list[str]:
+    return [sys.executable, "-m", "lora_rl.worker", str(resolved)]
 
 
 def _env_vars(cfg: RecipeConfig) -> dict[str, str]:
     backend = cfg.policy.megatron_cfg if cfg.policy.megatron_cfg.enabled else cfg.policy.dtensor_cfg
     return dict(backend.env_vars)
-
-
-def _watch(procs: list[subprocess.Popen]) -> int:
-    try:
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
-            if failed:
-                rank, code = failed[0]
-                print(f"error: rank {rank} exited with code {code}; stopping the other ranks",
-                      file=sys.stderr, flush=True)
-                _stop(procs)
-                return 1
-            if all(code == 0 for code in codes):
-                return 0
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        print("interrupted: stopping all ranks (checkpoints already written are kept)",
-              file=sys.stderr, flush=True)
-        _stop(procs, sig=signal.SIGINT)
-        return 130
-
-
-def _stop(procs: list[subprocess.Popen], sig: int = signal.SIGTERM) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(sig)
-    deadline = time.monotonic() + GRACE_S
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

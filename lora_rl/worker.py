@@ -3,16 +3,28 @@
 Started by `lora_rl.launcher` (or by an external `torchrun -m lora_rl.worker RESOLVED.json`).
 The recipe arrives as the launcher's resolved, validated JSON and is validated again here, so no
 code path ever reads a raw dict.
+
+Exit codes: 0 done, 1 failed with one line, EXIT_PREEMPTED (75) stopped by a signal after
+checkpointing, EXIT_PEER_LOST (76) stopped because another rank disappeared.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import sys
-from pathlib import Path
 
-from lora_rl.config.recipe import RecipeConfig
-from lora_rl.training.console import quiet_third_party_progress
+# Before anything heavy is imported: a stop signal from here on is noted, never a traceback.
+from lora_rl.training import preemption
+
+if __name__ == "__main__":
+    _launcher = os.environ.get("LORA_RL_LAUNCHER_PID")
+    preemption.install(parent_pid=int(_launcher) if _launcher else None)
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from lora_rl.config.recipe import RecipeConfig  # noqa: E402
+from lora_rl.training.console import quiet_third_party_progress  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -25,12 +37,26 @@ def main(argv: list[str]) -> int:
 
 def run_rank(cfg: RecipeConfig) -> int:
     """Run this process's rank; returns the exit code. Expected failures print one clean line."""
+    from lora_rl.training import preemption
+
+    # Already done when this process is `python -m lora_rl.worker`; under `torchrun -m lora_rl
+    # run` (WORLD_SIZE set) it is a rank that dies with torchrun; alone it is the CLI itself.
+    preemption.install(child="WORLD_SIZE" in os.environ)
+    preemption.configure(cfg.checkpointing.preemption_grace_s)
+    try:
+        return _run(cfg)
+    finally:
+        preemption.finished()
+
+
+def _run(cfg: RecipeConfig) -> int:
     from lora_rl.algorithms import run_algorithm
     from lora_rl.checkpoint import CheckpointError
     from lora_rl.data.jsonl import DataError
     from lora_rl.lora import LoraMatchError
     from lora_rl.model_source import ModelSourceError
     from lora_rl.trackers import TrackerMissingError, require_trackers
+    from lora_rl.training import preemption
     from lora_rl.training.runtime import start_runtime, stop_runtime
     from lora_rl.training.session import NonFiniteLossError
 
@@ -43,9 +69,18 @@ def run_rank(cfg: RecipeConfig) -> int:
         if runtime.is_main:
             print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
+    except Exception as exc:
+        if not (runtime.distributed and preemption.is_peer_failure(exc)):
+            raise
+        reason = preemption.peer_failure_reason(exc)
+        print(f"rank {runtime.rank}: stopping: another rank left the process group ({reason})",
+              file=sys.stderr, flush=True)
+        # Tearing down a group with a dead member can block; nothing is left to flush.
+        sys.stdout.flush()
+        os._exit(preemption.EXIT_PEER_LOST)
     finally:
         stop_runtime()
-    return 0
+    return preemption.EXIT_PREEMPTED if preemption.stopped() else 0
 
 
 if __name__ == "__main__":

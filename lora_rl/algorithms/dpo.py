@@ -78,6 +78,8 @@ class DPO(Algorithm):
                 metrics.update(self.validate())
             self.session.log(step, metrics)
             self.session.maybe_save(step)
+            if self.session.stop_requested(step):
+                break
         self.session.maybe_save(step, final=step > self.start_step)
 
     def _reference(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -142,6 +142,8 @@ class GRPO(Algorithm):
                 metrics.update(self.validate(step))
             self.session.log(step, metrics)
             self.session.maybe_save(step)
+            if self.session.stop_requested(step):
+                break
         self.session.maybe_save(step, final=step > self.start_step)
 
     def _logprobs_no_grad(self, batch: TokenBatch, reference: bool) -> torch.Tensor:

@@ -76,6 +76,8 @@ class SFT(Algorithm):
                 metrics.update(self.validate())
             self.session.log(step, metrics)
             self.session.maybe_save(step)
+            if self.session.stop_requested(step):
+                break
         self.session.maybe_save(step, final=step > self.start_step)
 
     def _train_step(self, indices: list[int]) -> dict[str, Any]:

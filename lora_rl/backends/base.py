@@ -47,6 +47,9 @@ class StepStats:
 class TrainingBackend(Protocol):
     dp_rank: int
     dp_size: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    """Built from the recipe; a resume restores both, then re-applies edited hyperparameters."""
 
     def token_logprobs(self, batch: TokenBatch) -> torch.Tensor:
         """[B, L-1] log p(token t+1 | tokens <= t) under the current policy (differentiable)."""

@@ -205,6 +205,11 @@ class CheckpointingConfig(Section):
     """Metric ranking the checkpoints, e.g. `val_loss`; null keeps the newest."""
     higher_is_better: bool = False
     """Rank direction of `metric_name`."""
+    preemption_grace_s: float = Field(20.0, ge=0)
+    """Seconds a rank may take, after SIGTERM, SIGINT or SIGHUP (a scheduler's preemption or
+    time limit, Ctrl-C, a closed terminal), to finish its step and checkpoint it before it
+    exits without one; keep it below the scheduler's kill delay (Slurm KillWait, Kubernetes
+    terminationGracePeriodSeconds: 30 s by default). 0 exits at once."""
     checkpoint_must_save_by: str | None = compat(None)
     """Wall-clock deadline for a final save."""
     model_save_format: str | None = compat("safetensors")

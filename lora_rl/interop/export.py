@@ -28,8 +28,11 @@ from lora_rl.interop.peft_format import (
     to_peft_keys,
     wrap_adapter_modules,
 )
+from lora_rl.output_paths import OutputPathError, check_output_dir, check_replaceable
 
 EXPORT_SCHEMA_VERSION = 1
+EXPORT_STAMP = "lora_rl_export.json"
+"""Written into every export; `--force` replaces only a directory holding it."""
 ExportFormat = Literal["peft", "merged"]
 
 
@@ -41,7 +44,8 @@ class ExportError(ValueError):
 
 
 class OutputExistsError(ExportError):
-    """The target exists and --force was not given (a usage error, exit 2)."""
+    """--out cannot be used: it exists and --force was not given, it is not an earlier export,
+    a file, not writable, or the working directory (a usage error, exit 2)."""
 
 
 def _resolve_checkpoint(path: Path):
@@ -101,10 +105,16 @@ def checkpoint_adapter(checkpoint: Path, base: str | None = None) -> CheckpointA
 
 def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str | None,
                       force: bool) -> Path:
-    found = checkpoint_adapter(checkpoint, base)
-    adapter, lora, base_model = found.adapter, found.lora, found.base_model
+    try:
+        check_output_dir(out, "--out")
+        if force:
+            check_replaceable(out, EXPORT_STAMP, "--out")
+    except OutputPathError as exc:
+        raise OutputExistsError(str(exc)) from None
     if out.exists() and not force:
         raise OutputExistsError(f"{out} exists; pass --force to replace it")
+    found = checkpoint_adapter(checkpoint, base)
+    adapter, lora, base_model = found.adapter, found.lora, found.base_model
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -120,7 +130,7 @@ def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str 
         stamp = {"schema_version": EXPORT_SCHEMA_VERSION, "lora_rl_version": __version__,
                  "format": fmt, "source_checkpoint": str(found.path), "step": found.step,
                  "backend": found.backend, "base_model": base_model}
-        (tmp / "lora_rl_export.json").write_text(json.dumps(stamp, indent=2))
+        (tmp / EXPORT_STAMP).write_text(json.dumps(stamp, indent=2))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

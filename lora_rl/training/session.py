@@ -8,10 +8,18 @@ from typing import Any
 
 from lora_rl import __version__
 from lora_rl.backends.base import TrainingBackend
-from lora_rl.checkpoint import latest_checkpoint, prune_checkpoints, save_checkpoint
+from lora_rl.checkpoint import (
+    Checkpoint,
+    latest_checkpoint,
+    prune_checkpoints,
+    remove_stale_temp_dirs,
+    restore_interrupted_replacements,
+    save_checkpoint,
+)
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.data.order import DataOrder
 from lora_rl.metrics import MetricsLog
+from lora_rl.training import preemption, resume_diff
 from lora_rl.training.console import StepConsole
 from lora_rl.training.runtime import Runtime
 from lora_rl.training.summary import end_summary
@@ -50,12 +58,17 @@ class TrainingSession:
         """Restore weights, optimizer and `order` (the data position) from the latest good
         checkpoint; the first step to run (0 for a fresh run). `maybe_save` records `order`."""
         self.order = order
+        if self.ckpt.enabled and self.runtime.is_main:
+            restore_interrupted_replacements(self.root)
+            removed = remove_stale_temp_dirs(self.root)
+            if removed:
+                self.say(f"removed {len(removed)} temporary checkpoint dir(s) left by an "
+                         f"interrupted write: {', '.join(p.name for p in removed)}")
+        self.runtime.barrier()
         found = latest_checkpoint(self.root, warn=self.say) if self.ckpt.enabled else None
         step = 0
         if found is not None:
-            self._check_same_run(found.state, found.path)
-            self.backend.load_checkpoint_tensors(found.tensors, found.state["optimizer_meta"])
-            order.load_state(found.state["algorithm"]["data"])
+            self._restore(found)
             step = found.step
             self._saved_step = step
             self.say(f"resuming from {found.path} (step {step})")
@@ -63,7 +76,33 @@ class TrainingSession:
             log_dir = Path(self.cfg.logger.log_dir)
             self.metrics = MetricsLog(log_dir, step if found else None, self.cfg.logger,
                                       self.cfg.model_dump(mode="json", by_alias=True))
+        preemption.enter_training()
         return step
+
+    def _restore(self, found: Checkpoint) -> None:
+        """Load `found` after checking that the recipe may resume it; recipe edits to the
+        optimizer or schedule are applied to the restored state, and every edit is announced."""
+        ours = resume_diff.recipe_record(self.cfg)
+        saved = found.state.get("recipe")
+        if saved is None:  # written before recipes were recorded
+            self._check_same_run(found.state, found.path)
+            saved = {"adjustable": ours["adjustable"]}
+        fixed = resume_diff.fixed_changes(saved, ours)
+        if fixed:
+            raise ValueError(resume_diff.refusal(found.path, fixed))
+        changes = resume_diff.adjustable_changes(saved, ours)
+        optimizer, scheduler = self.backend.optimizer, self.backend.scheduler
+        fresh = resume_diff.snapshot_hparams(optimizer, scheduler)
+        self.backend.load_checkpoint_tensors(found.tensors, found.state["optimizer_meta"])
+        self.order.load_state(found.state["algorithm"]["data"])
+        if any(change.in_optimizer_state for change in changes):
+            lr = resume_diff.apply_recipe_hparams(optimizer, scheduler, fresh)
+            applied = f"applied to the restored optimizer and schedule (lr now {lr:.6g})"
+        else:
+            applied = ""
+        for change in changes:
+            effect = applied if change.in_optimizer_state else change.effect
+            self.say(f"resume: recipe changed since the checkpoint: {change}; {effect}")
 
     def _check_same_run(self, state: dict[str, Any], path: Path) -> None:
         ours = run_identity(self.cfg)
@@ -109,6 +148,7 @@ class TrainingSession:
         if self.runtime.is_main:
             state = {
                 "run": run_identity(self.cfg),
+                "recipe": resume_diff.recipe_record(self.cfg),
                 "algorithm": {"data": self.order.state()},
                 "optimizer_meta": self.backend.optimizer_meta(),
                 "metrics": {k: v for k, v in self.last_metrics.items()
@@ -123,6 +163,22 @@ class TrainingSession:
             self.say(f"checkpoint {path}")
         self._saved_step = step
         self.runtime.barrier()
+
+    def stop_requested(self, step: int) -> bool:
+        """Called at every step boundary: True when any rank got a stop signal (SIGTERM,
+        SIGINT, SIGHUP). Step `step` is then checkpointed unless it already is, and the
+        algorithm's loop ends."""
+        if not preemption.agree_to_stop(self.runtime):
+            return False
+        preemption.mark_stopped()
+        if self.ckpt.enabled:
+            self.maybe_save(step, final=True)
+            saved = f"checkpoint {self.root / f'step_{step}'} is the last completed step"
+        else:
+            saved = "checkpointing is disabled, nothing saved"
+        self.say(f"stopped by {preemption.signal_name()} after step {step}: {saved}; run the "
+                 "same command to resume")
+        return True
 
     # ---- output ---------------------------------------------------------------------------
 

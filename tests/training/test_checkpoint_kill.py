@@ -70,3 +70,30 @@ def test_kill_at_every_write_step_leaves_a_loadable_checkpoint(tmp_path, replace
         assert latest.step in ((2,) if replace else (1, 2))
         expected = 2.0 if latest.step == 2 and latest.tensors["adapter"]["w"][0, 0] == 2 else 1.0
         assert torch.equal(latest.tensors["adapter"]["w"], torch.full((64, 64), expected))
+
+
+def test_stale_temp_dirs_of_interrupted_writes_are_removed_and_nothing_else(tmp_path):
+    from lora_rl.checkpoint import remove_stale_temp_dirs, restore_interrupted_replacements
+
+    root = tmp_path / "ck"
+    save_checkpoint(root, 1, {"adapter": {"w": torch.ones(4)}}, {"step": 1})
+    save_checkpoint(root, 2, {"adapter": {"w": torch.ones(4)}}, {"step": 2})
+    dead = 2**22 + 12345  # above any pid this machine hands out
+    keep = [".tmp-step_3", ".tmp-step_x-1", "tmp-step_3-1", ".tmp-step_3-1-2", "notes",
+            ".old-step_5-1"]  # not ours, or an old copy whose step_5 is missing: resumable
+    for name in [*keep, f".tmp-step_3-{dead}", f".old-step_2-{dead}"]:
+        (root / name).mkdir()
+    (root / f".tmp-step_4-{dead}").symlink_to(tmp_path)  # never follow a link out
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "lora_rl"])
+    try:
+        (root / f".tmp-step_6-{live.pid}").mkdir()  # a lora-rl writer still running
+        removed = remove_stale_temp_dirs(root)
+    finally:
+        live.kill()
+        live.wait()
+    assert sorted(p.name for p in removed) == [f".old-step_2-{dead}", f".tmp-step_3-{dead}"]
+    left = {p.name for p in root.iterdir()}
+    assert set(keep) | {"step_1", "step_2", f".tmp-step_6-{live.pid}",
+                        f".tmp-step_4-{dead}"} == left
+    restore_interrupted_replacements(root)  # .old-step_5 becomes step_5 and is kept
+    assert (root / "step_5").is_dir()

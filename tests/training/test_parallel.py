@@ -44,4 +44,4 @@ def test_dead_rank_stops_the_run_and_is_named(runner):
     victim.send_signal(signal.SIGKILL)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    assert "rank 1 exited" in stderr
+    assert "rank 1 was killed by SIGKILL" in stderr
