@@ -17,6 +17,8 @@ LOADER_RULES: dict[str, str] = {
     "LR008": "Interpolation `${...}` cannot be resolved",
     "LR009": "Document too large or too deeply nested (alias bomb)",
     "LR010": "Recipe file missing, unreadable, empty or too large",
+    "LR800": "`defaults:` parent not a YAML file or outside the allowed folders",
+    "LR801": "`defaults:` parent is not a recipe (its content is not shown)",
 }
 
 MODEL_RULES: dict[str, str] = {

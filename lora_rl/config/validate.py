@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location, RecipeError, dotted
-from lora_rl.config.interpolation import resolve_interpolations
+from lora_rl.config.interpolation import EnvReads, resolve_interpolations
 from lora_rl.config.layering import apply_overrides, display_name, load_layered
 from lora_rl.config.model_facts import ModelFacts, ModelFactsError, read_model_facts
 from lora_rl.config.recipe import RecipeConfig
@@ -31,6 +31,8 @@ class ValidationResult:
     model: ModelFacts | None = None
     resolved: dict[str, Any] | None = None
     positions: SourceMap = field(default_factory=dict)
+    env_reads: EnvReads = field(default_factory=EnvReads)
+    """Values read through `${oc.env:...}`: output shows `${oc.env:NAME}` instead."""
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -56,7 +58,15 @@ def validate_recipe(path: Path, overrides: Sequence[str] = (), model_dir: Path |
     top = Location(result.file, 1, 1)
     result.diagnostics = [d if d.location or d.rule in IO_RULES else replace(d, location=top)
                           for d in result.diagnostics]
+    if result.env_reads.reads:
+        result.diagnostics = [_masked(d, result.env_reads) for d in result.diagnostics]
     return result
+
+
+def _masked(d: Diagnostic, env: EnvReads) -> Diagnostic:
+    via = d.location.via if d.location else None
+    return replace(d, message=env.mask(d.message), fix=d.fix and env.mask(d.fix),
+                   location=d.location and replace(d.location, via=via and env.mask(via)))
 
 
 IO_RULES = frozenset({"LR010"})
@@ -68,7 +78,7 @@ def _validate(path: Path, overrides: Sequence[str], model_dir: Path | None,
     try:
         data, positions = load_layered(path)
         apply_overrides(data, positions, overrides)
-        resolve_interpolations(data, positions)
+        result.env_reads = resolve_interpolations(data, positions)
     except RecipeError as exc:
         result.diagnostics = list(exc.diagnostics)
         return result

@@ -34,6 +34,9 @@ LOADER_FIXES: dict[str, str] = {
     "LR009": "remove the YAML aliases that expand the document, or split it",
     "LR010": "pass an existing, readable, non-empty .yaml file",
     "LR403": "pass --model with a local model directory containing config.json",
+    "LR800": "name a .yaml recipe next to the recipe, in the working directory or the catalogue, "
+             "or add its folder to $LORA_RL_DEFAULTS_PATH",
+    "LR801": "point `defaults:` at a lora-rl or NeMo RL recipe",
 }
 
 

@@ -24,7 +24,7 @@ it suggests; `{HOLE}` stands for a value filled in from your recipe. Errors stop
 GROUPS = (("LR0", "Loading: files, YAML, keys and types"), ("LR1", "LoRA and backends"),
           ("LR2", "Parallel layout and batch sizes"), ("LR3", "GRPO and generation"),
           ("LR4", "The model (with --model or a local model_name)"), ("LR5", "Data"),
-          ("LR9", "Compatibility and safety"))
+          ("LR8", "Security and hostile inputs"), ("LR9", "Compatibility and safety"))
 
 
 def render() -> str:

@@ -393,10 +393,29 @@ def _lr403(d: Any, kit: Any):
             lambda: validate_recipe(path, model_dir=d.model()))
 
 
+def _lr800(d: Any, kit: Any):
+    path = d.write(text="defaults: /etc/passwd\n" + kit.dump(kit.base()))
+    d.write(name="parent.yaml")
+    ok = d.write(text="defaults: parent.yaml\n", name="ok.yaml")
+    return (lambda: validate_recipe(path),
+            Located("LR800", "defaults", "recipe.yaml", 1, len("defaults: ") + 1),
+            lambda: validate_recipe(ok))
+
+
+def _lr801(d: Any, kit: Any):
+    d.write(text="token: abc\n", name="notes.yaml")
+    path = d.write(text="defaults: notes.yaml\n" + kit.dump(kit.base()))
+    d.write(name="parent.yaml")
+    ok = d.write(text="defaults: parent.yaml\n", name="ok.yaml")
+    return (lambda: validate_recipe(path),
+            Located("LR801", "defaults", "recipe.yaml", 1, len("defaults: ") + 1),
+            lambda: validate_recipe(ok))
+
+
 LOADER_CASES = {
     "LR001": _lr001, "LR002": _lr002, "LR003": _lr003, "LR004": _lr004, "LR005": _lr005,
     "LR006": _lr006, "LR007": _lr007, "LR008": _lr008, "LR009": _lr009, "LR010": _lr010,
-    "LR403": _lr403,
+    "LR403": _lr403, "LR800": _lr800, "LR801": _lr801,
 }
 
 
