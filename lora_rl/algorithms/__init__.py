@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 def run_algorithm(cfg: RecipeConfig, runtime: Runtime) -> None:
     from lora_rl.backends import build_backend
 
+    if cfg.algorithm == "grpo":  # a bad reward function stops the run before the model loads
+        from lora_rl.rewards import load_reward
+
+        load_reward(cfg.env.reward, cfg.env.reward_kwargs)
     backend = build_backend(cfg, runtime)
     if cfg.algorithm == "sft":
         from lora_rl.algorithms.sft import SFT as Algorithm

@@ -82,7 +82,7 @@ class GRPO(Algorithm):
         keys = (data.prompt_key, data.answer_key)
         self.train_records = self._usable(load_records(self.cfg, "train", keys))
         self.val_records = self._usable(load_records(self.cfg, "val", keys))
-        self.reward_fn = load_reward(self.cfg.env.reward)
+        self.reward_fn = load_reward(self.cfg.env.reward, self.cfg.env.reward_kwargs)
         self.params = SamplingParams(
             max_new_tokens=self.gen_cfg.max_new_tokens, temperature=self.gen_cfg.temperature,
             top_p=self.gen_cfg.top_p, top_k=self.gen_cfg.top_k,

@@ -540,3 +540,6 @@ def _unused_sections(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
         if key in cfg.model_fields_set:
             yield Finding(key, f"`{key}:` configures GRPO; this {cfg.present_algorithms[0]} "
                           "recipe ignores it", f"remove `{key}:`")
+
+
+from lora_rl.config import rules_security  # noqa: E402,F401  (registers LR802-LR829)
