@@ -30,3 +30,35 @@ def _reward_refused(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 @rule("LR803", "warning", "env.reward cannot be checked before the run imports it")
 def _reward_unchecked(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     yield from _reward_problem(cfg, "warning")
+
+
+def _pickle_files(ctx: RuleContext) -> list[str]:
+    from pathlib import Path
+
+    from lora_rl.model_source import pickle_only
+
+    return [p.name for p in pickle_only(Path(ctx.model.source))] if ctx.model else []
+
+
+@rule("LR804", "error", "The model's weights are pickle files only (safetensors required)")
+def _pickle_weights(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    from lora_rl.model_source import conversion_command
+
+    names = _pickle_files(ctx)
+    if names and not cfg.policy.allow_pickle_weights:
+        yield Finding("policy.model_name", f"{ctx.model.source} holds pickle weights only "
+                      f"({', '.join(names[:3])}); lora-rl loads safetensors only, because "
+                      "unpickling can run code",
+                      f"convert once: {conversion_command(ctx.model.source)}; or, for a source "
+                      "you trust, set policy.allow_pickle_weights: true")
+
+
+@rule("LR805", "warning", "Pickle weights allowed: loaded with torch.load(weights_only=True)")
+def _pickle_allowed(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    names = _pickle_files(ctx)
+    if names and cfg.policy.allow_pickle_weights:
+        yield Finding("policy.allow_pickle_weights", f"{ctx.model.source}'s weights "
+                      f"({', '.join(names[:3])}) are pickle files; they are opened with "
+                      "torch.load(weights_only=True), which refuses code but still parses a "
+                      "file you have not checked", "convert them to safetensors and remove "
+                      "allow_pickle_weights")

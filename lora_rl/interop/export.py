@@ -150,9 +150,10 @@ def _write_merged(target: Path, adapter: dict[str, torch.Tensor],
         lora_spec_from_config,
         merge_and_unwrap,
     )
-    from lora_rl.model_source import require_local_model_dir
+    from lora_rl.model_source import check_weights, require_local_model_dir
 
     directory = require_local_model_dir(base_model)
+    check_weights(directory, allow_pickle=False)  # safetensors only (LR804)
     model = AutoModelForCausalLM.from_pretrained(directory)
     if isinstance(lora, MegatronPeftConfig):
         # The recipe's targets are Megatron module names; the adapter names the HF modules.

@@ -45,6 +45,8 @@ class Case:
     """Pretend vLLM is installed (True) or not (False); None: whatever is true here."""
     files: tuple[str, ...] = field(default_factory=tuple)
     """Files created in the working directory before validating the passing case."""
+    model_files: tuple[str, ...] = field(default_factory=tuple)
+    """Empty files created in the model directory of the failing case."""
 
     @property
     def id(self) -> str:
@@ -199,6 +201,10 @@ RULE_CASES: list[Case] = [
          "env.reward", kind="grpo"),
     Case("LR803", "reward-not-on-path", {"env.reward": "no_such_rewards_mod:score"},
          {"env.reward": "exact_match"}, "env.reward", kind="grpo"),
+    Case("LR804", "pickle-only-model", {}, {},
+         "policy.model_name", model={}, model_files=("pytorch_model.bin",)),
+    Case("LR805", "pickle-opt-in", {"policy.allow_pickle_weights": True}, {},
+         "policy.allow_pickle_weights", model={}, model_files=("pytorch_model.bin",)),
     Case("LR901", "compat-key", {"policy.dtensor_cfg.sequence_parallel": True},
          {"policy.dtensor_cfg.sequence_parallel": False},
          "policy.dtensor_cfg.sequence_parallel"),
@@ -229,6 +235,8 @@ def _run(case: Case, changes: dict[str, Any], recipe_dir: Any, monkeypatch: pyte
          name: str) -> tuple[Path, ValidationResult]:
     path = recipe_dir.write(_fix(changes, recipe_dir.kit), kind=case.kind, name=name)
     model_dir = recipe_dir.model(**case.model) if case.model is not None else None
+    for file in case.model_files if changes is case.bad else ():
+        (model_dir / file).write_bytes(b"")
     if case.vllm is not None:
         real_find_spec = importlib.util.find_spec
         fake = importlib.machinery.ModuleSpec("vllm", None) if case.vllm else None
