@@ -152,7 +152,15 @@ def run(
     except OutputPathError as exc:
         _console(stderr=True).print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
-    raise typer.Exit(launch(result.config))
+    from lora_rl.run_lock import RunLockError, hold_run_directories
+
+    try:
+        with hold_run_directories(result.config):
+            code = launch(result.config)
+    except RunLockError as exc:
+        _console(stderr=True).print(f"error: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    raise typer.Exit(code)
 
 
 @app.command()
