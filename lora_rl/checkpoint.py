@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,12 +136,17 @@ def _restore_interrupted_replacements(root: Path) -> None:
                 os.rename(child, final)
 
 
-def latest_checkpoint(root: Path, warn: Any = print) -> Checkpoint | None:
-    """The newest checkpoint under `root` that verifies; broken ones are reported and skipped."""
+def latest_checkpoint(root: Path, warn: Any = print,
+                      check: Callable[[Checkpoint], None] | None = None) -> Checkpoint | None:
+    """The newest checkpoint under `root` that verifies (and passes `check`, which raises
+    CheckpointError for content that does not fit); broken ones are reported and skipped."""
     _restore_interrupted_replacements(root)
     for _step, path in reversed(step_dirs(root)):
         try:
-            return load_checkpoint(path)
+            found = load_checkpoint(path)
+            if check is not None:
+                check(found)
+            return found
         except CheckpointError as exc:
             warn(f"skipping checkpoint: {exc}")
     return None

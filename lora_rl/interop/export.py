@@ -80,6 +80,7 @@ def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str 
     adapter = ckpt.tensors["adapter"]
     if backend == "megatron":
         adapter = _megatron_adapter_in_hf_names(adapter, base_model, ckpt.path)
+    _check_adapter(adapter, lora.dim, base_model, ckpt.path)
     if out.exists() and not force:
         raise OutputExistsError(f"{out} exists; pass --force to replace it")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -103,6 +104,23 @@ def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _check_adapter(adapter: dict[str, torch.Tensor], rank: int, base_model: str,
+                   where: Path) -> None:
+    """Refuse NaN/inf, unpaired or wrong-rank adapters, and (base model local) adapters that do
+    not fit its linear layers, before anything is written."""
+    from lora_rl.model_source import ModelSourceError, local_model_dir
+    from lora_rl.tensor_guard import base_linear_shapes, check_adapter
+
+    try:
+        directory = local_model_dir(base_model, build=True)
+    except ModelSourceError:
+        directory = None
+    try:
+        check_adapter(adapter, rank, base_linear_shapes(directory) if directory else None)
+    except ValueError as exc:
+        raise ExportError(f"{where}: {exc}; nothing was written") from None
 
 
 def _megatron_adapter_in_hf_names(adapter: dict[str, torch.Tensor], base_model: str,

@@ -12,6 +12,7 @@ from lora_rl.checkpoint import latest_checkpoint, prune_checkpoints, save_checkp
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.data.order import DataOrder
 from lora_rl.metrics import MetricsLog
+from lora_rl.tensor_guard import restore, resume_check
 from lora_rl.training.runtime import Runtime
 
 
@@ -42,12 +43,14 @@ class TrainingSession:
         """Restore weights, optimizer and `order` (the data position) from the latest good
         checkpoint; the first step to run (0 for a fresh run). `maybe_save` records `order`."""
         self.order = order
-        found = latest_checkpoint(self.root, warn=self.say) if self.ckpt.enabled else None
+        # a checkpoint of a different setup stops the run; one whose content does not fit this
+        # model (names, shapes, dtypes, NaN, state structure) is skipped for the previous one
+        check = resume_check(self.backend, self._check_same_run)
+        found = latest_checkpoint(self.root, warn=self.say, check=check) \
+            if self.ckpt.enabled else None
         step = 0
         if found is not None:
-            self._check_same_run(found.state, found.path)
-            self.backend.load_checkpoint_tensors(found.tensors, found.state["optimizer_meta"])
-            order.load_state(found.state["algorithm"]["data"])
+            restore(found, self.backend, order)
             step = found.step
             self._saved_step = step
             self.say(f"resuming from {found.path} (step {step})")

@@ -146,3 +146,21 @@ def test_oc_env_can_be_turned_off(recipe_dir, monkeypatch):
     [diag] = validate_recipe(path).diagnostics
     assert diag.rule == "LR008" and "turned off" in diag.message
     assert_no_leak(outputs(path), SECRET)
+
+
+# ---- bounded numbers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [10**30, 2**32, -1])
+def test_huge_seed_is_a_located_schema_error(recipe_dir, seed):
+    path = recipe_dir.write({"sft.seed": seed})
+    [diag] = validate_recipe(path).diagnostics
+    assert diag.rule == "LR002" and diag.path == ("sft", "seed")
+    pos = recipe_dir.position("sft.seed")
+    assert (diag.location.line, diag.location.column) == (pos.line, pos.value_column)
+    done = invoke("validate", str(path))
+    assert done.exit_code == 1 and "Traceback" not in done.output and "Overflow" not in done.output
+
+
+def test_largest_seed_is_accepted(recipe_dir):
+    assert validate_recipe(recipe_dir.write({"sft.seed": 2**32 - 1})).diagnostics == []
