@@ -147,3 +147,4 @@ def test_check_adapter_accepts_the_real_adapter(checkpoints):
     shapes = base_linear_shapes(Path(checkpoints.env["LORA_RL_CACHE"]) / tiny_model_dir().name)
     assert shapes and A[: -len(".lora_A.weight")] in shapes
     check_adapter(adapter, 8, shapes)
+
