@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,12 +174,17 @@ def remove_stale_temp_dirs(root: Path) -> list[Path]:
     return removed
 
 
-def latest_checkpoint(root: Path, warn: Any = print) -> Checkpoint | None:
-    """The newest checkpoint under `root` that verifies; broken ones are reported and skipped."""
+def latest_checkpoint(root: Path, warn: Any = print,
+                      check: Callable[[Checkpoint], None] | None = None) -> Checkpoint | None:
+    """The newest checkpoint under `root` that verifies (and passes `check`, which raises
+    CheckpointError for content that does not fit); broken ones are reported and skipped."""
     restore_interrupted_replacements(root)
     for _step, path in reversed(step_dirs(root)):
         try:
-            return load_checkpoint(path)
+            found = load_checkpoint(path)
+            if check is not None:
+                check(found)
+            return found
         except CheckpointError as exc:
             warn(f"skipping checkpoint: {exc}")
     return None

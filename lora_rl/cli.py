@@ -197,7 +197,14 @@ def run(
         moved = move_aside(result.config)
         if moved is not None:
             _console().print(f"--fresh: earlier checkpoints moved to {moved}")
-    code = launch(result.config)
+    from lora_rl.run_lock import RunLockError, hold_run_directories
+
+    try:
+        with hold_run_directories(result.config):
+            code = launch(result.config)
+    except RunLockError as exc:
+        _console(stderr=True).print(f"error: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
     if code == EXIT_OK:
         for line in plan_next_commands(result.config, recipe, overrides, set_overrides):
             print(line)

@@ -136,13 +136,14 @@ def print_explanation(result: ValidationResult, console: Console) -> None:
     table = Table(title=f"{result.file}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
+    mask = result.env_reads.mask  # values read through ${oc.env:...} are not shown
     for key, value in run_rows(cfg) + lora_rows(cfg) + adapted_group_rows(cfg, result.model):
-        table.add_row(key, value)
+        table.add_row(key, mask(value))
     if result.model:
         m = result.model
         table.add_row("model shape", f"{m.model_type}: {m.num_hidden_layers} layers, hidden "
                       f"{m.hidden_size}, heads {m.num_attention_heads}/{m.num_key_value_heads} kv")
     console.print(table)
     console.rule("resolved recipe")
-    console.print(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False),
-                  highlight=False, markup=False)
+    console.print(mask(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True),
+                                      sort_keys=False)), highlight=False, markup=False)

@@ -86,7 +86,17 @@ def _spawn(cfg: RecipeConfig, world: int) -> int:
 
 
 def _rank_command(resolved: Path) -> list[str]:
-    return [sys.executable, "-m", "lora_rl.worker", str(resolved)]
+    return [*worker_command(), str(resolved)]
+
+
+def worker_command() -> list[str]:
+    """The rank's interpreter line, without the working directory on `sys.path`: `python -m`
+    would put it first, and a `safetensors.py` planted next to the recipe would then run inside
+    every rank. PYTHONPATH and site-packages still apply (unlike `-I`)."""
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", "lora_rl.worker"]
+    return [sys.executable, "-c", "import sys; del sys.path[0]; from lora_rl.worker import main; "
+            "sys.exit(main(sys.argv[1:]))"]
 
 
 def _env_vars(cfg: RecipeConfig) -> dict[str, str]:

@@ -62,3 +62,69 @@ def require_local_model_dir(name: str) -> Path:
             f"set policy.model_name to that directory, or use {TINY_MODEL_NAME}"
         )
     return directory
+
+
+# ---- weight formats ---------------------------------------------------------------------------
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+"""Weight files read with `torch.load`: pickle, which can run code while loading."""
+PICKLE_RULE = "LR804"
+
+
+def weight_files(directory: Path) -> tuple[list[Path], list[Path]]:
+    """(safetensors files, pickle files) directly in a model directory."""
+    files = sorted(p for p in directory.iterdir() if p.is_file())
+    return ([p for p in files if p.suffix == ".safetensors"],
+            [p for p in files if p.suffix in PICKLE_SUFFIXES])
+
+
+def pickle_only(directory: Path) -> list[Path]:
+    """The pickle weight files of a directory that has no safetensors weights (else [])."""
+    try:
+        safe, pickled = weight_files(directory)
+    except OSError:
+        return []
+    return [] if safe else pickled
+
+
+def conversion_command(directory: Path) -> str:
+    return (f"python -c \"from transformers import AutoModelForCausalLM as M; "
+            f"M.from_pretrained('{directory}').save_pretrained('{directory}')\" (writes "
+            "model.safetensors next to the pickle; transformers reads it with weights_only=True)")
+
+
+def check_weights(directory: Path, allow_pickle: bool) -> None:
+    """Safetensors only, unless the recipe opts in (`policy.allow_pickle_weights`); opted-in
+    pickle files are opened now with torch's safe loader (`weights_only=True`), so a file it
+    refuses stops the run with one line instead of an UnpicklingError traceback mid-load."""
+    pickled = pickle_only(directory)
+    if not pickled:
+        return
+    names = ", ".join(p.name for p in pickled[:3]) + (" ..." if len(pickled) > 3 else "")
+    if not allow_pickle:
+        raise ModelSourceError(
+            f"{PICKLE_RULE}: {directory} holds pickle weights only ({names}); lora-rl loads "
+            f"safetensors only, because unpickling can run code.\nfix: convert once: "
+            f"{conversion_command(directory)}; or, for a source you trust, set "
+            "policy.allow_pickle_weights: true")
+    import pickle
+
+    import torch
+
+    for path in pickled:
+        try:
+            torch.load(path, map_location="meta", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+            raise ModelSourceError(
+                f"{PICKLE_RULE}: {path} is refused by torch's safe loader (weights_only=True): "
+                f"{_reason(exc)}\nfix: use safetensors weights from a source you trust") from None
+
+
+def _reason(exc: Exception) -> str:
+    """The line of torch's message that says what was refused (not its advice to retry with
+    weights_only=False)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if "weights_only` set to `False`" not in line and
+              not line.startswith(("Weights only load failed", "Check the documentation",
+                                   "Please file an issue"))]
+    return (useful or lines or [type(exc).__name__])[0][:300]

@@ -8,6 +8,7 @@ and returns one float per response.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 
 RewardFn = Callable[..., list[float]]
@@ -46,18 +47,35 @@ class RewardError(ValueError):
     pass
 
 
-def load_reward(name: str) -> RewardFn:
+def load_reward(name: str, kwargs: dict | None = None) -> RewardFn:
+    """The reward function `name`, checked before any rollout: a module of the user's (not the
+    standard library), a function defined in it, and a signature that takes
+    (prompts, responses, answers, **kwargs). Every refusal is a RewardError, one clean line."""
+    from lora_rl.reward_source import SIGNATURE, forbidden_module
+
     if name in BUILTIN:
         return BUILTIN[name]
     module_name, _, attr = name.partition(":")
+    if forbidden_module(module_name):
+        raise RewardError(f"env.reward: '{module_name}' is a standard-library module, not a "
+                          f"module of yours; a reward is a function you write, {SIGNATURE}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise RewardError(f"env.reward: cannot import module '{module_name}' ({exc})\nfix: make "
                           "it importable (e.g. PYTHONPATH=.) or use a built-in reward") from None
     function = getattr(module, attr, None)
-    if not callable(function):
-        raise RewardError(f"env.reward: '{module_name}' has no function '{attr}'")
+    if not inspect.isfunction(function):
+        raise RewardError(f"env.reward: '{module_name}' has no function '{attr}' (a plain "
+                          f"`def`; found {type(function).__name__})")
+    if function.__module__ != module.__name__:
+        raise RewardError(f"env.reward: {name} is defined in '{function.__module__}', not in "
+                          f"'{module_name}'; name the module that defines it")
+    try:
+        inspect.signature(function).bind(None, None, None, **(kwargs or {}))
+    except TypeError as exc:
+        raise RewardError(f"env.reward: {name} cannot be called as {SIGNATURE} with "
+                          f"env.reward_kwargs {sorted(kwargs or {})}: {exc}") from None
     return function
 
 

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 
 def run_algorithm(cfg: RecipeConfig, runtime: Runtime) -> None:
     from lora_rl.backends import build_backend
+    from lora_rl.preflight import preflight
 
+    preflight(cfg)  # reward function and weight files, before the model loads
     backend = build_backend(cfg, runtime)
     if cfg.algorithm == "sft":
         from lora_rl.algorithms.sft import SFT as Algorithm

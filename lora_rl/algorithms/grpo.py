@@ -85,7 +85,7 @@ class GRPO(Algorithm):
         lim = limits(self.cfg)
         self.train_records = prompts(self.renderer, load_samples(self.cfg, "train"), lim)
         self.val_records = prompts(self.renderer, load_samples(self.cfg, "val"), lim)
-        self.reward_fn = load_reward(self.cfg.env.reward)
+        self.reward_fn = load_reward(self.cfg.env.reward, self.cfg.env.reward_kwargs)
         self.params = SamplingParams(
             max_new_tokens=self.gen_cfg.max_new_tokens, temperature=self.gen_cfg.temperature,
             top_p=self.gen_cfg.top_p, top_k=self.gen_cfg.top_k,

@@ -25,8 +25,10 @@ class _LoopConfig(Section):
     """Validate before the first step."""
     val_at_end: bool = compat(False)
     """Validate after the last step (lora-rl validates on `val_period` only)."""
-    seed: int = 42
-    """Seed of model init, data order, dropout and sampling."""
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    """Seed of model init, data order, dropout and sampling (0 to 2**32 - 1: torch, numpy and
+    Megatron's RNG trackers all take it, and a larger one used to fail mid-start with
+    "Overflow when unpacking long long")."""
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """A NaN/inf loss or gradient: `stop` the run (naming the step; the last good checkpoint is
     kept) or `skip` that step's update and go on (counted in `skipped_step`)."""

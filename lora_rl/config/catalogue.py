@@ -18,6 +18,8 @@ LOADER_RULES: dict[str, str] = {
     "LR009": "Document too large or too deeply nested (alias bomb)",
     "LR010": "Recipe file missing, unreadable or too large (exit code 2)",
     "LR011": "Recipe file is empty (only blank lines or comments)",
+    "LR800": "`defaults:` parent not a YAML file or outside the allowed folders",
+    "LR801": "`defaults:` parent is not a recipe (its content is not shown)",
 }
 
 MODEL_RULES: dict[str, str] = {

@@ -4,11 +4,17 @@
 value, and `${name:arg,...}` calls a resolver (`mul`, `max`, `min`, `add`, `sub`, `div`,
 `oc.env`). A value that is exactly one interpolation keeps the referenced value's type; text
 around an interpolation makes a string.
+
+`${oc.env:NAME}` / `${oc.env:NAME,default}` reads an environment variable. Its value is a
+secret as far as output goes: every value read is recorded (`EnvReads`), and diagnostics and
+`explain` show `${oc.env:NAME}` in its place. `LORA_RL_OC_ENV=off` turns the resolver off
+(an error at the key that uses it), for linting recipes you do not trust.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import operator
 import os
 from collections.abc import Callable
@@ -20,8 +26,40 @@ import yaml
 from lora_rl.config.diagnostics import Diagnostic, KeyPath, RecipeError, dotted
 from lora_rl.config.yaml_source import SourceMap
 
+OC_ENV_SWITCH = "LORA_RL_OC_ENV"
+"""Set to `off` (or 0/false/no) to refuse `${oc.env:...}`."""
+MIN_MASKED = 3
+"""Env values shorter than this are not masked: replacing every `1` in a message would garble
+it, and a one- or two-character value holds no secret worth the name."""
+
+
+def oc_env_enabled() -> bool:
+    return os.environ.get(OC_ENV_SWITCH, "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+@dataclasses.dataclass
+class EnvReads:
+    """The environment values a recipe read through `${oc.env:...}`, to mask in output."""
+
+    reads: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def add(self, name: str, value: Any) -> None:
+        for text in {str(value), repr(value)[1:-1] if isinstance(value, str) else str(value),
+                     os.environ.get(name, "")}:
+            if len(text.strip()) >= MIN_MASKED:
+                self.reads.append((name, text))
+        self.reads.sort(key=lambda read: -len(read[1]))  # longest first: no partial leftovers
+
+    def mask(self, text: str) -> str:
+        for name, value in self.reads:
+            text = text.replace(value, f"${{oc.env:{name}}}")
+        return text
+
 
 def _env(name: str, default: Any = None) -> Any:
+    if not oc_env_enabled():
+        raise ValueError(f"oc.env is turned off ({OC_ENV_SWITCH}=off): the recipe reads "
+                         f"{name} from the environment")
     value = os.environ.get(str(name))
     if value is None:
         if default is None:
@@ -126,6 +164,7 @@ class _Resolver:
         self.active: list[KeyPath] = []
         self.copied = 0
         self.entry: KeyPath = ()
+        self.env = EnvReads()
 
     def resolve_tree(self, node: Any, path: KeyPath) -> None:
         items = node.items() if isinstance(node, dict) else enumerate(node)
@@ -191,9 +230,12 @@ class _Resolver:
             raise ValueError(f"unknown resolver '{part.name}' (known: {', '.join(RESOLVERS)})")
         args = [self._argument(arg, path) for arg in part.args]
         try:
-            return resolver(*args)
+            value = resolver(*args)
         except (TypeError, ArithmeticError, ValueError) as exc:
             raise ValueError(f"${{{part.name}:...}} with {args}: {exc}") from None
+        if resolver is _env and args:
+            self.env.add(str(args[0]), value)
+        return value
 
     def _argument(self, arg: list[Any], path: KeyPath) -> Any:
         if len(arg) == 1 and not isinstance(arg[0], str):
@@ -248,8 +290,9 @@ class _Fail(Exception):
         self.message = message
 
 
-def resolve_interpolations(data: dict, positions: SourceMap) -> None:
-    """Resolve every `${...}` in place. Raises RecipeError (LR008) naming the key and place."""
+def resolve_interpolations(data: dict, positions: SourceMap) -> EnvReads:
+    """Resolve every `${...}` in place; returns the environment values read, for masking.
+    Raises RecipeError (LR008) naming the key and place, with environment values masked."""
     resolver = _Resolver(data, positions)
     try:
         try:
@@ -260,7 +303,8 @@ def resolve_interpolations(data: dict, positions: SourceMap) -> None:
     except _Fail as fail:
         where = positions.get(fail.path)
         raise RecipeError([Diagnostic(
-            "LR008", "error", f"{dotted(fail.path)}: {fail.message}", fail.path,
-            where.value if where else None,
+            "LR008", "error", resolver.env.mask(f"{dotted(fail.path)}: {fail.message}"),
+            fail.path, where.value if where else None,
             "interpolations look like ${policy.model_name} or ${mul:${a.b},2}",
         )]) from None
+    return resolver.env

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location, RecipeError
+from lora_rl.config.parent_guard import check_parent, parent_roots, reject_non_recipe
 from lora_rl.config.yaml_source import Positions, SourceMap, parse_yaml, read_text
 
 DEFAULTS_KEY = "defaults"
@@ -31,10 +32,11 @@ def display_name(path: Path) -> str:
 
 def load_layered(path: Path) -> tuple[dict[str, Any], SourceMap]:
     """Load a recipe and its `defaults:` ancestors, merged (later wins)."""
-    return _load(path.resolve(), path, ())
+    return _load(path.resolve(), path, (), parent_roots(path))
 
 
-def _load(resolved: Path, shown_path: Path, stack: tuple[Path, ...]) -> tuple[dict, SourceMap]:
+def _load(resolved: Path, shown_path: Path, stack: tuple[Path, ...],
+          roots: tuple[Path, ...]) -> tuple[dict, SourceMap]:
     shown = display_name(shown_path)
     text = read_text(shown_path)
     data, positions = parse_yaml(text, shown)
@@ -53,11 +55,13 @@ def _load(resolved: Path, shown_path: Path, stack: tuple[Path, ...]) -> tuple[di
             chain = " -> ".join(display_name(p) for p in (*stack, resolved, parent_path))
             raise _error("LR006", f"defaults: cycle {chain}", where,
                          "remove one of the defaults: entries of the cycle")
+        check_parent(parent, parent_path, roots, where)
         if not parent_path.is_file():
             raise _error("LR006", f"defaults: parent '{parent}' not found "
                          f"(looked for {display_name(parent_path)})", where,
                          "paths in defaults: are relative to the file that names them")
-        parent_data, parent_positions = _load(parent_path, parent_path, (*stack, resolved))
+        parent_data, parent_positions = _load(parent_path, parent_path, (*stack, resolved), roots)
+        reject_non_recipe(parent, parent_data, where)
         via = f"inherited through defaults: of {shown}"
         deep_merge(merged, merged_positions, parent_data, _mark(parent_positions, via))
     deep_merge(merged, merged_positions, data, positions)
@@ -265,5 +269,5 @@ def _not_a_mapping(data: Any, text: str, shown: str) -> RecipeError:
 
 
 def _error(rule: str, message: str, where: Location | None, fix: str | None = None) -> RecipeError:
-    path: KeyPath = (DEFAULTS_KEY,) if rule == "LR006" else ()
+    path: KeyPath = (DEFAULTS_KEY,) if rule in ("LR006", "LR800", "LR801") else ()
     return RecipeError([Diagnostic(rule, "error", message, path, where, fix)])

@@ -150,6 +150,10 @@ class PolicyConfig(Section):
     """Dtype of the base weights and compute. Use float32 on CPU."""
     trust_remote_code: bool = False
     """Run the model repository's own Python code when loading it. Only for sources you trust."""
+    allow_pickle_weights: bool = False
+    """Accept a model directory whose weights are pickle files only (`pytorch_model.bin`, `.pt`):
+    they are opened with `torch.load(weights_only=True)`. Off: such a model is refused (LR804)
+    with the command that converts it to safetensors."""
     init_adapter_path: str | None = None
     """Start from an existing PEFT adapter directory (continued training, or GRPO from an SFT
     adapter) instead of freshly initialised LoRA weights."""

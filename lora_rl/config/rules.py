@@ -613,4 +613,5 @@ from lora_rl.config import (  # noqa: E402,F401
     rules_families,
     rules_inputs,
     rules_loggers,
+    rules_security,
 )

@@ -170,9 +170,12 @@ class EnvConfig(Section):
     """Reward for GRPO rollouts."""
 
     reward: str = "exact_match"
-    """Built-in (`exact_match`, `format`, `exact_match_and_format`) or a function by import
-    path `package.module:function` taking (prompts, responses, answers) -> list[float]. It is
-    imported only at run time, never by `validate`."""
+    """Built-in (`exact_match`, `format`, `exact_match_and_format`) or a function of yours by
+    import path `package.module:function`: defined with `def` in that module (not imported into
+    it, not from the standard library) and called as
+    fn(prompts, responses, answers, **reward_kwargs) -> list[float]. `validate` checks this from
+    the module's source without importing it (LR802/LR803); `run` imports it and checks it again
+    before loading the model."""
     reward_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments passed to the reward function."""
     math: dict[str, Any] | None = compat(None)

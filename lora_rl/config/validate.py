@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from lora_rl.config.cascade import ReadGuard
 from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location, RecipeError, dotted
-from lora_rl.config.interpolation import resolve_interpolations
+from lora_rl.config.interpolation import EnvReads, resolve_interpolations
 from lora_rl.config.layering import apply_overrides, display_name, load_layered
 from lora_rl.config.model_facts import ModelFacts, ModelFactsError, read_model_facts
 from lora_rl.config.recipe import RecipeConfig
@@ -32,6 +32,8 @@ class ValidationResult:
     model: ModelFacts | None = None
     resolved: dict[str, Any] | None = None
     positions: SourceMap = field(default_factory=dict)
+    env_reads: EnvReads = field(default_factory=EnvReads)
+    """Values read through `${oc.env:...}`: output shows `${oc.env:NAME}` instead."""
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -76,6 +78,8 @@ def validate_recipe(path: Path, overrides: Sequence[str] = (), model_dir: Path |
     located = [d if d.location or d.rule in IO_RULES else replace(d, location=top)
                for d in result.diagnostics]
     result.diagnostics = sorted(located, key=lambda d: _reading_order(d, result.file))
+    if result.env_reads.reads:
+        result.diagnostics = [_masked(d, result.env_reads) for d in result.diagnostics]
     return result
 
 
@@ -89,6 +93,12 @@ def _reading_order(d: Diagnostic, own_file: str) -> tuple[int, str, int, int]:
     return (rank, loc.file, loc.line, loc.column)
 
 
+def _masked(d: Diagnostic, env: EnvReads) -> Diagnostic:
+    via = d.location.via if d.location else None
+    return replace(d, message=env.mask(d.message), fix=d.fix and env.mask(d.fix),
+                   location=d.location and replace(d.location, via=via and env.mask(via)))
+
+
 IO_RULES = frozenset({"LR010"})
 
 
@@ -98,7 +108,7 @@ def _validate(path: Path, overrides: Sequence[str], model_dir: Path | None,
     try:
         data, positions = load_layered(path)
         apply_overrides(data, positions, overrides)
-        resolve_interpolations(data, positions)
+        result.env_reads = resolve_interpolations(data, positions)
     except RecipeError as exc:
         result.diagnostics = list(exc.diagnostics)
         return result

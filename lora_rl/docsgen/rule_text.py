@@ -35,6 +35,9 @@ LOADER_FIXES: dict[str, str] = {
     "LR010": "pass an existing, readable .yaml file",
     "LR011": "write the recipe's sections, or start from `lora-rl recipes cp NAME my.yaml`",
     "LR403": "pass --model with a local model directory containing config.json",
+    "LR800": "name a .yaml recipe next to the recipe, in the working directory or the catalogue, "
+             "or add its folder to $LORA_RL_DEFAULTS_PATH",
+    "LR801": "point `defaults:` at a lora-rl or NeMo RL recipe",
 }
 
 

@@ -99,6 +99,7 @@ def checkpoint_adapter(checkpoint: Path, base: str | None = None) -> CheckpointA
     adapter = ckpt.tensors["adapter"]
     if backend == "megatron":
         adapter = _megatron_adapter_in_hf_names(adapter, base_model, ckpt.path)
+    _check_adapter(adapter, lora.dim, base_model, ckpt.path)
     return CheckpointAdapter(ckpt.path, ckpt.step, backend, lora, base_model, adapter,
                              ckpt.state.get("tokenizer"))
 
@@ -137,6 +138,23 @@ def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _check_adapter(adapter: dict[str, torch.Tensor], rank: int, base_model: str,
+                   where: Path) -> None:
+    """Refuse NaN/inf, unpaired or wrong-rank adapters, and (base model local) adapters that do
+    not fit its linear layers, before anything is written."""
+    from lora_rl.model_source import ModelSourceError, local_model_dir
+    from lora_rl.tensor_guard import base_linear_shapes, check_adapter
+
+    try:
+        directory = local_model_dir(base_model, build=True)
+    except ModelSourceError:
+        directory = None
+    try:
+        check_adapter(adapter, rank, base_linear_shapes(directory) if directory else None)
+    except ValueError as exc:
+        raise ExportError(f"{where}: {exc}; nothing was written") from None
 
 
 def _megatron_adapter_in_hf_names(adapter: dict[str, torch.Tensor], base_model: str,
@@ -197,9 +215,10 @@ def _write_merged(target: Path, adapter: dict[str, torch.Tensor],
         lora_spec_from_config,
         merge_and_unwrap,
     )
-    from lora_rl.model_source import require_local_model_dir
+    from lora_rl.model_source import check_weights, require_local_model_dir
 
     directory = require_local_model_dir(base_model)
+    check_weights(directory, allow_pickle=False)  # safetensors only (LR804)
     model = AutoModelForCausalLM.from_pretrained(directory)
     if isinstance(lora, MegatronPeftConfig):
         # The recipe's targets are Megatron module names; the adapter names the HF modules.

@@ -280,6 +280,8 @@ def load_lora_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) ->
         elif tuple(value.shape) != tuple(own[key].shape):
             problems.append(f"{key} has shape {tuple(value.shape)}, the model expects "
                             f"{tuple(own[key].shape)} (different LoRA rank or model?)")
+        elif value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            problems.append(f"{key} holds NaN or inf")
     if problems:
         raise ValueError("adapter state dict does not fit the model: " + "; ".join(problems))
     with torch.no_grad():

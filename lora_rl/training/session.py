@@ -19,6 +19,7 @@ from lora_rl.checkpoint import (
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.data.order import DataOrder
 from lora_rl.metrics import MetricsLog
+from lora_rl.tensor_guard import restore, resume_check
 from lora_rl.training import preemption, resume_diff
 from lora_rl.training.console import StepConsole
 from lora_rl.training.runtime import Runtime
@@ -65,7 +66,12 @@ class TrainingSession:
                 self.say(f"removed {len(removed)} temporary checkpoint dir(s) left by an "
                          f"interrupted write: {', '.join(p.name for p in removed)}")
         self.runtime.barrier()
-        found = latest_checkpoint(self.root, warn=self.say) if self.ckpt.enabled else None
+        # A checkpoint of a different setup stops the run (_check_recipe); one whose content
+        # does not fit this model (names, shapes, dtypes, NaN, state structure) is skipped for
+        # the previous one.
+        check = resume_check(self.backend, self._check_recipe)
+        found = latest_checkpoint(self.root, warn=self.say, check=check) \
+            if self.ckpt.enabled else None
         step = 0
         if found is not None:
             self._restore(found)
@@ -83,18 +89,11 @@ class TrainingSession:
         """Load `found` after checking that the recipe may resume it; recipe edits to the
         optimizer or schedule are applied to the restored state, and every edit is announced."""
         ours = resume_diff.recipe_record(self.cfg)
-        saved = found.state.get("recipe")
-        if saved is None:  # written before recipes were recorded
-            self._check_same_run(found.state, found.path)
-            saved = {"adjustable": ours["adjustable"]}
-        fixed = resume_diff.fixed_changes(saved, ours)
-        if fixed:
-            raise ValueError(resume_diff.refusal(found.path, fixed))
+        saved = found.state.get("recipe") or {"adjustable": ours["adjustable"]}
         changes = resume_diff.adjustable_changes(saved, ours)
         optimizer, scheduler = self.backend.optimizer, self.backend.scheduler
         fresh = resume_diff.snapshot_hparams(optimizer, scheduler)
-        self.backend.load_checkpoint_tensors(found.tensors, found.state["optimizer_meta"])
-        self.order.load_state(found.state["algorithm"]["data"])
+        restore(found, self.backend, self.order)
         if any(change.in_optimizer_state for change in changes):
             lr = resume_diff.apply_recipe_hparams(optimizer, scheduler, fresh)
             applied = f"applied to the restored optimizer and schedule (lr now {lr:.6g})"
@@ -103,6 +102,17 @@ class TrainingSession:
         for change in changes:
             effect = applied if change.in_optimizer_state else change.effect
             self.say(f"resume: recipe changed since the checkpoint: {change}; {effect}")
+
+    def _check_recipe(self, state: dict[str, Any], path: Path) -> None:
+        """Refuse (ValueError: the run stops) a checkpoint whose fixed settings differ from the
+        recipe's, naming each key with both values."""
+        saved = state.get("recipe")
+        if saved is None:  # written before recipes were recorded
+            self._check_same_run(state, path)
+            return
+        fixed = resume_diff.fixed_changes(saved, resume_diff.recipe_record(self.cfg))
+        if fixed:
+            raise ValueError(resume_diff.refusal(path, fixed))
 
     def _check_same_run(self, state: dict[str, Any], path: Path) -> None:
         ours = run_identity(self.cfg)

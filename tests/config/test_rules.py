@@ -50,6 +50,8 @@ class Case:
     """Modules that look uninstalled while validating the failing case."""
     contents: dict[str, str] = field(default_factory=dict)
     """Files (name -> text) created in the working directory before both cases."""
+    model_files: tuple[str, ...] = field(default_factory=tuple)
+    """Empty files created in the model directory of the failing case."""
 
     @property
     def id(self) -> str:
@@ -321,6 +323,14 @@ RULE_CASES: list[Case] = [
          "policy.scheduler[2].milestones", point="key"),
     Case("LR640", "logprob-batch", {"policy.logprob_batch_size": 2},
          {"policy.logprob_batch_size": 1}, "policy.logprob_batch_size", kind="grpo"),
+    Case("LR802", "stdlib-reward", {"env.reward": "os:system"}, {"env.reward": "exact_match"},
+         "env.reward", kind="grpo"),
+    Case("LR803", "reward-not-on-path", {"env.reward": "no_such_rewards_mod:score"},
+         {"env.reward": "exact_match"}, "env.reward", kind="grpo"),
+    Case("LR804", "pickle-only-model", {}, {},
+         "policy.model_name", model={}, model_files=("pytorch_model.bin",)),
+    Case("LR805", "pickle-opt-in", {"policy.allow_pickle_weights": True}, {},
+         "policy.allow_pickle_weights", model={}, model_files=("pytorch_model.bin",)),
     Case("LR901", "compat-key", {"policy.dtensor_cfg.sequence_parallel": True},
          {"policy.dtensor_cfg.sequence_parallel": False},
          "policy.dtensor_cfg.sequence_parallel"),
@@ -353,6 +363,8 @@ def _run(case: Case, changes: dict[str, Any], recipe_dir: Any, monkeypatch: pyte
          name: str, missing: tuple[str, ...] = ()) -> tuple[Path, ValidationResult]:
     path = recipe_dir.write(_fix(changes, recipe_dir.kit), kind=case.kind, name=name)
     model_dir = recipe_dir.model(**case.model) if case.model is not None else None
+    for file in case.model_files if changes is case.bad else ():
+        (model_dir / file).write_bytes(b"")
     real_find_spec = importlib.util.find_spec
     fake = {"vllm": importlib.machinery.ModuleSpec("vllm", None) if case.vllm else None}
     fake = {**(fake if case.vllm is not None else {}), **dict.fromkeys(missing)}
@@ -551,11 +563,30 @@ def _lr403(d: Any, kit: Any):
             lambda: validate_recipe(path, model_dir=d.model()))
 
 
+def _lr800(d: Any, kit: Any):
+    path = d.write(text="defaults: /etc/passwd\n" + kit.dump(kit.base()))
+    d.write(name="parent.yaml")
+    ok = d.write(text="defaults: parent.yaml\n", name="ok.yaml")
+    return (lambda: validate_recipe(path),
+            Located("LR800", "defaults", "recipe.yaml", 1, len("defaults: ") + 1),
+            lambda: validate_recipe(ok))
+
+
+def _lr801(d: Any, kit: Any):
+    d.write(text="token: abc\n", name="notes.yaml")
+    path = d.write(text="defaults: notes.yaml\n" + kit.dump(kit.base()))
+    d.write(name="parent.yaml")
+    ok = d.write(text="defaults: parent.yaml\n", name="ok.yaml")
+    return (lambda: validate_recipe(path),
+            Located("LR801", "defaults", "recipe.yaml", 1, len("defaults: ") + 1),
+            lambda: validate_recipe(ok))
+
+
 LOADER_CASES = {
     "LR001": _lr001, "LR002": _lr002, "LR003": _lr003, "LR004": _lr004, "LR005": _lr005,
     "LR006": _lr006, "LR007": _lr007, "LR008": _lr008, "LR009": _lr009, "LR010": _lr010,
     "LR011": _lr011,
-    "LR403": _lr403,
+    "LR403": _lr403, "LR800": _lr800, "LR801": _lr801,
 }
 
 
