@@ -52,6 +52,16 @@ def _max_new_tokens(cfg, given: int | None) -> int:
     return gen.max_new_tokens if gen is not None else DEFAULT_MAX_NEW_TOKENS
 
 
+def _rendered(policy, cfg, text: str) -> list[int]:
+    from lora_rl.data.jsonl import DataError
+
+    try:
+        return policy.typed(cfg, text)
+    except DataError as exc:
+        console(stderr=True).print(f"error: {exc}")
+        raise typer.Exit(EXIT_INVALID) from None
+
+
 def generate(
     recipe: RecipeArg,
     prompts: Annotated[list[str] | None, typer.Argument(
@@ -69,7 +79,8 @@ def generate(
         raise typer.Exit(EXIT_USAGE)
     cfg, policy = _policy(recipe, overrides, checkpoint, base_only)
     limit = _max_new_tokens(cfg, max_new_tokens)
-    for prompt, ids in zip(texts, policy.answer_ids(texts, limit, temperature), strict=True):
+    rendered = [_rendered(policy, cfg, text) for text in texts]
+    for prompt, ids in zip(texts, policy.answer_ids(rendered, limit, temperature), strict=True):
         answer = policy.tokenizer.decode(ids, skip_special_tokens=True)
         print(answer if len(texts) == 1 else f"{prompt}\t{answer}", flush=True)
 
@@ -95,7 +106,8 @@ def chat(
             break
         if not prompt.strip():
             break
-        for _ in policy.answer_ids([prompt], limit, temperature, streamer=streamer):
+        for _ in policy.answer_ids([_rendered(policy, cfg, prompt)], limit, temperature,
+                                   streamer=streamer):
             pass
 
 

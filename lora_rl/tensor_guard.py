@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lora_rl.checkpoint import Checkpoint, CheckpointError
+from lora_rl.interop.peft_format import expert_parameter
 
 if TYPE_CHECKING:
     from lora_rl.backends.base import TrainingBackend
@@ -193,6 +194,14 @@ def check_adapter(adapter: Mapping[str, torch.Tensor], rank: int,
             raise ValueError(f"adapter module {module} has only "
                              f"{'lora_A' if LORA_A in pair else 'lora_B'}")
         a, b = pair[LORA_A], pair[LORA_B]
+        if expert_parameter(module) is not None:
+            # One adapter per expert, stacked: A [rank * E, in], B [out, rank * E]. Experts
+            # are fused 3-D parameters, not linear layers: loading checks their fit.
+            if a.shape[0] % rank or b.shape[1] != a.shape[0]:
+                raise ValueError(f"adapter module {module}: lora_A {tuple(a.shape)} and lora_B "
+                                 f"{tuple(b.shape)} are not per-expert adapters of the recipe's "
+                                 f"rank {rank}")
+            continue
         if a.shape[0] != rank or b.shape[1] != rank:
             raise ValueError(f"adapter module {module}: lora_A {tuple(a.shape)} and lora_B "
                              f"{tuple(b.shape)} are not of the recipe's rank {rank}")

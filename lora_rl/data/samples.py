@@ -100,6 +100,11 @@ class Reader:
         return {"role": "user", "content": self.prompt_template.replace("{}", text)
                 if self.prompt_template else text}
 
+    def prompt(self, text: str) -> Conversation:
+        """The conversation a prompt typed by a user becomes, as a record's prompt would
+        (system prompt and prompt_file template included): what `lora-rl generate` renders."""
+        return Conversation(tuple(self._system(Record("<prompt>", 1, {}), [self._user(text)])))
+
     def _tools(self, record: Record) -> tuple[Message, ...] | None:
         tools = record.fields.get(self.spec.tool_key)
         if tools is None:

@@ -14,7 +14,7 @@ from lora_rl.data.examples import Example, Limits
 from lora_rl.data.files import check_path, load_records
 from lora_rl.data.jsonl import DataError
 from lora_rl.data.render import ChatRenderer, PlainRenderer, Renderer, example, prompt_ids
-from lora_rl.data.samples import Reader, Sample, read_samples
+from lora_rl.data.samples import Conversation, Reader, Sample, read_samples
 from lora_rl.data.specs import DataSpec, Split, data_specs, hub_only_blocks, uses_chat
 from lora_rl.model_source import TINY_MODEL_NAME, require_local_model_dir
 
@@ -61,6 +61,11 @@ def _holdout(samples: list[Sample], share: float, seed: int) -> tuple[list, list
 def _read(cfg: RecipeConfig, spec: DataSpec) -> list[Sample]:
     reader = Reader.for_spec(spec, cfg.algorithm)
     return read_samples(reader, load_records(spec.path, spec.where, spec.split))
+
+
+def typed_prompt(cfg: RecipeConfig, text: str) -> Conversation:
+    """A user's prompt as the recipe's (first) training data set frames its prompts."""
+    return Reader.for_spec(_specs(cfg, "train")[0], cfg.algorithm).prompt(text)
 
 
 def load_samples(cfg: RecipeConfig, split: Split) -> list[Sample]:

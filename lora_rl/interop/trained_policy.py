@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lora_rl.config.recipe import RecipeConfig
-from lora_rl.data.examples import TextFormat
+from lora_rl.data.render import Renderer
 
 
 class PolicyLoadError(ValueError):
@@ -27,17 +27,17 @@ class PolicyLoadError(ValueError):
 class TrainedPolicy:
     model: torch.nn.Module
     tokenizer: Any
-    format: TextFormat
+    renderer: Renderer
     source: str
     """What was loaded, for the user: `base model only`, `checkpoint results/run/step_60`."""
 
-    def answer_ids(self, prompts: list[str], max_new_tokens: int, temperature: float,
+    def answer_ids(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
                    streamer: Any = None) -> Iterator[list[int]]:
-        """Completion token ids per prompt (EOS excluded), one prompt at a time: no padding,
-        so greedy answers are the ones the run's own evaluation produced."""
+        """Completion token ids per rendered prompt (EOS excluded), one prompt at a time: no
+        padding, so greedy answers are the ones the run's own evaluation produced."""
         eos = self.tokenizer.eos_token_id
         for prompt in prompts:
-            ids = torch.tensor([self.format.prompt_ids(prompt)])
+            ids = torch.tensor([prompt])
             sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else \
                 {"do_sample": False}
             with torch.no_grad():
@@ -48,6 +48,12 @@ class TrainedPolicy:
             new = out[0, ids.shape[1]:].tolist()
             yield new[:new.index(eos)] if eos in new else new
 
+    def typed(self, cfg: RecipeConfig, text: str) -> list[int]:
+        """A prompt typed by the user, rendered as training rendered its prompts."""
+        from lora_rl.data.sources import typed_prompt
+
+        return self.renderer.prompt_ids(typed_prompt(cfg, text))
+
 
 def load_trained_policy(cfg: RecipeConfig, checkpoint: Path | None,
                         adapter: bool = True) -> TrainedPolicy:
@@ -56,7 +62,7 @@ def load_trained_policy(cfg: RecipeConfig, checkpoint: Path | None,
     recipe's own checkpoint_dir. `adapter=False` gives the base model, for comparison."""
     from transformers import AutoModelForCausalLM
 
-    from lora_rl.data.sources import load_tokenizer, text_format
+    from lora_rl.data.sources import load_tokenizer, renderer
     from lora_rl.model_source import require_local_model_dir
 
     tokenizer = load_tokenizer(cfg)
@@ -67,7 +73,7 @@ def load_trained_policy(cfg: RecipeConfig, checkpoint: Path | None,
         where = checkpoint or Path(cfg.checkpointing.checkpoint_dir)
         source = _load_adapter(model, where)
     model.eval()
-    return TrainedPolicy(model, tokenizer, text_format(cfg, tokenizer), source)
+    return TrainedPolicy(model, tokenizer, renderer(cfg, tokenizer), source)
 
 
 def _load_adapter(model: torch.nn.Module, where: Path) -> str:
