@@ -37,8 +37,6 @@ def main(argv: list[str]) -> int:
 
 def run_rank(cfg: RecipeConfig) -> int:
     """Run this process's rank; returns the exit code. Expected failures print one clean line."""
-    from lora_rl.training import preemption
-
     # Already done when this process is `python -m lora_rl.worker`; under `torchrun -m lora_rl
     # run` (WORLD_SIZE set) it is a rank that dies with torchrun; alone it is the CLI itself.
     preemption.install(child="WORLD_SIZE" in os.environ)
@@ -56,7 +54,6 @@ def _run(cfg: RecipeConfig) -> int:
     from lora_rl.lora import LoraMatchError
     from lora_rl.model_source import ModelSourceError
     from lora_rl.trackers import TrackerMissingError, require_trackers
-    from lora_rl.training import preemption
     from lora_rl.training.runtime import start_runtime, stop_runtime
     from lora_rl.training.session import NonFiniteLossError
 
