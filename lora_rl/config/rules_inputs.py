@@ -75,10 +75,15 @@ def _looks_like_path(name: str) -> bool:
 @rule("LR610", "warning", "policy.model_name is a hub id; `run` needs a local directory",
       environment=True)
 def _hub_model(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
-    from lora_rl.model_source import TINY_MODEL_NAME
+    from lora_rl.model_source import BUILT_MODELS, TINY_MODEL_NAME, local_model_dir
 
     name = cfg.policy.model_name
     if name == TINY_MODEL_NAME or _looks_like_path(name):
+        return
+    if name in BUILT_MODELS:
+        if local_model_dir(name) is None:
+            yield Finding("policy.model_name", f"'{name}' is not built on this machine yet",
+                          f"run `{BUILT_MODELS[name][1]}` once (it goes to lora-rl's cache)")
         return
     yield Finding("policy.model_name", f"'{name}' is not a local directory and lora-rl "
                   "downloads nothing: `run` needs the model on disk",

@@ -35,16 +35,17 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 """model_type -> (transformers config class, family-specific settings)."""
 
 
-def family_config(model_type: str, vocab_size: int, special: dict[str, int]):
+def family_config(model_type: str, vocab_size: int, special: dict[str, int], **changes: Any):
     import transformers
 
     class_name, extra = FAMILY_CONFIGS[model_type]
     config_cls = getattr(transformers, class_name)
-    return config_cls(vocab_size=vocab_size, **_COMMON, **extra, **special)
+    return config_cls(vocab_size=vocab_size, **{**_COMMON, **extra, **special, **changes})
 
 
-def build_family_model(model_type: str, out_dir: Path, seed: int = 0) -> Path:
-    """A tiny random `model_type` model + the tiny tokenizer in `out_dir` (atomic)."""
+def build_family_model(model_type: str, out_dir: Path, seed: int = 0, **changes: Any) -> Path:
+    """A tiny random `model_type` model + the tiny tokenizer in `out_dir` (atomic); `changes`
+    override config fields (e.g. tie_word_embeddings=True)."""
     from transformers import AutoModelForCausalLM
 
     out_dir = Path(out_dir)
@@ -54,7 +55,7 @@ def build_family_model(model_type: str, out_dir: Path, seed: int = 0) -> Path:
     tokenizer.save_pretrained(tmp)
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                "pad_token_id": tokenizer.pad_token_id}
-    config = family_config(model_type, len(tokenizer), special)
+    config = family_config(model_type, len(tokenizer), special, **changes)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():

@@ -30,6 +30,7 @@ from lora_rl.backends.dtensor.sharding import shard_model
 from lora_rl.backends.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
 from lora_rl.backends.token_logprobs import token_logprobs
 from lora_rl.config.recipe import RecipeConfig
+from lora_rl.lora.naming import unwrapped_name
 from lora_rl.training.optim import build_optimizer, build_scheduler, clip_gradients
 from lora_rl.training.runtime import Runtime
 
@@ -117,6 +118,12 @@ class DTensorBackend:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=self._STATE_OPTIONS)
         optimizer_tensors, self._optimizer_meta = flatten_optimizer_state(optim_sd)
         name = "adapter" if self.built.lora_report is not None else "model"
+        if name == "adapter":
+            # ignore_frozen_params misses the second name of a tied (frozen) weight, e.g. a
+            # tied lm_head.weight: keep exactly the trainable parameters.
+            trainable = {unwrapped_name(n) for n, p in self.model.named_parameters()
+                         if p.requires_grad}
+            model_sd = {k: v for k, v in model_sd.items() if unwrapped_name(k) in trainable}
         return {name: dict(model_sd), "optimizer": optimizer_tensors}
 
     def optimizer_meta(self) -> dict:
