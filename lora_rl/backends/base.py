@@ -23,6 +23,9 @@ class TokenBatch:
     attention_mask: torch.Tensor
     loss_mask: torch.Tensor
     """1 where the token is a training target (the response), 0 on prompt and padding."""
+    segment_ids: torch.Tensor | None = None
+    """Packed rows (data/packing.py): k > 0 for the tokens of the row's k-th example, 0 on
+    padding; None for one example per row."""
 
     @property
     def target_mask(self) -> torch.Tensor:
