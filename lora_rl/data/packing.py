@@ -49,7 +49,7 @@ def collate_packed(rows: list[list[Example]], pad_id: int) -> TokenBatch:
             loss[r, start + 1:start + n] = torch.tensor(example.loss_mask[1:])
             segments[r, start:start + n] = k
             start += n
-    return TokenBatch(ids, attention, loss, segments)
+    return TokenBatch(ids, attention, loss, segment_ids=segments)
 
 
 def packed_micro_batches(examples: list[Example], max_len: int, mb_tokens: int,
