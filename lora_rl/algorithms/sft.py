@@ -16,6 +16,7 @@ from lora_rl.backends.base import TokenBatch
 from lora_rl.config.algorithms import SFTConfig
 from lora_rl.data.examples import Example
 from lora_rl.data.order import DataOrder
+from lora_rl.data.packing import packed_micro_batches
 from lora_rl.data.sources import (
     chunks,
     collate,
@@ -84,8 +85,7 @@ class SFT(Algorithm):
         examples = [self.train_set[i] for i in indices]
         global_tokens = sum(sum(e.loss_mask[1:]) for e in examples)
         mine = rank_slice(examples, self.backend.dp_rank, self.backend.dp_size)
-        micro = [collate(c, self.tokenizer.pad_token_id)
-                 for c in chunks(mine, self.cfg.policy.train_micro_batch_size)]
+        micro = self._micro_batches(mine)
 
         def loss_fn(token_logprobs: torch.Tensor, batch: TokenBatch):
             nll = masked_nll_sum(token_logprobs, batch)
@@ -100,6 +100,17 @@ class SFT(Algorithm):
         return {"loss": nll_sum / global_tokens, "lr": stats.lr, "grad_norm": stats.grad_norm,
                 "tokens_per_s": tokens / elapsed, "step_time_s": elapsed,
                 "skipped_step": stats.skipped}
+
+    def _micro_batches(self, examples: list[Example]) -> list[TokenBatch]:
+        policy = self.cfg.policy
+        packing = policy.sequence_packing
+        if packing.enabled and policy.backend == "dtensor":
+            budget = packing.train_mb_tokens or \
+                policy.max_total_sequence_length * policy.train_micro_batch_size
+            return packed_micro_batches(examples, policy.max_total_sequence_length, budget,
+                                        self.tokenizer.pad_token_id)
+        return [collate(c, self.tokenizer.pad_token_id)
+                for c in chunks(examples, policy.train_micro_batch_size)]
 
     def validate(self) -> dict[str, float]:
         if not self.val_set:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -25,6 +25,9 @@ class TokenBatch:
     attention_mask: torch.Tensor
     loss_mask: torch.Tensor
     """1 where the token is a training target (the response), 0 on prompt and padding."""
+    segment_ids: torch.Tensor | None = field(default=None, kw_only=True)
+    """Packed rows (data/packing.py): k > 0 for the tokens of the row's k-th example, 0 on
+    padding; None for one example per row."""
 
     @property
     def target_mask(self) -> torch.Tensor:

@@ -28,6 +28,27 @@ class TokenizerConfig(Section):
     """NeMo RL's fast tokenizer wrapper."""
 
 
+class SequencePackingConfig(Section):
+    """NeMo RL's sequence packing; lora-rl packs SFT training batches on the DTensor
+    backend."""
+
+    enabled: bool = False
+    """Pack several examples into each row of `max_total_sequence_length` tokens, first-fit
+    decreasing; position ids restart and a block-diagonal causal mask keeps attention inside
+    each example, so the loss equals unpacked training."""
+    train_mb_tokens: PositiveInt | None = None
+    """Token budget of a packed micro-batch (rows x max_total_sequence_length); null means
+    `max_total_sequence_length x train_micro_batch_size`."""
+    logprob_mb_tokens: PositiveInt | None = compat(None)
+    """Token budget of packed log-prob batches (GRPO)."""
+    algorithm: str | None = compat("modified_first_fit_decreasing")
+    """Bin-packing algorithm (lora-rl: first-fit decreasing)."""
+    sequence_length_round: PositiveInt | None = compat(64)
+    """Round packed lengths to a multiple of this."""
+    microbatch_order: str | None = compat(None)
+    """Order of packed micro-batches."""
+
+
 OptimizerName = Literal["torch.optim.AdamW", "torch.optim.Adam", "torch.optim.SGD"]
 
 
@@ -186,8 +207,8 @@ class PolicyConfig(Section):
     """Weight-refit buffer for a separate generation engine."""
     dynamic_batching: dict[str, Any] | None = compat(None)
     """NeMo RL's token-budget micro-batching."""
-    sequence_packing: dict[str, Any] | None = compat(None)
-    """NeMo RL's sequence packing."""
+    sequence_packing: SequencePackingConfig = Field(default_factory=SequencePackingConfig)
+    """Several SFT examples per row (attention kept inside each example)."""
     optimizer: OptimizerConfig | None = Field(default_factory=OptimizerConfig)
     """DTensor optimizer. Megatron uses `megatron_cfg.optimizer`; NeMo RL's Megatron recipes set
     this to null to say so (the DTensor backend needs it, rule LR131)."""

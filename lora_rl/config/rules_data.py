@@ -174,3 +174,14 @@ def _text_files_exist(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
         if mode is None or not stat.S_ISREG(mode):
             yield Finding(key, f"{value} is not a file here (it is read when the run starts)",
                           "check the path; it is relative to the working directory")
+
+
+@rule("LR517", "warning", "Sequence packing is acted on for SFT on the DTensor backend only")
+def _packing_scope(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    if not cfg.policy.sequence_packing.enabled:
+        return
+    if cfg.algorithm != "sft" or cfg.policy.backend != "dtensor":
+        yield Finding("policy.sequence_packing.enabled", "sequence packing has no effect here: "
+                      f"lora-rl packs SFT batches on the DTensor backend, and this is "
+                      f"{cfg.algorithm.upper()} on {cfg.policy.backend}",
+                      "set policy.sequence_packing.enabled: false")

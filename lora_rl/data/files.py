@@ -39,7 +39,11 @@ def check_path(path: Path, key: str, data: bool = True) -> None:
 
 
 def _quiet_datasets():
-    import datasets
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading data needs the Hugging Face `datasets` package\nfix: pip "
+                        "install 'lora-rl[train]' (or pip install datasets)") from None
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)

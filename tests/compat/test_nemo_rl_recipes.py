@@ -30,11 +30,12 @@ VLLM_MISSING = importlib.util.find_spec("vllm") is None
 # data sets are LR501 warnings instead (see test_hub_data_blocks_warn_with_lr501).
 SFT_BASE = {"logger.monitor_gpus", "logger.gpu_monitoring", "data.default.processor"}
 DPO_BASE = {"logger.monitor_gpus", "logger.gpu_monitoring"}
-GRPO_BASE = {"policy.generation_batch_size", "policy.sequence_packing",
+# Sequence packing is acted on for SFT; on GRPO it is LR517 (see test_packing_outside_sft_warns).
+GRPO_BASE = {"policy.generation_batch_size", "policy.sequence_packing.logprob_mb_tokens",
              "policy.generation.val_temperature", "policy.generation.val_top_p",
              "policy.generation.refit_cfg", "env.math", "data.default.processor",
              "data.default.env_name"}
-GRPO_CHILD = GRPO_BASE - {"policy.sequence_packing"}
+GRPO_CHILD = GRPO_BASE - {"policy.sequence_packing.logprob_mb_tokens"}
 MEGATRON_MOE = {"policy.megatron_cfg.freeze_moe_router", "policy.megatron_cfg.moe_router_dtype",
                 "policy.megatron_cfg.moe_router_load_balancing_type",
                 "policy.megatron_cfg.moe_router_bias_update_rate",
@@ -147,6 +148,12 @@ def test_child_recipes_inherit_and_override() -> None:
 def test_hub_data_blocks_warn_with_lr501(name: str, key: str) -> None:
     warned = {".".join(d.path) for d in _validate(name).warnings if d.rule == "LR501"}
     assert warned == {key}
+
+
+def test_packing_outside_sft_warns() -> None:
+    warned = [".".join(d.path) for d in _validate("grpo_math_1B.yaml").warnings
+              if d.rule == "LR517"]
+    assert warned == ["policy.sequence_packing.enabled"]
 
 
 def test_megatron_child_switches_backend() -> None:

@@ -198,3 +198,25 @@ def test_validate_refuses_a_fifo_and_reads_only_the_first_record(workdir):
                       "data:\n  train: {data_path: pipe.jsonl}\n")
     result = validate_recipe(recipe)  # must not block on the pipe
     assert [d.rule for d in result.errors] == ["LR511"]
+
+
+def test_chat_template_setting_follows_nemo_rl(workdir, tiny_tokenizer):
+    from lora_rl.data.sources import renderer, resolve_template
+    from tests.data.conftest import TAGGED
+
+    write_jsonl(workdir / "t.jsonl", [{"input": "1+1=", "output": "2"}])
+    (workdir / "t.jinja").write_text(TAGGED)
+    data = "  train: {data_path: t.jsonl}\n"
+    tiny_tokenizer.chat_template = None
+    for setting, expected in (("default", None), ("null", None), ("t.jinja", TAGGED),
+                              ("'{{ bos_token }}'", "{{ bos_token }}")):
+        cfg, _ = _config(workdir, data, extra=f"policy:\n  tokenizer:\n"
+                         f"    chat_template: {setting}\n")
+        assert resolve_template(cfg, tiny_tokenizer) == expected, setting
+    tiny_tokenizer.chat_template = TAGGED
+    cfg, _ = _config(workdir, data)
+    assert resolve_template(cfg, tiny_tokenizer) == TAGGED      # default: the tokenizer's own
+    cfg, _ = _config(workdir, data, extra=NO_TEMPLATE)
+    assert resolve_template(cfg, tiny_tokenizer) is None        # null: plain concatenation
+    tiny_tokenizer.chat_template = None
+    assert type(renderer(cfg, tiny_tokenizer)).__name__ == "PlainRenderer"

@@ -73,3 +73,12 @@ def test_overlong_conversation_names_its_record(tiny_tokenizer):
     with pytest.raises(DataError, match=r"^d.jsonl:7: .* exceed the limits"):
         example(ChatRenderer(tiny_tokenizer, TAGGED), Conversation(MULTI),
                 Limits(10, 10, "error"), "d.jsonl:7")
+
+
+def test_tools_and_template_kwargs_reach_the_template(tiny_tokenizer):
+    template = ("{% if tools %}{% for t in tools %}{{ t['name'] }} {% endfor %}{% endif %}"
+                "{% if brief %}be brief {% endif %}" + UNTAGGED)
+    conv = Conversation(MULTI[1:3], tools=({"name": "add"},))
+    ex = example(ChatRenderer(tiny_tokenizer, template, {"brief": True}), conv, LIMITS, "x:1")
+    assert tiny_tokenizer.decode(ex.input_ids).startswith("add be brief <s>user 1+2= bot 3")
+    assert _trained_text(tiny_tokenizer, ex) == "3</s>"

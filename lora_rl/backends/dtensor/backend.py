@@ -60,8 +60,15 @@ class DTensorBackend:
     # ---- forward / backward ---------------------------------------------------------------
 
     def token_logprobs(self, batch: TokenBatch) -> torch.Tensor:
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            use_cache=False).logits
+        if batch.segment_ids is not None:  # packed rows (data/packing.py)
+            from lora_rl.data.packing import packed_model_inputs
+
+            mask, positions = packed_model_inputs(batch.segment_ids)
+            logits = self.model(input_ids=batch.input_ids, attention_mask=mask,
+                                position_ids=positions, use_cache=False).logits
+        else:
+            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                use_cache=False).logits
         # Scored at every position (the last one against a dummy target) and trimmed after:
         # slicing the logits first would copy all of them.
         targets = F.pad(batch.input_ids[:, 1:], (0, 1))
