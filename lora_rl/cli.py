@@ -276,7 +276,7 @@ class ConvertTarget(str, Enum):
 @app.command()
 def convert(
     file: Annotated[Path, typer.Argument(
-        metavar="RECIPE", help="Recipe file (or an AReaL config)")],
+        metavar="RECIPE", help="Recipe file or catalogue name (or an AReaL config)")],
     to: Annotated[ConvertTarget, typer.Option("--to", help="Schema of the LoRA block to write")],
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", metavar="FILE", help="Write here (default: stdout)")] = None,
@@ -289,7 +289,7 @@ def convert(
         typer.echo(line, err=True)
 
     try:
-        result = convert_file(file, to.value, out)
+        result = convert_file(resolve_recipe(file), to.value, out)
     except ConvertError as exc:
         say(f"error: {exc}")
         raise typer.Exit(EXIT_INVALID if isinstance(exc, CannotCarry) else EXIT_USAGE) from None
