@@ -30,11 +30,13 @@ SCALARS: tuple[tuple[str, str | None, str | None, str | None], ...] = (
     ("dropout", "dropout", "dropout", None),
     ("dropout_position", "dropout_position", "dropout_position", None),
     ("a_init", "lora_A_init", "lora_A_init_method", None),
+    ("use_rslora", "use_rslora", "use_rslora", None),
 )
 _COLUMN = {"dtensor": 1, "megatron": 2, "areal": 3}
 
-AREAL_IMPLIED: dict[str, Any] = {"dropout": 0.0, "a_init": "uniform"}
-"""AReaL hands its keys to `peft.LoraConfig`: no dropout, PEFT's kaiming-uniform A init."""
+AREAL_IMPLIED: dict[str, Any] = {"dropout": 0.0, "a_init": "uniform", "use_rslora": False}
+"""AReaL hands its keys to `peft.LoraConfig`: no dropout, PEFT's kaiming-uniform A init, the
+plain alpha / r scale."""
 
 ONLY_IN: dict[Schema, dict[str, Any]] = {
     # Keys with no counterpart elsewhere, with the value at which dropping them loses nothing.
@@ -87,6 +89,7 @@ class LoraSpec:
     dropout: float = 0.0
     dropout_position: str = "post"
     a_init: str = "xavier"
+    use_rslora: bool = False
     match_all: bool = True
     targets: list[str] = field(default_factory=list)
     excludes: list[str] = field(default_factory=list)

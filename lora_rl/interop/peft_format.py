@@ -143,7 +143,7 @@ def wrap_adapter_modules(model: torch.nn.Module, adapter: dict[str, torch.Tensor
 
 
 def adapter_config(*, rank: int, alpha: float, dropout: float, modules: list[str],
-                   base_model: str) -> dict[str, Any]:
+                   base_model: str, use_rslora: bool = False) -> dict[str, Any]:
     short = sorted({name.rsplit(".", 1)[-1] for name in modules if not expert_parameter(name)})
     parameters = sorted({_layer_relative(name) for name in modules if expert_parameter(name)})
     extra: dict[str, Any] = {"target_parameters": parameters} if parameters else {}
@@ -151,7 +151,7 @@ def adapter_config(*, rank: int, alpha: float, dropout: float, modules: list[str
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha,
         "lora_dropout": dropout, "target_modules": short, **extra,
         "base_model_name_or_path": base_model,
-        "fan_in_fan_out": False, "bias": "none", "use_rslora": False, "use_dora": False,
+        "fan_in_fan_out": False, "bias": "none", "use_rslora": use_rslora, "use_dora": False,
         "modules_to_save": None, "inference_mode": True, "peft_version": peft_version(),
     }
 

@@ -21,13 +21,22 @@ CASES = [
      ["gate_proj", "up_proj", "down_proj"]),
 ]
 
+VARIANTS = [
+    # (id, lora-rl config kwargs, PEFT LoraConfig kwargs): the same adapter maths both ways
+    ("plain", {}, {}),
+    ("rslora", {"use_rslora": True}, {"use_rslora": True}),
+]
 
-def _paired(model, kwargs, peft_targets, position):
+
+def _paired(model, kwargs, peft_targets, position, variant=("plain", {}, {})):
+    _, ours_variant, peft_variant = variant
     ours = copy.deepcopy(model)
     report = apply_lora(ours, DTensorLoraConfig(enabled=True, dim=4, alpha=8,
-                                                dropout_position=position, **kwargs))
+                                                dropout_position=position, **kwargs,
+                                                **ours_variant))
     theirs = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                                             target_modules=peft_targets))
+                                                             target_modules=peft_targets,
+                                                             **peft_variant))
     peft_modules = dict(theirs.named_modules())
     torch.manual_seed(1)
     pairs = []
@@ -42,10 +51,13 @@ def _paired(model, kwargs, peft_targets, position):
     return ours, theirs, pairs, report
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v[0] for v in VARIANTS])
 @pytest.mark.parametrize("position", ["pre", "post"])
 @pytest.mark.parametrize("case_id,kwargs,peft_targets", CASES, ids=[c[0] for c in CASES])
-def test_logits_and_grads_equal_peft(tiny_llama, case_id, kwargs, peft_targets, position):
-    ours, theirs, pairs, _ = _paired(tiny_llama, kwargs, peft_targets, position)
+def test_logits_and_grads_equal_peft(tiny_llama, case_id, kwargs, peft_targets, position,
+                                     variant):
+    ours, theirs, pairs, report = _paired(tiny_llama, kwargs, peft_targets, position, variant)
+    assert report.scale == pairs[0][1].scaling["default"]
     tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(2))
     ours_logits = ours(tokens).logits
     peft_logits = theirs(tokens).logits
