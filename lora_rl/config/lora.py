@@ -49,6 +49,10 @@ class DTensorLoraConfig(Section):
     use_rslora: bool = False
     """Rank-stabilised LoRA (PEFT's `use_rslora`): scale the adapter by alpha / sqrt(dim) instead
     of alpha / dim, so higher ranks keep learning at the same rate."""
+    lora_plus_lr_ratio: float | None = Field(None, gt=0)
+    """LoRA+ (PEFT's `create_loraplus_optimizer`): the B matrices train with the optimizer's
+    learning rate times this ratio (A keeps the base rate); null trains both at one rate. The
+    paper uses 2-16; lower the base learning rate a little when raising it."""
 
 
 class MegatronPeftConfig(Section):

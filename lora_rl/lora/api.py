@@ -179,6 +179,16 @@ def iter_lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLinear | Exper
         yield name, layer
 
 
+def lora_plus_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters LoRA+ trains at the higher learning rate: every adapter's B matrix (and,
+    as PEFT groups them, any 1-D adapter parameter such as a DoRA magnitude)."""
+    out = []
+    for _, layer in iter_lora_layers(model):
+        out.append(layer.lora_B.weight)
+        out.extend(p for p in layer.parameters() if p.dim() == 1 and p.requires_grad)
+    return out
+
+
 def merge_lora(model: nn.Module) -> None:
     """Fold every adapter into its base weight (in fp32, then cast); all or none."""
     layers = [layer for _, layer in iter_lora_layers(model)]
