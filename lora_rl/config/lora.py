@@ -49,6 +49,11 @@ class DTensorLoraConfig(Section):
     use_rslora: bool = False
     """Rank-stabilised LoRA (PEFT's `use_rslora`): scale the adapter by alpha / sqrt(dim) instead
     of alpha / dim, so higher ranks keep learning at the same rate."""
+    use_dora: bool = False
+    """DoRA (PEFT's `use_dora`): each adapted layer also trains a magnitude per output row and
+    applies it to the direction of W + scale * B A. Not with the Triton kernel, tensor
+    parallelism or split-weight vLLM sync (`lora-rl validate` says why); the DTensor backend
+    only."""
     lora_plus_lr_ratio: float | None = Field(None, gt=0)
     """LoRA+ (PEFT's `create_loraplus_optimizer`): the B matrices train with the optimizer's
     learning rate times this ratio (A keeps the base rate); null trains both at one rate. The

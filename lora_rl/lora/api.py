@@ -256,11 +256,14 @@ def _adapter_params(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, layer in iter_lora_layers(model):
         out[f"{name}.lora_A.weight"] = layer.lora_A.weight
         out[f"{name}.lora_B.weight"] = layer.lora_B.weight
+        if getattr(layer, "use_dora", False):
+            out[f"{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector
     return out
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter tensors by unwrapped module name + `.lora_A.weight` / `.lora_B.weight`.
+    """Adapter tensors by unwrapped module name + `.lora_A.weight` / `.lora_B.weight` (and DoRA's
+    `.lora_magnitude_vector`).
 
     Whole tensors (sharded ones are gathered: call on every rank), detached but not copied:
     they change with training, so copy or save them before the next optimizer step."""

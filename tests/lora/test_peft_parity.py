@@ -25,6 +25,9 @@ VARIANTS = [
     # (id, lora-rl config kwargs, PEFT LoraConfig kwargs): the same adapter maths both ways
     ("plain", {}, {}),
     ("rslora", {"use_rslora": True}, {"use_rslora": True}),
+    ("dora", {"use_dora": True, "use_triton": False}, {"use_dora": True}),
+    ("dora-rslora", {"use_dora": True, "use_rslora": True, "use_triton": False},
+     {"use_dora": True, "use_rslora": True}),
 ]
 
 
@@ -45,6 +48,10 @@ def _paired(model, kwargs, peft_targets, position, variant=("plain", {}, {})):
         twin = peft_modules[f"base_model.model.{name}"]
         twin.lora_A["default"].weight.data.copy_(layer.lora_A.weight)
         twin.lora_B["default"].weight.data.copy_(layer.lora_B.weight)
+        if layer.use_dora:  # a magnitude away from ||W||, so it matters
+            layer.lora_magnitude_vector.data.mul_(1 + 0.1 * torch.randn_like(
+                layer.lora_magnitude_vector))
+            twin.lora_magnitude_vector["default"].weight.data.copy_(layer.lora_magnitude_vector)
         pairs.append((layer, twin))
     assert len(pairs) == len([n for n, m in theirs.named_modules() if hasattr(m, "lora_A")
                               and isinstance(m.lora_A, torch.nn.ModuleDict)])
@@ -69,6 +76,10 @@ def test_logits_and_grads_equal_peft(tiny_llama, case_id, kwargs, peft_targets, 
                               atol=1e-5, rtol=0)
         assert torch.allclose(layer.lora_B.weight.grad, twin.lora_B["default"].weight.grad,
                               atol=1e-5, rtol=0)
+        if layer.use_dora:
+            assert torch.allclose(layer.lora_magnitude_vector.grad,
+                                  twin.lora_magnitude_vector["default"].weight.grad,
+                                  atol=1e-5, rtol=0)
 
 
 def test_only_adapters_are_trainable(tiny_llama):
