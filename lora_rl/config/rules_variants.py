@@ -25,7 +25,8 @@ def _dora_triton(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     lora = _dtensor_lora(cfg)
     if lora is not None and lora.use_dora and lora.use_triton:
         yield Finding(f"{LORA}.use_triton", "DoRA runs on the torch path only, but use_triton "
-                      "is true (the default)", f"set {LORA}.use_triton: false")
+                      "is true (use_triton defaults to true)",
+                      f"set {LORA}.use_triton: false")
 
 
 @rule("LR151", "error", "use_dora: true is not supported with tensor_parallel_size > 1")

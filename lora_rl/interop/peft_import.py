@@ -32,4 +32,8 @@ def load_peft_adapter(model: torch.nn.Module, directory: Path) -> None:
                                  f"from the recipe's ({layer.scale}); set alpha to "
                                  f"{config.get('lora_alpha')} and use_rslora to "
                                  f"{str(rslora).lower()}")
+    dora = bool(config.get("use_dora", False))
+    if dora != bool(getattr(layer, "use_dora", False)):
+        raise AdapterFormatError(f"{directory}: the adapter has use_dora {str(dora).lower()}, "
+                                 f"the recipe the opposite; set use_dora: {str(dora).lower()}")
     load_lora_state_dict(model, tensors)

@@ -17,6 +17,7 @@ VARIANTS = [
     # (id, config kwargs, adapter_config entries it must write)
     ("plain", {}, {"use_rslora": False, "use_dora": False}),
     ("rslora", {"use_rslora": True}, {"use_rslora": True, "use_dora": False}),
+    ("dora", {"use_dora": True}, {"use_rslora": False, "use_dora": True}),
 ]
 TOKENS = torch.tensor([[1, 9, 4, 10, 5, 13], [1, 7, 4, 8, 5, 11]])
 
@@ -34,6 +35,9 @@ def _trained(base_dir, lora):
     torch.manual_seed(3)
     for _, layer in iter_lora_layers(model):
         layer.lora_B.weight.data.normal_(std=0.05)
+        if layer.use_dora:  # a trained magnitude, away from ||W||
+            layer.lora_magnitude_vector.data.mul_(1 + 0.1 * torch.randn_like(
+                layer.lora_magnitude_vector))
     return model
 
 
@@ -70,7 +74,21 @@ def test_peft_and_merged_exports_reproduce_the_model(base_dir, tmp_path, variant
         assert (again(TOKENS).logits - ours_logits).abs().max() < 1e-6
 
 
-def test_an_rslora_adapter_is_refused_by_a_plain_recipe(base_dir, tmp_path):
+def test_export_checks_dora_magnitudes():
+    from lora_rl.tensor_guard import check_adapter
+
+    pair = {"m.lora_A.weight": torch.zeros(2, 6), "m.lora_B.weight": torch.zeros(5, 2)}
+    check_adapter({**pair, "m.lora_magnitude_vector": torch.ones(5)}, 2, {"m": (5, 6)})
+    with pytest.raises(ValueError, match="magnitude of length 4"):
+        check_adapter({**pair, "m.lora_magnitude_vector": torch.ones(4)}, 2, {"m": (5, 6)})
+    with pytest.raises(ValueError, match="no lora_A/lora_B"):
+        check_adapter({**pair, "x.lora_magnitude_vector": torch.ones(5)}, 2, {"m": (5, 6)})
+    with pytest.raises(ValueError, match="NaN"):
+        check_adapter({**pair, "m.lora_magnitude_vector": torch.full((5,), float("nan"))}, 2,
+                      None)
+
+
+def test_a_variant_adapter_is_refused_by_a_plain_recipe(base_dir, tmp_path):
     lora = DTensorLoraConfig(enabled=True, dim=4, alpha=8, use_triton=False, use_rslora=True)
     adapter = lora_state_dict(_trained(base_dir, lora))
     (tmp_path / "peft").mkdir()
@@ -79,3 +97,9 @@ def test_an_rslora_adapter_is_refused_by_a_plain_recipe(base_dir, tmp_path):
     apply_lora(plain, DTensorLoraConfig(enabled=True, dim=4, alpha=8, use_triton=False))
     with pytest.raises(AdapterFormatError, match="use_rslora to true"):
         load_peft_adapter(plain, tmp_path / "peft")
+    lora = DTensorLoraConfig(enabled=True, dim=4, alpha=8, use_triton=False, use_dora=True)
+    adapter = lora_state_dict(_trained(base_dir, lora))
+    (tmp_path / "dora").mkdir()
+    _write_peft(tmp_path / "dora", adapter, lora, str(base_dir))
+    with pytest.raises(AdapterFormatError, match="use_dora: true"):
+        load_peft_adapter(plain, tmp_path / "dora")
