@@ -53,6 +53,12 @@ def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
         if dt_lora.exclude_modules:
             rows.append(("excluded", ", ".join(dt_lora.exclude_modules)))
         rows.append(("A init", dt_lora.lora_A_init))
+        if dt_lora.use_dora:
+            rows.append(("DoRA", "a trained magnitude per output row; vLLM gets merged weights"))
+        if dt_lora.lora_plus_lr_ratio is not None:
+            lr = cfg.policy.optimizer.kwargs.lr
+            rows.append(("LoRA+ learning rates", f"A {lr:g}, B {lr * dt_lora.lora_plus_lr_ratio:g}"
+                         f" (x{dt_lora.lora_plus_lr_ratio:g})"))
         if dt_lora.use_triton:
             kernel = "Triton fused kernel" if _cuda_available() else \
                 "torch path (use_triton is set, but Triton kernels need CUDA; none here)"

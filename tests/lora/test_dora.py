@@ -82,3 +82,24 @@ def test_what_dora_cannot_do_is_refused():
     experts.down_proj = weight
     with pytest.raises(ValueError, match="MoE expert"):
         ExpertsLora(experts, ["down_proj"], LoraSpec(rank=2, alpha=4, use_dora=True))
+
+
+def test_vllm_merged_weights_are_the_dora_merge(tiny_llama):
+    from lora_rl.generation.vllm_engine import merged_weights
+
+    ours, _ = _trained_pair(tiny_llama)
+    sent = dict(merged_weights(ours, {}))
+    merge_lora(ours)
+    for name, layer in iter_lora_layers(ours):
+        assert torch.allclose(sent[f"{name}.weight"], layer.base.weight, atol=1e-6, rtol=0)
+
+
+def test_convert_reports_dora_and_lora_plus_as_dtensor_only():
+    from lora_rl.convert.mapping import read_block, write_block
+
+    spec, _ = read_block("dtensor", {"use_dora": True, "lora_plus_lr_ratio": 8.0, "dim": 4})
+    _, losses = write_block("megatron", spec, "dtensor")
+    assert {loss.key for loss in losses} >= {"use_dora", "lora_plus_lr_ratio"}
+    plain, _ = read_block("dtensor", {"dim": 4})
+    _, losses = write_block("megatron", plain, "dtensor")
+    assert not {loss.key for loss in losses} & {"use_dora", "lora_plus_lr_ratio"}

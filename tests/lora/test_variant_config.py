@@ -33,3 +33,14 @@ def test_explain_shows_the_effective_scale(recipe, block):
     cfg = load_config(RECIPES / recipe, [f"{block}.dim=16", f"{block}.alpha=8",
                                          f"{block}.use_rslora=true"])
     assert ("scale alpha/sqrt(dim)", "2 (rsLoRA)") in lora_rows(cfg)
+
+
+def test_explain_shows_dora_and_lora_plus():
+    lora = "policy.dtensor_cfg.lora_cfg"
+    cfg = load_config(RECIPES / "sft-tiny-dtensor-lora.yaml",
+                      [f"{lora}.use_dora=true", f"{lora}.lora_plus_lr_ratio=16",
+                       "policy.optimizer.kwargs.lr=1e-4"])
+    rows = dict(lora_rows(cfg))
+    assert rows["LoRA+ learning rates"] == "A 0.0001, B 0.0016 (x16)"
+    assert "magnitude" in rows["DoRA"]
+    assert "DoRA" not in dict(lora_rows(load_config(RECIPES / "sft-tiny-dtensor-lora.yaml")))
