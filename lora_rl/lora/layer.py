@@ -37,6 +37,10 @@ _PLAIN = (torch.Tensor, nn.Parameter)
 def _features(base: nn.Module) -> tuple[int, int]:
     # Megatron parallel linears keep [out_per_rank, in_per_rank] like nn.Linear.
     weight = base.weight
+    if not weight.is_floating_point() and hasattr(base, "in_features"):
+        # A quantized base (bitsandbytes 4-bit packs its weight as [n / 2, 1] bytes): the
+        # module's own sizes.
+        return int(base.in_features), int(base.out_features)
     return int(weight.shape[1]), int(weight.shape[0])
 
 
@@ -143,8 +147,12 @@ class LoraLinear(AdapterLayer):
         self._unmerged_weight: torch.Tensor | None = None
         self.use_dora = spec.use_dora
         if spec.use_dora:
-            if not isinstance(base, nn.Linear):
-                raise ValueError(f"DoRA adapts plain linear layers, not {type(base).__name__}")
+            weight = base.weight
+            if not isinstance(base, nn.Linear) or type(weight) not in _PLAIN \
+                    or not weight.is_floating_point():
+                raise ValueError(f"DoRA adapts plain floating-point linear layers, not "
+                                 f"{type(base).__name__} with a {type(weight).__name__} "
+                                 f"{weight.dtype} weight (quantized bases are not supported)")
             with torch.no_grad():
                 norm = self._weight_norm(self.lora_B.weight.float() @ self.lora_A.weight.float())
             self.lora_magnitude_vector = nn.Parameter(norm.to(dtype))
