@@ -7,6 +7,7 @@ import importlib.util
 from rich.console import Console
 from rich.table import Table
 
+from lora_rl.config.lora import AnyLoraConfig
 from lora_rl.config.model_facts import ModelFacts
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.config.rules import layout
@@ -28,7 +29,7 @@ def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
     block = "policy.megatron_cfg.peft" if cfg.policy.megatron_cfg.enabled \
         else "policy.dtensor_cfg.lora_cfg"
     rows = [("LoRA block", block), ("rank / alpha", f"{lora.dim} / {lora.alpha:g}"),
-            ("scale alpha/dim", f"{lora.alpha / lora.dim:g}"),
+            _scale_row(lora),
             ("dropout", f"{lora.dropout:g} ({lora.dropout_position})")]
     if cfg.policy.megatron_cfg.enabled:
         peft = cfg.policy.megatron_cfg.peft
@@ -52,6 +53,12 @@ def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
         if dt_lora.exclude_modules:
             rows.append(("excluded", ", ".join(dt_lora.exclude_modules)))
         rows.append(("A init", dt_lora.lora_A_init))
+        if dt_lora.use_dora:
+            rows.append(("DoRA", "a trained magnitude per output row; vLLM gets merged weights"))
+        if dt_lora.lora_plus_lr_ratio is not None:
+            lr = cfg.policy.optimizer.kwargs.lr
+            rows.append(("LoRA+ learning rates", f"A {lr:g}, B {lr * dt_lora.lora_plus_lr_ratio:g}"
+                         f" (x{dt_lora.lora_plus_lr_ratio:g})"))
         if dt_lora.use_triton:
             kernel = "Triton fused kernel" if _cuda_available() else \
                 "torch path (use_triton is set, but Triton kernels need CUDA; none here)"
@@ -147,3 +154,10 @@ def print_explanation(result: ValidationResult, console: Console) -> None:
     console.rule("resolved recipe")
     console.print(mask(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True),
                                       sort_keys=False)), highlight=False, markup=False)
+
+
+def _scale_row(lora: AnyLoraConfig) -> tuple[str, str]:
+    """The effective adapter scale and its formula (rsLoRA: alpha / sqrt(dim))."""
+    if lora.use_rslora:
+        return "scale alpha/sqrt(dim)", f"{lora.alpha / lora.dim ** 0.5:g} (rsLoRA)"
+    return "scale alpha/dim", f"{lora.alpha / lora.dim:g}"

@@ -169,6 +169,19 @@ def _state_fits(where: Any, state: Any, expected_meta: Mapping[str, Any]) -> Non
 # ---- export ---------------------------------------------------------------------------------
 
 LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
+MAGNITUDE = ".lora_magnitude_vector"
+
+
+def _magnitudes(adapter: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DoRA's magnitudes (one per output row of an adapted module) by module name."""
+    out = {}
+    for name, tensor in adapter.items():
+        if name.endswith(MAGNITUDE):
+            if not tensor.is_floating_point() or tensor.dim() != 1:
+                raise ValueError(f"adapter tensor {name} is {tensor.dtype} "
+                                 f"{tuple(tensor.shape)}; a DoRA magnitude is a 1-D vector")
+            out[name[: -len(MAGNITUDE)]] = tensor
+    return out
 
 
 def check_adapter(adapter: Mapping[str, torch.Tensor], rank: int,
@@ -181,7 +194,10 @@ def check_adapter(adapter: Mapping[str, torch.Tensor], rank: int,
         raise ValueError(f"{len(bad)} adapter tensor(s) hold NaN or inf ({_sample(bad)}); "
                          "export an earlier checkpoint")
     modules: dict[str, dict[str, torch.Tensor]] = {}
+    magnitudes = _magnitudes(adapter)
     for name, tensor in adapter.items():
+        if name.endswith(MAGNITUDE):
+            continue
         suffix = LORA_A if name.endswith(LORA_A) else LORA_B if name.endswith(LORA_B) else None
         if suffix is None:
             raise ValueError(f"adapter tensor {name} is neither a lora_A nor a lora_B weight")
@@ -189,6 +205,9 @@ def check_adapter(adapter: Mapping[str, torch.Tensor], rank: int,
             raise ValueError(f"adapter tensor {name} is {tensor.dtype} {tuple(tensor.shape)}; "
                              "LoRA weights are 2-D floating-point matrices")
         modules.setdefault(name[: -len(suffix)], {})[suffix] = tensor
+    stray = sorted(set(magnitudes) - set(modules))
+    if stray:
+        raise ValueError(f"adapter has a DoRA magnitude for {stray[0]} but no lora_A/lora_B there")
     for module, pair in sorted(modules.items()):
         if len(pair) != 2:
             raise ValueError(f"adapter module {module} has only "
@@ -205,6 +224,9 @@ def check_adapter(adapter: Mapping[str, torch.Tensor], rank: int,
         if a.shape[0] != rank or b.shape[1] != rank:
             raise ValueError(f"adapter module {module}: lora_A {tuple(a.shape)} and lora_B "
                              f"{tuple(b.shape)} are not of the recipe's rank {rank}")
+        if module in magnitudes and magnitudes[module].shape[0] != b.shape[0]:
+            raise ValueError(f"adapter module {module}: DoRA magnitude of length "
+                             f"{magnitudes[module].shape[0]} for {b.shape[0]} output rows")
         if linear_shapes is None:
             continue
         base = linear_shapes.get(module)

@@ -59,7 +59,9 @@ def hint(root: type[BaseModel], section: type[BaseModel] | None, section_path: K
     elsewhere = [p for p in _sections_with(root, key) if p != section_path]
     where = f"'{key}' is a key of {' and '.join(dotted(p) for p in elsewhere[:2])}" \
         if elsewhere else None
-    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    # A key that exists verbatim in another section is most likely misplaced: only a very close
+    # spelling here beats that (use_triton in the Megatron block is not a typo of use_rslora).
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.8 if where else 0.6)
     if close:
         return KeyHint(close[0], f"did you mean '{close[0]}'?" + (f" ({where})" if where else ""))
     if where:

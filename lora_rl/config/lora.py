@@ -35,7 +35,8 @@ class DTensorLoraConfig(Section):
     dim: int = Field(8, ge=1)
     """LoRA rank r. Higher gives more capacity and more memory; typical 4-64."""
     alpha: float = Field(32, gt=0)
-    """Scale numerator: the adapter output is multiplied by alpha / dim. Typical 16-64."""
+    """Scale numerator: the adapter output is multiplied by alpha / dim (alpha / sqrt(dim) with
+    `use_rslora`). Typical 16-64."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout probability on the LoRA branch."""
     dropout_position: DropoutPosition = "post"
@@ -45,6 +46,18 @@ class DTensorLoraConfig(Section):
     use_triton: bool = True
     """Use the fused Triton LoRA kernel when CUDA is present (v2 path only, not with TP > 1).
     On CPU the torch path runs regardless; `lora-rl explain` says which."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA (PEFT's `use_rslora`): scale the adapter by alpha / sqrt(dim) instead
+    of alpha / dim, so higher ranks keep learning at the same rate."""
+    use_dora: bool = False
+    """DoRA (PEFT's `use_dora`): each adapted layer also trains a magnitude per output row and
+    applies it to the direction of W + scale * B A. Not with the Triton kernel, tensor
+    parallelism or split-weight vLLM sync (`lora-rl validate` says why); the DTensor backend
+    only."""
+    lora_plus_lr_ratio: float | None = Field(None, gt=0)
+    """LoRA+ (PEFT's `create_loraplus_optimizer`): the B matrices train with the optimizer's
+    learning rate times this ratio (A keeps the base rate); null trains both at one rate. The
+    paper uses 2-16; lower the base learning rate a little when raising it."""
 
 
 class MegatronPeftConfig(Section):
@@ -66,7 +79,8 @@ class MegatronPeftConfig(Section):
     dim: int = Field(32, ge=1)
     """LoRA rank r."""
     alpha: float = Field(32, gt=0)
-    """Scale numerator: the adapter output is multiplied by alpha / dim."""
+    """Scale numerator: the adapter output is multiplied by alpha / dim (alpha / sqrt(dim) with
+    `use_rslora`)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout probability on the LoRA branch."""
     dropout_position: DropoutPosition = "pre"
@@ -80,6 +94,9 @@ class MegatronPeftConfig(Section):
     parallelism to apply it to)."""
     lora_dtype: DType | None = None
     """Adapter weight dtype; null follows the base layer. Required for quantized base weights."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA (PEFT's `use_rslora`): scale the adapter by alpha / sqrt(dim) instead
+    of alpha / dim."""
 
 
 AnyLoraConfig = DTensorLoraConfig | MegatronPeftConfig

@@ -614,4 +614,5 @@ from lora_rl.config import (  # noqa: E402,F401
     rules_inputs,
     rules_loggers,
     rules_security,
+    rules_variants,
 )

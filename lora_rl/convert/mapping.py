@@ -30,15 +30,18 @@ SCALARS: tuple[tuple[str, str | None, str | None, str | None], ...] = (
     ("dropout", "dropout", "dropout", None),
     ("dropout_position", "dropout_position", "dropout_position", None),
     ("a_init", "lora_A_init", "lora_A_init_method", None),
+    ("use_rslora", "use_rslora", "use_rslora", None),
 )
 _COLUMN = {"dtensor": 1, "megatron": 2, "areal": 3}
 
-AREAL_IMPLIED: dict[str, Any] = {"dropout": 0.0, "a_init": "uniform"}
-"""AReaL hands its keys to `peft.LoraConfig`: no dropout, PEFT's kaiming-uniform A init."""
+AREAL_IMPLIED: dict[str, Any] = {"dropout": 0.0, "a_init": "uniform", "use_rslora": False}
+"""AReaL hands its keys to `peft.LoraConfig`: no dropout, PEFT's kaiming-uniform A init, the
+plain alpha / r scale."""
 
 ONLY_IN: dict[Schema, dict[str, Any]] = {
     # Keys with no counterpart elsewhere, with the value at which dropping them loses nothing.
-    "dtensor": {"use_triton": None},  # a kernel choice: never changes the adapter's maths
+    "dtensor": {"use_triton": None,  # a kernel choice: never changes the adapter's maths
+                "use_dora": False, "lora_plus_lr_ratio": None},
     "megatron": {"lora_B_init_method": "zero", "a2a_experimental": False, "lora_dtype": None},
     "areal": {"peft_type": "lora"},
 }
@@ -87,6 +90,7 @@ class LoraSpec:
     dropout: float = 0.0
     dropout_position: str = "post"
     a_init: str = "xavier"
+    use_rslora: bool = False
     match_all: bool = True
     targets: list[str] = field(default_factory=list)
     excludes: list[str] = field(default_factory=list)

@@ -186,7 +186,9 @@ def _megatron_adapter_in_hf_names(adapter: dict[str, torch.Tensor], base_model: 
 def _write_peft(target: Path, adapter: dict[str, torch.Tensor],
                 lora: DTensorLoraConfig | MegatronPeftConfig, base_model: str) -> None:
     config = adapter_config(rank=lora.dim, alpha=lora.alpha, dropout=lora.dropout,
-                            modules=patched_modules(adapter), base_model=peft_base(base_model))
+                            modules=patched_modules(adapter), base_model=peft_base(base_model),
+                            use_rslora=lora.use_rslora,
+                            use_dora=getattr(lora, "use_dora", False))  # DTensor block only
     (target / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
     save_file({k: v.contiguous() for k, v in to_peft_keys(adapter).items()},
               str(target / ADAPTER_WEIGHTS))

@@ -29,6 +29,8 @@ PEFT_PREFIX = "base_model.model."
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _NESTED = ".base_layer"
+MAGNITUDE = ".lora_magnitude_vector"
+"""DoRA's magnitude key suffix, the same in lora-rl and in saved PEFT files."""
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.default)?\.weight$")
 
 
@@ -77,6 +79,9 @@ def from_peft_keys(tensors: dict[str, torch.Tensor],
     out = {}
     for key, value in tensors.items():
         bare = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        if bare.endswith(MAGNITUDE) and _NESTED not in bare:  # DoRA's per-row magnitude
+            out[bare] = value
+            continue
         match = _LORA_KEY.match(bare)
         if match is None:
             raise AdapterFormatError(f"tensor {key!r} is not a LoRA A/B weight")
@@ -143,7 +148,8 @@ def wrap_adapter_modules(model: torch.nn.Module, adapter: dict[str, torch.Tensor
 
 
 def adapter_config(*, rank: int, alpha: float, dropout: float, modules: list[str],
-                   base_model: str) -> dict[str, Any]:
+                   base_model: str, use_rslora: bool = False,
+                   use_dora: bool = False) -> dict[str, Any]:
     short = sorted({name.rsplit(".", 1)[-1] for name in modules if not expert_parameter(name)})
     parameters = sorted({_layer_relative(name) for name in modules if expert_parameter(name)})
     extra: dict[str, Any] = {"target_parameters": parameters} if parameters else {}
@@ -151,7 +157,7 @@ def adapter_config(*, rank: int, alpha: float, dropout: float, modules: list[str
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha,
         "lora_dropout": dropout, "target_modules": short, **extra,
         "base_model_name_or_path": base_model,
-        "fan_in_fan_out": False, "bias": "none", "use_rslora": False, "use_dora": False,
+        "fan_in_fan_out": False, "bias": "none", "use_rslora": use_rslora, "use_dora": use_dora,
         "modules_to_save": None, "inference_mode": True, "peft_version": peft_version(),
     }
 

@@ -29,6 +29,7 @@ _EXPORTS = {
     "lora_state_dict": "lora_rl.lora.api",
     "load_lora_state_dict": "lora_rl.lora.api",
     "iter_lora_layers": "lora_rl.lora.api",
+    "lora_plus_parameters": "lora_rl.lora.api",
     "linear_module_names": "lora_rl.lora.api",
     "to_megatron_bridge": "lora_rl.lora.naming",
     "from_megatron_bridge": "lora_rl.lora.naming",

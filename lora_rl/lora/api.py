@@ -179,6 +179,16 @@ def iter_lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLinear | Exper
         yield name, layer
 
 
+def lora_plus_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters LoRA+ trains at the higher learning rate: every adapter's B matrix (and,
+    as PEFT groups them, any 1-D adapter parameter such as a DoRA magnitude)."""
+    out = []
+    for _, layer in iter_lora_layers(model):
+        out.append(layer.lora_B.weight)
+        out.extend(p for p in layer.parameters() if p.dim() == 1 and p.requires_grad)
+    return out
+
+
 def merge_lora(model: nn.Module) -> None:
     """Fold every adapter into its base weight (in fp32, then cast); all or none."""
     layers = [layer for _, layer in iter_lora_layers(model)]
@@ -246,11 +256,14 @@ def _adapter_params(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, layer in iter_lora_layers(model):
         out[f"{name}.lora_A.weight"] = layer.lora_A.weight
         out[f"{name}.lora_B.weight"] = layer.lora_B.weight
+        if getattr(layer, "use_dora", False):
+            out[f"{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector
     return out
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter tensors by unwrapped module name + `.lora_A.weight` / `.lora_B.weight`.
+    """Adapter tensors by unwrapped module name + `.lora_A.weight` / `.lora_B.weight` (and DoRA's
+    `.lora_magnitude_vector`).
 
     Whole tensors (sharded ones are gathered: call on every rank), detached but not copied:
     they change with training, so copy or save them before the next optimizer step."""

@@ -37,6 +37,9 @@ class ExpertAdapter(AdapterLayer):
             raise ValueError("LoRA dropout cannot be applied to MoE expert parameters (the "
                              "update is merged into the expert weights per forward); set "
                              "dropout: 0 or leave the experts out of the targets")
+        if spec.use_dora:
+            raise ValueError("DoRA is not implemented for MoE expert parameters; set use_dora: "
+                             "false or leave the experts out of the targets")
         experts, out_features, in_features = (int(n) for n in weight.shape)
         dtype = getattr(torch, spec.dtype) if spec.dtype else weight.dtype
         self.num_experts = experts

@@ -8,6 +8,10 @@ state-dict names work on them like on any linear layer, and backends may swap th
 subclasses that communicate (Megatron). The base may be a Megatron parallel linear whose forward
 returns `(output, bias)`; the update is added to the output.
 
+DoRA (`spec.use_dora`, PEFT's maths): a trainable magnitude m [out] rescales each output row of
+W' = W + scale * B A to norm m: y = (m / ||W'||_row) * (x W'^T) + bias, the norm treated as a
+constant in backward (DoRA paper 4.3). It always takes the generic torch path.
+
 Three compute paths, numerically the same:
 - fused torch (`_FusedLoraLinear`): a plain `nn.Linear` base with plain tensors, no hooks, one
   dtype. The adapter's contributions are accumulated into the base matmuls' outputs (`addmm_`)
@@ -33,6 +37,10 @@ _PLAIN = (torch.Tensor, nn.Parameter)
 def _features(base: nn.Module) -> tuple[int, int]:
     # Megatron parallel linears keep [out_per_rank, in_per_rank] like nn.Linear.
     weight = base.weight
+    if not weight.is_floating_point() and hasattr(base, "in_features"):
+        # A quantized base (bitsandbytes 4-bit packs its weight as [n / 2, 1] bytes): the
+        # module's own sizes.
+        return int(base.in_features), int(base.out_features)
     return int(weight.shape[1]), int(weight.shape[0])
 
 
@@ -137,6 +145,18 @@ class LoraLinear(AdapterLayer):
         """Adapter off: the layer computes the base alone (the frozen reference policy)."""
         self.merged = False
         self._unmerged_weight: torch.Tensor | None = None
+        self.use_dora = spec.use_dora
+        if spec.use_dora:
+            weight = base.weight
+            if not isinstance(base, nn.Linear) or type(weight) not in _PLAIN \
+                    or not weight.is_floating_point():
+                raise ValueError(f"DoRA adapts plain floating-point linear layers, not "
+                                 f"{type(base).__name__} with a {type(weight).__name__} "
+                                 f"{weight.dtype} weight (quantized bases are not supported)")
+            with torch.no_grad():
+                norm = self._weight_norm(self.lora_B.weight.float() @ self.lora_A.weight.float())
+            self.lora_magnitude_vector = nn.Parameter(norm.to(dtype))
+            """DoRA's magnitude m, one per output row: ||W + scale * B A|| at creation."""
 
     # ---- forward -----------------------------------------------------------------------
 
@@ -148,6 +168,8 @@ class LoraLinear(AdapterLayer):
             return self.base(x, *args, **kwargs)
         if self.disabled:
             return self.base(x, *args, **kwargs)
+        if self.use_dora:
+            return self._dora_forward(x, self.base(x, *args, **kwargs))
         if not args and not kwargs and self._fusable(x):
             h = self.dropout(x) if self.dropout_position == "pre" and self._dropping() else None
             return _FusedLoraLinear.apply(x, h, self.base.weight, self.base.bias,
@@ -174,6 +196,30 @@ class LoraLinear(AdapterLayer):
                     return fused_lora(h, self.lora_A.weight, self.lora_B.weight, self.scale)
         return low_rank_update(x, self.lora_A, self.lora_B, self.scale, self.dropout,
                                self.dropout_position, kernel)
+
+    def _weight_norm(self, lora_weight: torch.Tensor) -> torch.Tensor:
+        """||W + scale * B A|| per output row (PEFT's `get_weight_norm`)."""
+        weight = self.base.weight.to(lora_weight.dtype)
+        return torch.linalg.norm(weight + self.scale * lora_weight, dim=1)
+
+    def _dora_forward(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """PEFT's DoraLinearLayer.forward added to the base output: (m/||W'|| - 1) x W^T +
+        (m/||W'||) scale B A x, the norm detached."""
+        a, b = self.lora_A.weight, self.lora_B.weight
+        h = x.to(a.dtype) if x.dtype != a.dtype else x
+        dropping = self._dropping()
+        if dropping:
+            h = self.dropout(h)
+        weight = self.base.weight.to(h.dtype)
+        norm = self._weight_norm((b @ a).detach().to(h.dtype)).detach()
+        factor = (self.lora_magnitude_vector.to(h.dtype) / norm).view(1, -1)
+        if dropping:
+            base_result = nn.functional.linear(h, weight)
+        else:
+            bias = self.base.bias
+            base_result = (result - bias if bias is not None else result).to(h.dtype)
+        extra = (factor - 1) * base_result + factor * self.lora_B(self.lora_A(h)) * self.scale
+        return result + extra.to(result.dtype)
 
     def _dropping(self) -> bool:
         return self.training and isinstance(self.dropout, nn.Dropout)
@@ -202,8 +248,15 @@ class LoraLinear(AdapterLayer):
     # ---- merge / unmerge ---------------------------------------------------------------
 
     def delta_weight(self) -> torch.Tensor:
-        """scale * B @ A in fp32 (the merge is computed in fp32, then cast)."""
-        return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scale
+        """What the merge adds to the base weight, in fp32 (computed in fp32, then cast):
+        scale * B @ A; with DoRA (m / ||W'||) W' - W, W' = W + scale * B @ A (PEFT's merge)."""
+        delta = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scale
+        if not self.use_dora:
+            return delta
+        weight = self.base.weight.float()
+        merged = weight + delta
+        factor = self.lora_magnitude_vector.float() / torch.linalg.norm(merged, dim=1)
+        return factor.view(-1, 1) * merged - weight
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -226,4 +279,5 @@ class LoraLinear(AdapterLayer):
 
     def extra_repr(self) -> str:
         return (f"rank={self.lora_A.out_features}, scale={self.scale:g}, "
-                f"dropout={self.spec.dropout:g} ({self.dropout_position})")
+                f"dropout={self.spec.dropout:g} ({self.dropout_position})"
+                + (", dora" if self.use_dora else ""))

@@ -5,6 +5,7 @@ Torch-free on purpose: `lora-rl validate` and `explain` build specs without payi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,6 +32,11 @@ class LoraSpec:
     """Adapter weight dtype name (`float32`, ...); None follows the base layer."""
     use_triton: bool = False
     """Ask for the fused Triton kernel; it only runs where `triton_path_active` says so."""
+    use_rslora: bool = False
+    """Rank-stabilised scale alpha / sqrt(rank) instead of alpha / rank (PEFT's `use_rslora`)."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (PEFT's `use_dora`): a trainable per-output-row magnitude times the
+    direction of W + scale * B A."""
 
     def __post_init__(self) -> None:
         # Specs are also built by hand (tests, benchmarks, export), not only from validated
@@ -51,12 +57,21 @@ class LoraSpec:
         if self.dtype is not None and self.dtype not in ADAPTER_DTYPES:
             problems.append(f"dtype must be one of {', '.join(ADAPTER_DTYPES)} or None, got "
                             f"{self.dtype!r}")
+        if self.use_dora and self.use_triton:
+            problems.append("use_dora has no Triton kernel; set use_triton False")
+        if self.use_dora and self.dropout > 0 and self.dropout_position == "post":
+            problems.append("use_dora applies dropout to the input (PEFT); set dropout_position "
+                            "'pre'")
         if problems:
             raise ValueError("invalid LoraSpec: " + "; ".join(problems))
 
     @property
     def scale(self) -> float:
-        return self.alpha / self.rank
+        return self.alpha / math.sqrt(self.rank) if self.use_rslora else self.alpha / self.rank
+
+    @property
+    def scale_formula(self) -> str:
+        return "alpha/sqrt(dim)" if self.use_rslora else "alpha/dim"
 
 
 def lora_spec_from_config(cfg: DTensorLoraConfig | MegatronPeftConfig) -> LoraSpec:
@@ -64,12 +79,15 @@ def lora_spec_from_config(cfg: DTensorLoraConfig | MegatronPeftConfig) -> LoraSp
         # Megatron-Bridge has no Triton LoRA path; its adapters may have their own dtype.
         return LoraSpec(rank=cfg.dim, alpha=cfg.alpha, dropout=cfg.dropout,
                         dropout_position=cfg.dropout_position, a_init=cfg.lora_A_init_method,
-                        b_init=cfg.lora_B_init_method, dtype=cfg.lora_dtype, use_triton=False)
+                        b_init=cfg.lora_B_init_method, dtype=cfg.lora_dtype, use_triton=False,
+                        use_rslora=cfg.use_rslora)
     if isinstance(cfg, DTensorLoraConfig):
         # Automodel always starts B at zero and keeps adapters in the base dtype.
         return LoraSpec(rank=cfg.dim, alpha=cfg.alpha, dropout=cfg.dropout,
                         dropout_position=cfg.dropout_position, a_init=cfg.lora_A_init,
-                        b_init="zero", dtype=None, use_triton=cfg.use_triton)
+                        b_init="zero", dtype=None,
+                        use_triton=cfg.use_triton and not cfg.use_dora,  # validate refuses both
+                        use_rslora=cfg.use_rslora, use_dora=cfg.use_dora)
     raise TypeError(f"expected DTensorLoraConfig or MegatronPeftConfig, got {type(cfg).__name__}")
 
 

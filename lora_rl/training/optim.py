@@ -20,17 +20,28 @@ _SCHEDULERS = {
 }
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter],
-                    cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig, *,
+                    fast_params: Iterable[torch.nn.Parameter] = (),
+                    fast_lr_ratio: float | None = None) -> torch.optim.Optimizer:
+    """The recipe's optimizer over the trainable `params`. With `fast_lr_ratio`, those of
+    `fast_params` (LoRA+: the B matrices) form a second group at lr * ratio, as PEFT's
+    `create_loraplus_optimizer` does; both groups keep the recipe's weight decay."""
     kw = cfg.kwargs
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
         raise ValueError("no trainable parameters: LoRA matched nothing and "
                          "full fine-tuning is off")
+    groups: list[torch.nn.Parameter] | list[dict] = trainable
+    if fast_lr_ratio is not None:
+        fast = {id(p) for p in fast_params}
+        slow_group = [p for p in trainable if id(p) not in fast]
+        fast_group = [p for p in trainable if id(p) in fast]
+        groups = [{"params": group, "lr": lr} for group, lr in
+                  ((slow_group, kw.lr), (fast_group, kw.lr * fast_lr_ratio)) if group]
     if cfg.name == "torch.optim.SGD":
-        return torch.optim.SGD(trainable, lr=kw.lr, momentum=kw.momentum,
+        return torch.optim.SGD(groups, lr=kw.lr, momentum=kw.momentum,
                                weight_decay=kw.weight_decay, foreach=kw.foreach)
-    return _OPTIMIZERS[cfg.name](trainable, lr=kw.lr, betas=kw.betas, eps=kw.eps,
+    return _OPTIMIZERS[cfg.name](groups, lr=kw.lr, betas=kw.betas, eps=kw.eps,
                                  weight_decay=kw.weight_decay, foreach=kw.foreach)
 
 

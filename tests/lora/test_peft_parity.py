@@ -21,13 +21,25 @@ CASES = [
      ["gate_proj", "up_proj", "down_proj"]),
 ]
 
+VARIANTS = [
+    # (id, lora-rl config kwargs, PEFT LoraConfig kwargs): the same adapter maths both ways
+    ("plain", {}, {}),
+    ("rslora", {"use_rslora": True}, {"use_rslora": True}),
+    ("dora", {"use_dora": True, "use_triton": False}, {"use_dora": True}),
+    ("dora-rslora", {"use_dora": True, "use_rslora": True, "use_triton": False},
+     {"use_dora": True, "use_rslora": True}),
+]
 
-def _paired(model, kwargs, peft_targets, position):
+
+def _paired(model, kwargs, peft_targets, position, variant=("plain", {}, {})):
+    _, ours_variant, peft_variant = variant
     ours = copy.deepcopy(model)
     report = apply_lora(ours, DTensorLoraConfig(enabled=True, dim=4, alpha=8,
-                                                dropout_position=position, **kwargs))
+                                                dropout_position=position, **kwargs,
+                                                **ours_variant))
     theirs = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                                             target_modules=peft_targets))
+                                                             target_modules=peft_targets,
+                                                             **peft_variant))
     peft_modules = dict(theirs.named_modules())
     torch.manual_seed(1)
     pairs = []
@@ -36,16 +48,23 @@ def _paired(model, kwargs, peft_targets, position):
         twin = peft_modules[f"base_model.model.{name}"]
         twin.lora_A["default"].weight.data.copy_(layer.lora_A.weight)
         twin.lora_B["default"].weight.data.copy_(layer.lora_B.weight)
+        if layer.use_dora:  # a magnitude away from ||W||, so it matters
+            layer.lora_magnitude_vector.data.mul_(1 + 0.1 * torch.randn_like(
+                layer.lora_magnitude_vector))
+            twin.lora_magnitude_vector["default"].weight.data.copy_(layer.lora_magnitude_vector)
         pairs.append((layer, twin))
     assert len(pairs) == len([n for n, m in theirs.named_modules() if hasattr(m, "lora_A")
                               and isinstance(m.lora_A, torch.nn.ModuleDict)])
     return ours, theirs, pairs, report
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v[0] for v in VARIANTS])
 @pytest.mark.parametrize("position", ["pre", "post"])
 @pytest.mark.parametrize("case_id,kwargs,peft_targets", CASES, ids=[c[0] for c in CASES])
-def test_logits_and_grads_equal_peft(tiny_llama, case_id, kwargs, peft_targets, position):
-    ours, theirs, pairs, _ = _paired(tiny_llama, kwargs, peft_targets, position)
+def test_logits_and_grads_equal_peft(tiny_llama, case_id, kwargs, peft_targets, position,
+                                     variant):
+    ours, theirs, pairs, report = _paired(tiny_llama, kwargs, peft_targets, position, variant)
+    assert report.scale == pairs[0][1].scaling["default"]
     tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(2))
     ours_logits = ours(tokens).logits
     peft_logits = theirs(tokens).logits
@@ -57,6 +76,10 @@ def test_logits_and_grads_equal_peft(tiny_llama, case_id, kwargs, peft_targets, 
                               atol=1e-5, rtol=0)
         assert torch.allclose(layer.lora_B.weight.grad, twin.lora_B["default"].weight.grad,
                               atol=1e-5, rtol=0)
+        if layer.use_dora:
+            assert torch.allclose(layer.lora_magnitude_vector.grad,
+                                  twin.lora_magnitude_vector["default"].weight.grad,
+                                  atol=1e-5, rtol=0)
 
 
 def test_only_adapters_are_trainable(tiny_llama):

@@ -6,6 +6,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +30,22 @@ from lora_rl.backends.dtensor.model import build_policy_model
 from lora_rl.backends.dtensor.sharding import shard_model
 from lora_rl.backends.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
 from lora_rl.backends.token_logprobs import token_logprobs
+from lora_rl.config.policy import PolicyConfig
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.lora.naming import unwrapped_name
 from lora_rl.training.optim import build_optimizer, build_scheduler, clip_gradients
 from lora_rl.training.runtime import Runtime
+
+
+def lora_plus_groups(model: torch.nn.Module, policy: PolicyConfig) -> dict[str, Any]:
+    """build_optimizer's LoRA+ arguments: B matrices at lr * lora_plus_lr_ratio."""
+    lora = policy.dtensor_cfg.lora_cfg
+    if not lora.enabled or lora.lora_plus_lr_ratio is None:
+        return {}
+    from lora_rl.lora import lora_plus_parameters
+
+    return {"fast_params": lora_plus_parameters(model),
+            "fast_lr_ratio": lora.lora_plus_lr_ratio}
 
 
 class DTensorBackend:
@@ -47,7 +60,8 @@ class DTensorBackend:
         self.mesh = shard_model(self.model, runtime, tp=tp, dp=self.dp_size,
                                 lora=self.built.lora_report is not None)
         self.dp_rank = self.mesh.get_local_rank("dp") if self.mesh is not None else 0
-        self.optimizer = build_optimizer(self.model.parameters(), policy.optimizer)
+        self.optimizer = build_optimizer(self.model.parameters(), policy.optimizer,
+                                         **lora_plus_groups(self.model, policy))
         self.scheduler = build_scheduler(self.optimizer, policy.scheduler)
         self.max_grad_norm = policy.max_grad_norm or None  # 0: no clipping
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]

@@ -1,0 +1,70 @@
+"""Rules on the LoRA variants (rsLoRA, LoRA+, DoRA): what each cannot be combined with.
+
+DoRA exists on the DTensor backend only (the Megatron block has no `use_dora`), with the torch
+path: there is no Triton DoRA kernel, the magnitude's row norm needs whole rows (no tensor
+parallelism), and vLLM cannot serve a DoRA adapter in split-weight mode (NeMo RL's adapter
+refit rejects `use_dora` too), so DoRA syncs merged weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from lora_rl.config.lora import DTensorLoraConfig
+from lora_rl.config.recipe import RecipeConfig
+from lora_rl.config.rules import DT, GEN, LORA, Finding, RuleContext, rule
+
+
+def _dtensor_lora(cfg: RecipeConfig) -> DTensorLoraConfig | None:
+    lora = cfg.policy.active_lora
+    return lora if isinstance(lora, DTensorLoraConfig) else None
+
+
+@rule("LR150", "error", "use_dora: true has no Triton kernel")
+def _dora_triton(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    lora = _dtensor_lora(cfg)
+    if lora is not None and lora.use_dora and lora.use_triton:
+        yield Finding(f"{LORA}.use_triton", "DoRA runs on the torch path only, but use_triton "
+                      "is true (use_triton defaults to true)",
+                      f"set {LORA}.use_triton: false")
+
+
+@rule("LR151", "error", "use_dora: true is not supported with tensor_parallel_size > 1")
+def _dora_tp(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    lora = _dtensor_lora(cfg)
+    tp = cfg.policy.dtensor_cfg.tensor_parallel_size
+    if lora is not None and lora.use_dora and tp > 1:
+        yield Finding(f"{LORA}.use_dora", "DoRA's magnitude needs the norm of whole weight "
+                      f"rows, which tensor parallelism splits (tensor_parallel_size {tp})",
+                      f"set {DT}.tensor_parallel_size: 1 (use data parallelism), or "
+                      f"{LORA}.use_dora: false")
+
+
+@rule("LR152", "error", "use_dora: true cannot sync split weights to vLLM")
+def _dora_split(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    lora = _dtensor_lora(cfg)
+    gen = cfg.policy.generation
+    if lora is not None and lora.use_dora and gen is not None \
+            and gen.lora_weight_sync == "split":
+        yield Finding(f"{GEN}.lora_weight_sync", "vLLM cannot serve a DoRA adapter beside the "
+                      "base weights (split-weight sync); the magnitude must be merged",
+                      f"set {GEN}.lora_weight_sync: merge, or {LORA}.use_dora: false")
+
+
+@rule("LR153", "error", "use_dora: true applies LoRA dropout to the input only")
+def _dora_dropout(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    lora = _dtensor_lora(cfg)
+    if lora is not None and lora.use_dora and lora.dropout > 0 \
+            and lora.dropout_position == "post":
+        yield Finding(f"{LORA}.dropout_position", "DoRA drops the adapter's input (as PEFT), "
+                      "but dropout_position is post", f"set {LORA}.dropout_position: pre")
+
+
+@rule("LR154", "warning", "lora_plus_lr_ratio below 1 trains B slower than A")
+def _lora_plus_ratio(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    lora = _dtensor_lora(cfg)
+    ratio = lora.lora_plus_lr_ratio if lora is not None else None
+    if ratio is not None and ratio < 1:
+        yield Finding(f"{LORA}.lora_plus_lr_ratio", f"lora_plus_lr_ratio {ratio:g} gives B a "
+                      "lower learning rate than A, the opposite of LoRA+ (the paper uses 2-16)",
+                      f"set {LORA}.lora_plus_lr_ratio to 2-16, or null for one learning rate")

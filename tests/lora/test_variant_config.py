@@ -1,0 +1,46 @@
+"""LoRA variant fields: defaults keep plain LoRA, the spec carries them from both blocks, and
+`explain` shows the effective scale."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
+from lora_rl.config.validate import load_config
+from lora_rl.explain import lora_rows
+from lora_rl.lora.spec import LoraSpec, lora_spec_from_config
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@pytest.mark.parametrize("block", [DTensorLoraConfig, MegatronPeftConfig])
+def test_rslora_scale_from_both_blocks(block):
+    assert not block().use_rslora
+    plain = lora_spec_from_config(block(dim=16, alpha=8))
+    rs = lora_spec_from_config(block(dim=16, alpha=8, use_rslora=True))
+    assert plain.scale == 0.5 and rs.scale == 2.0 and rs.use_rslora
+    assert LoraSpec(rank=9, alpha=6, use_rslora=True).scale == 6 / math.sqrt(9)
+
+
+@pytest.mark.parametrize("recipe,block", [
+    ("sft-tiny-dtensor-lora.yaml", "policy.dtensor_cfg.lora_cfg"),
+    ("sft-tiny-megatron-lora.yaml", "policy.megatron_cfg.peft"),
+])
+def test_explain_shows_the_effective_scale(recipe, block):
+    cfg = load_config(RECIPES / recipe, [f"{block}.dim=16", f"{block}.alpha=8"])
+    assert ("scale alpha/dim", "0.5") in lora_rows(cfg)
+    cfg = load_config(RECIPES / recipe, [f"{block}.dim=16", f"{block}.alpha=8",
+                                         f"{block}.use_rslora=true"])
+    assert ("scale alpha/sqrt(dim)", "2 (rsLoRA)") in lora_rows(cfg)
+
+
+def test_explain_shows_dora_and_lora_plus():
+    lora = "policy.dtensor_cfg.lora_cfg"
+    cfg = load_config(RECIPES / "sft-tiny-dtensor-lora.yaml",
+                      [f"{lora}.use_dora=true", f"{lora}.lora_plus_lr_ratio=16",
+                       "policy.optimizer.kwargs.lr=1e-4"])
+    rows = dict(lora_rows(cfg))
+    assert rows["LoRA+ learning rates"] == "A 0.0001, B 0.0016 (x16)"
+    assert "magnitude" in rows["DoRA"]
+    assert "DoRA" not in dict(lora_rows(load_config(RECIPES / "sft-tiny-dtensor-lora.yaml")))
