@@ -184,17 +184,9 @@ def _magnitudes(adapter: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def check_adapter(adapter: Mapping[str, torch.Tensor], rank: int,
-                  linear_shapes: Mapping[str, tuple[int, int]] | None) -> None:
-    """Raise ValueError unless `adapter` is finite A/B pairs of rank `rank`, A `[rank, in]` and
-    B `[out, rank]`; with `linear_shapes` (module -> (out, in) of the base model), each pair
-    must sit on one of its linear layers and fit it."""
-    bad = _non_finite(adapter)
-    if bad:
-        raise ValueError(f"{len(bad)} adapter tensor(s) hold NaN or inf ({_sample(bad)}); "
-                         "export an earlier checkpoint")
+def _pairs(adapter: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Module name -> (lora_A, lora_B), refusing anything that is not a 2-D A/B weight."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
-    magnitudes = _magnitudes(adapter)
     for name, tensor in adapter.items():
         if name.endswith(MAGNITUDE):
             continue
@@ -205,14 +197,46 @@ def check_adapter(adapter: Mapping[str, torch.Tensor], rank: int,
             raise ValueError(f"adapter tensor {name} is {tensor.dtype} {tuple(tensor.shape)}; "
                              "LoRA weights are 2-D floating-point matrices")
         modules.setdefault(name[: -len(suffix)], {})[suffix] = tensor
-    stray = sorted(set(magnitudes) - set(modules))
-    if stray:
-        raise ValueError(f"adapter has a DoRA magnitude for {stray[0]} but no lora_A/lora_B there")
-    for module, pair in sorted(modules.items()):
+    for module, pair in modules.items():
         if len(pair) != 2:
             raise ValueError(f"adapter module {module} has only "
                              f"{'lora_A' if LORA_A in pair else 'lora_B'}")
-        a, b = pair[LORA_A], pair[LORA_B]
+    return {module: (pair[LORA_A], pair[LORA_B]) for module, pair in modules.items()}
+
+
+def _check_linear_pair(module: str, a: torch.Tensor, b: torch.Tensor, rank: int,
+                       magnitude: torch.Tensor | None,
+                       base: tuple[int, int] | None, shapes_known: bool) -> None:
+    if a.shape[0] != rank or b.shape[1] != rank:
+        raise ValueError(f"adapter module {module}: lora_A {tuple(a.shape)} and lora_B "
+                         f"{tuple(b.shape)} are not of the recipe's rank {rank}")
+    if magnitude is not None and magnitude.shape[0] != b.shape[0]:
+        raise ValueError(f"adapter module {module}: DoRA magnitude of length "
+                         f"{magnitude.shape[0]} for {b.shape[0]} output rows")
+    if not shapes_known:
+        return
+    if base is None:
+        raise ValueError(f"adapter module {module} is not a linear layer of the base model")
+    if (b.shape[0], a.shape[1]) != base:
+        raise ValueError(f"adapter module {module} maps {a.shape[1]} -> {b.shape[0]}, but "
+                         f"the base model's layer maps {base[1]} -> {base[0]}")
+
+
+def check_adapter(adapter: Mapping[str, torch.Tensor], rank: int,
+                  linear_shapes: Mapping[str, tuple[int, int]] | None) -> None:
+    """Raise ValueError unless `adapter` is finite A/B pairs of rank `rank`, A `[rank, in]` and
+    B `[out, rank]`; with `linear_shapes` (module -> (out, in) of the base model), each pair
+    must sit on one of its linear layers and fit it."""
+    bad = _non_finite(adapter)
+    if bad:
+        raise ValueError(f"{len(bad)} adapter tensor(s) hold NaN or inf ({_sample(bad)}); "
+                         "export an earlier checkpoint")
+    magnitudes = _magnitudes(adapter)
+    modules = _pairs(adapter)
+    stray = sorted(set(magnitudes) - set(modules))
+    if stray:
+        raise ValueError(f"adapter has a DoRA magnitude for {stray[0]} but no lora_A/lora_B there")
+    for module, (a, b) in sorted(modules.items()):
         if expert_parameter(module) is not None:
             # One adapter per expert, stacked: A [rank * E, in], B [out, rank * E]. Experts
             # are fused 3-D parameters, not linear layers: loading checks their fit.
@@ -221,20 +245,8 @@ def check_adapter(adapter: Mapping[str, torch.Tensor], rank: int,
                                  f"{tuple(b.shape)} are not per-expert adapters of the recipe's "
                                  f"rank {rank}")
             continue
-        if a.shape[0] != rank or b.shape[1] != rank:
-            raise ValueError(f"adapter module {module}: lora_A {tuple(a.shape)} and lora_B "
-                             f"{tuple(b.shape)} are not of the recipe's rank {rank}")
-        if module in magnitudes and magnitudes[module].shape[0] != b.shape[0]:
-            raise ValueError(f"adapter module {module}: DoRA magnitude of length "
-                             f"{magnitudes[module].shape[0]} for {b.shape[0]} output rows")
-        if linear_shapes is None:
-            continue
-        base = linear_shapes.get(module)
-        if base is None:
-            raise ValueError(f"adapter module {module} is not a linear layer of the base model")
-        if (b.shape[0], a.shape[1]) != base:
-            raise ValueError(f"adapter module {module} maps {a.shape[1]} -> {b.shape[0]}, but "
-                             f"the base model's layer maps {base[1]} -> {base[0]}")
+        _check_linear_pair(module, a, b, rank, magnitudes.get(module),
+                           (linear_shapes or {}).get(module), linear_shapes is not None)
 
 
 def base_linear_shapes(model_dir: Any) -> dict[str, tuple[int, int]] | None:
