@@ -1,7 +1,9 @@
 """Algorithms, written once against `lora_rl.backends.base.TrainingBackend`.
 
-Each algorithm is one class with `setup()`, `train()` and `cleanup()` (torchtune's recipe shape);
-`run_algorithm` is the dispatcher keyed by the recipe's algorithm section.
+Each algorithm is one class with `setup()`, `train()` and `cleanup()` (torchtune's recipe shape):
+`base.Algorithm` owns the loop and each algorithm fills in its hooks (data, one step,
+validation); the losses are pure functions in `*_loss.py`. `run_algorithm` is the dispatcher
+keyed by the recipe's algorithm section.
 """
 
 from __future__ import annotations
