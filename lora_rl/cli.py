@@ -358,6 +358,7 @@ register_try_commands(app)
 
 
 def main() -> None:
+    from lora_rl.errors import LoraRlError
     from lora_rl.training.console import quiet_third_party_progress
 
     quiet_third_party_progress()
@@ -366,6 +367,10 @@ def main() -> None:
     except KeyboardInterrupt:
         _console(stderr=True).print("interrupted")
         sys.exit(130)
+    except LoraRlError as exc:  # expected failures a command does not report itself
+        _console(stderr=True).print(f"error: {exc}", highlight=False, soft_wrap=True,
+                                    markup=False)
+        sys.exit(EXIT_INVALID)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import torch
 
 from lora_rl.architecture import FAMILIES, UnsupportedArchitecture, architecture_of
 from lora_rl.backends.megatron.canonical_lora import adapter_module_name
+from lora_rl.errors import LoraRlError
 from lora_rl.lora.matching import CANONICAL_PARTS
 
 _TOP = {
@@ -56,7 +57,7 @@ _MEGATRON_KEY = re.compile(
 _LAYER_MODULE = re.compile(r"^decoder\.layers\.(?P<index>\d+)\.(?P<rest>.+)$")
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(LoraRlError, ValueError):
     pass
 
 
