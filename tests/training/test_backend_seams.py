@@ -68,3 +68,22 @@ def test_optimizer_meta_matches_the_state_dict_after_training(backend):
     assert _json(backend.optimizer_meta()) == meta
     assert meta["optimizer"] == _json(_meta_from_state_dict(backend))
     assert meta["scheduler"]["last_epoch"] == 1
+
+
+def test_generation_copy_needs_only_the_model_and_policy_not_the_backend(backend):
+    """DTensor's GenerationCopy takes narrow state (trained module, model dir, policy); its
+    synced copy computes what the training model computes."""
+    from lora_rl.backends.dtensor.generation_copy import GenerationCopy
+    from lora_rl.lora import iter_lora_layers
+
+    with torch.no_grad():  # non-zero B, or the copy would match the base model too
+        for _, layer in iter_lora_layers(backend.model):
+            layer.lora_B.weight.normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
+    policy = backend.cfg.policy
+    copy = GenerationCopy(backend.model, backend.model_dir, policy, lora=True)
+    ids = torch.arange(2, 14).reshape(2, 6)
+    with copy.synced() as model, torch.no_grad():
+        assert model is not backend.model
+        theirs = model(input_ids=ids).logits
+        ours = backend.model(input_ids=ids).logits
+    torch.testing.assert_close(theirs, ours)

@@ -66,7 +66,8 @@ class DTensorBackend:
         self.scheduler = build_scheduler(self.optimizer, policy.scheduler)
         self.max_grad_norm = policy.max_grad_norm or None  # 0: no clipping
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self._generation_copy = GenerationCopy(self)
+        self._generation_copy = GenerationCopy(self.model, self.built.model_dir, policy,
+                                               lora=self.built.lora_report is not None)
         # Full fine-tuning's reference policy: the starting weights, copied before any step or
         # resume (with LoRA the reference is the adapter turned off, no copy).
         self._reference = FrozenReference(self.model) \
