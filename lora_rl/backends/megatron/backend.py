@@ -85,7 +85,9 @@ class MegatronBackend:
         self.max_grad_norm = mg.optimizer.clip_grad or None  # 0: no clipping, as Megatron
         self.lora_dropout = mg.peft.dropout if self.lora is not None else 0.0
         self._report = self._count_parameters()
-        self._generation_copy = GenerationCopy(self)
+        self._generation_copy = GenerationCopy(
+            lambda: checkpoint_state.whole_weights(self), self.model_dir, policy,
+            lora=self.lora is not None)
         # Full fine-tuning's reference policy: the starting weights of this rank's shard and
         # stage, copied before any step or resume (with LoRA: the adapter turned off).
         self._reference = FrozenReference(self.model) \
