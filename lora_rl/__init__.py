@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from os import PathLike
 from typing import TYPE_CHECKING
 
+from lora_rl.errors import LoraRlError
+
 if TYPE_CHECKING:
     from lora_rl.config.validate import ValidationResult
 
@@ -25,7 +27,7 @@ __version__ = "0.1.0"
 __all__ = ["RecipeInvalidError", "__version__", "run", "validate"]
 
 
-class RecipeInvalidError(ValueError):
+class RecipeInvalidError(LoraRlError, ValueError):
     """`run` was given a recipe with errors; `report` holds every diagnostic."""
 
     def __init__(self, report: ValidationResult) -> None:

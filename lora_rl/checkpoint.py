@@ -23,12 +23,19 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from lora_rl.errors import LoraRlError
+
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 
 
-class CheckpointError(ValueError):
-    pass
+class CheckpointError(LoraRlError, ValueError):
+    """A checkpoint that cannot be used: resume skips it for the previous one."""
+
+
+class CheckpointVersionError(CheckpointError):
+    """A checkpoint written by a newer lora-rl: resume and export stop rather than skip it
+    (an older checkpoint would silently undo the newer run's progress)."""
 
 
 @dataclass
@@ -113,6 +120,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
                               "interrupted)") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}/{MANIFEST} is unreadable: {exc}") from None
+    version = manifest.get("schema_version", 1)
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise CheckpointVersionError(f"{path}/{MANIFEST} has schema_version {version}; this "
+                                     f"lora-rl reads version {SCHEMA_VERSION} and older. Use "
+                                     "the lora-rl that wrote it, or a new checkpoint_dir")
     for name, expected in files.items():
         file = path / name
         if not file.is_file():
@@ -177,7 +189,8 @@ def remove_stale_temp_dirs(root: Path) -> list[Path]:
 def latest_checkpoint(root: Path, warn: Any = print,
                       check: Callable[[Checkpoint], None] | None = None) -> Checkpoint | None:
     """The newest checkpoint under `root` that verifies (and passes `check`, which raises
-    CheckpointError for content that does not fit); broken ones are reported and skipped."""
+    CheckpointError for content that does not fit); broken ones are reported and skipped. A
+    CheckpointVersionError (written by a newer lora-rl) is raised, not skipped."""
     restore_interrupted_replacements(root)
     for _step, path in reversed(step_dirs(root)):
         try:
@@ -185,6 +198,8 @@ def latest_checkpoint(root: Path, warn: Any = print,
             if check is not None:
                 check(found)
             return found
+        except CheckpointVersionError:
+            raise
         except CheckpointError as exc:
             warn(f"skipping checkpoint: {exc}")
     return None

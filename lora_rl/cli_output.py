@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from functools import cache
 
 import typer.core
@@ -32,6 +34,22 @@ def console(stderr: bool = False):
     # 80 columns and cut tables and paths.
     width = None if (sys.stderr if stderr else sys.stdout).isatty() else 200
     return Console(stderr=stderr, highlight=False, width=width)
+
+
+def say_error(message: str) -> None:
+    """`error: message` on stderr, as is (no rich markup, not wrapped)."""
+    console(stderr=True).print(f"error: {message}", markup=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def reported(code: int, *kinds: type[Exception]) -> Iterator[None]:
+    """An expected failure of one of `kinds` in the block is one line `error: ...` and exit
+    `code` (EXIT_USAGE for a bad argument or unwritable path, EXIT_INVALID otherwise)."""
+    try:
+        yield
+    except kinds as exc:
+        say_error(str(exc))
+        raise typer.Exit(code) from None
 
 
 HELP_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -71,3 +89,11 @@ class CommandGroup(typer.core.TyperGroup):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+
+def command_group(help: str, **settings) -> typer.Typer:
+    """A `lora-rl` command group (the app, `recipes`): -h/--help, help on no arguments, plain
+    text help, and no rich traceback pages (expected failures are one line, see `reported`)."""
+    return typer.Typer(help=help, cls=CommandGroup, context_settings=HELP_SETTINGS,
+                       no_args_is_help=True, pretty_exceptions_enable=False,
+                       rich_markup_mode=None, **settings)

@@ -10,17 +10,10 @@ from typing import Annotated
 
 import typer
 
-from lora_rl.cli_output import EXIT_INVALID, EXIT_USAGE, HELP_SETTINGS, CommandGroup
+from lora_rl.cli_output import EXIT_INVALID, EXIT_USAGE, command_group, reported
 from lora_rl.cli_output import console as _console
 
-app = typer.Typer(
-    help="Shipped recipes: list them, copy one to edit.",
-    cls=CommandGroup,
-    context_settings=HELP_SETTINGS,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
+app = command_group("Shipped recipes: list them, copy one to edit.")
 
 
 
@@ -36,12 +29,9 @@ def list_command(
 
     from lora_rl.recipes_catalog import CatalogError, list_recipes, recipes_dir, summarize
 
-    try:
+    with reported(EXIT_USAGE, CatalogError):
         entries = list_recipes(include_bases=show_all)
         root = recipes_dir()
-    except CatalogError as exc:
-        _console(stderr=True).print(f"error: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
     table = Table(title=f"recipes in {root}", title_justify="left")
     for column in ("name", "algorithm", "backend", "model", "devices", "lora"):
         table.add_column(column, no_wrap=True)
@@ -69,10 +59,8 @@ def copy_command(
     from lora_rl.recipes_catalog import CatalogError, copy_recipe
 
     try:
-        target = copy_recipe(name, dest, force)
-    except CatalogError as exc:
-        _console(stderr=True).print(f"error: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
+        with reported(EXIT_USAGE, CatalogError):
+            target = copy_recipe(name, dest, force)
     except OSError as exc:
         _console(stderr=True).print(f"error: cannot write {dest}: {exc.strerror}")
         raise typer.Exit(EXIT_USAGE) from None

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from lora_rl.cli_args import RecipeArg, SetOption, recipe_or_exit
-from lora_rl.cli_output import EXIT_INVALID, EXIT_USAGE, console
+from lora_rl.cli_output import EXIT_INVALID, EXIT_USAGE, console, reported
 
 CheckpointOption = Annotated[Path | None, typer.Option(
     "--checkpoint", "-c", metavar="DIR",
@@ -32,11 +32,8 @@ def _policy(recipe: Path, overrides: list[str] | None, checkpoint: Path | None, 
     from lora_rl.model_source import ModelSourceError
 
     cfg = recipe_or_exit(recipe, overrides)
-    try:
+    with reported(EXIT_INVALID, PolicyLoadError, ModelSourceError):
         policy = load_trained_policy(cfg, checkpoint, adapter=not base_only)
-    except (PolicyLoadError, ModelSourceError) as exc:
-        console(stderr=True).print(f"error: {exc}")
-        raise typer.Exit(EXIT_INVALID) from None
     console(stderr=True).print(f"loaded {cfg.policy.model_name} with {policy.source}")
     return cfg, policy
 
@@ -55,11 +52,8 @@ def _max_new_tokens(cfg, given: int | None) -> int:
 def _rendered(policy, cfg, text: str) -> list[int]:
     from lora_rl.data.jsonl import DataError
 
-    try:
+    with reported(EXIT_INVALID, DataError):
         return policy.typed(cfg, text)
-    except DataError as exc:
-        console(stderr=True).print(f"error: {exc}")
-        raise typer.Exit(EXIT_INVALID) from None
 
 
 def generate(
@@ -122,11 +116,8 @@ def evaluate(
     from lora_rl.interop.policy_eval import EvalError, held_out_accuracy
 
     cfg, policy = _policy(recipe, overrides, checkpoint, base_only)
-    try:
+    with reported(EXIT_INVALID, EvalError):
         accuracy, count = held_out_accuracy(cfg, policy)
-    except EvalError as exc:
-        console(stderr=True).print(f"error: {exc}")
-        raise typer.Exit(EXIT_INVALID) from None
     print(f"val_accuracy {accuracy:.4f} ({count} records)")
 
 

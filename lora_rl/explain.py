@@ -26,9 +26,8 @@ def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
     lora = cfg.policy.active_lora
     if lora is None:
         return [("LoRA", "off: full fine-tuning of every parameter")]
-    block = "policy.megatron_cfg.peft" if cfg.policy.megatron_cfg.enabled \
-        else "policy.dtensor_cfg.lora_cfg"
-    rows = [("LoRA block", block), ("rank / alpha", f"{lora.dim} / {lora.alpha:g}"),
+    rows = [("LoRA block", cfg.policy.active_lora_key),
+            ("rank / alpha", f"{lora.dim} / {lora.alpha:g}"),
             _scale_row(lora),
             ("dropout", f"{lora.dropout:g} ({lora.dropout_position})")]
     if cfg.policy.megatron_cfg.enabled:

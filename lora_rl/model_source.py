@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lora_rl.errors import LoraRlError
+
 TINY_MODEL_NAME = "lora-rl/tiny-llama"
 TINY_MODEL_DIRNAME = "tiny-llama-v1"
 BUILT_MODELS = {"lora-rl/smollm2-135m-instruct": ("smollm2-135m-instruct-v1",
@@ -16,7 +18,7 @@ BUILT_MODELS = {"lora-rl/smollm2-135m-instruct": ("smollm2-135m-instruct-v1",
 """Models lora-rl builds into its cache on request (name -> (directory, command))."""
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(LoraRlError, ValueError):
     pass
 
 

@@ -13,8 +13,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from lora_rl.errors import LoraRlError
 
-class OutputPathError(ValueError):
+
+class OutputPathError(LoraRlError, ValueError):
     pass
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lora_rl.errors import LoraRlError
+
 FIRST = ("loss", "reward", "accuracy")
 """Panels in this order; the rest alphabetically."""
 
 
-class PlotError(ValueError):
+class PlotError(LoraRlError, ValueError):
     pass
 
 

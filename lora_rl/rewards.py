@@ -11,6 +11,8 @@ import importlib
 import inspect
 from collections.abc import Callable
 
+from lora_rl.errors import LoraRlError
+
 RewardFn = Callable[..., list[float]]
 
 
@@ -43,7 +45,7 @@ BUILTIN: dict[str, RewardFn] = {
 }
 
 
-class RewardError(ValueError):
+class RewardError(LoraRlError, ValueError):
     pass
 
 

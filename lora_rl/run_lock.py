@@ -26,13 +26,15 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lora_rl.errors import LoraRlError
+
 if TYPE_CHECKING:
     from lora_rl.config.recipe import RecipeConfig
 
 LOCK_NAME = ".lora-rl.lock"
 
 
-class RunLockError(RuntimeError):
+class RunLockError(LoraRlError, RuntimeError):
     """Another run holds one of this run's directories."""
 
 

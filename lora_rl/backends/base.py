@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -54,6 +55,11 @@ class TrainingBackend(Protocol):
     scheduler: torch.optim.lr_scheduler.LRScheduler
     """Built from the recipe; a resume restores both, then re-applies edited hyperparameters."""
 
+    @property
+    def model_dir(self) -> Path:
+        """The local Hugging Face directory the base model was loaded from (a generation
+        engine such as vLLM loads the same files)."""
+
     def token_logprobs(self, batch: TokenBatch) -> torch.Tensor:
         """[B, L-1] log p(token t+1 | tokens <= t) under the current policy (differentiable)."""
 
@@ -79,7 +85,8 @@ class TrainingBackend(Protocol):
         """Restore what `checkpoint_tensors` returned."""
 
     def optimizer_meta(self) -> dict:
-        """JSON-serialisable optimizer/scheduler state that is not tensors."""
+        """JSON-serialisable optimizer/scheduler state that is not tensors; independent of
+        `checkpoint_tensors` (either may be called first)."""
 
     def generation_model(self) -> AbstractContextManager[torch.nn.Module]:
         """A plain (unsharded) module to sample from, with the current adapter in effect."""

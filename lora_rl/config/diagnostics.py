@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lora_rl.errors import LoraRlError
+
 Severity = Literal["error", "warning"]
 
 USAGE_RULES = frozenset({"LR010", "LR007"})
@@ -51,7 +53,7 @@ def dotted(path: KeyPath) -> str:
 
 
 @dataclass
-class RecipeError(Exception):
+class RecipeError(LoraRlError):
     """Loading stopped before the recipe could be validated (I/O, YAML syntax, defaults, ...)."""
 
     diagnostics: list[Diagnostic] = field(default_factory=list)

@@ -34,19 +34,3 @@ def attribute_docs(cls: type[BaseModel]) -> dict[str, str]:
                     and isinstance(doc.value.value, str)):
                 docs[field.target.id] = inspect.cleandoc(doc.value.value)
     return docs
-
-
-def all_models(root: type[BaseModel]) -> list[type[BaseModel]]:
-    """`root` and every section model reachable through its fields."""
-    from lora_rl.config.schema_errors import models_in
-
-    seen: list[type[BaseModel]] = []
-    stack = [root]
-    while stack:
-        model = stack.pop()
-        if model in seen:
-            continue
-        seen.append(model)
-        for info in model.model_fields.values():
-            stack.extend(models_in(info.annotation))
-    return seen

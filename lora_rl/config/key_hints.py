@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from functools import cache
 
 from pydantic import BaseModel
 
 from lora_rl.config.diagnostics import KeyPath, dotted
+from lora_rl.config.schema_walk import field_keys, key_paths
 
 PEFT_NAMES: dict[str, str] = {"r": "dim", "rank": "dim", "lora_alpha": "alpha",
                               "lora_dropout": "dropout"}
@@ -40,7 +40,7 @@ def hint(root: type[BaseModel], section: type[BaseModel] | None, section_path: K
     """The fix line for unknown `key` in `section` (at `section_path` of `root`)."""
     if section is None:
         return KeyHint(None, "remove the key")
-    choices = _keys(section)
+    choices = field_keys(section)
     foreign = _foreign_name(section, key)
     if foreign is not None:
         meant, words = foreign
@@ -101,10 +101,6 @@ def _column(schema: str, neutral: str) -> str:
     return str(row[SCHEMAS.index(schema) + 1])  # type: ignore[arg-type]
 
 
-def _keys(model: type[BaseModel]) -> list[str]:
-    return [info.alias or name for name, info in model.model_fields.items()]
-
-
 def _foreign_name(section: type[BaseModel], key: str) -> tuple[str, str] | None:
     """(this section's key, "whose name it is") when `key` is another schema's name for a key
     of this LoRA block."""
@@ -129,26 +125,5 @@ def _foreign_name(section: type[BaseModel], key: str) -> tuple[str, str] | None:
     return None
 
 
-@cache
-def _paths_of(root: type[BaseModel]) -> dict[str, tuple[KeyPath, ...]]:
-    """key -> the section paths of `root` that have it (list items stepped over)."""
-    from lora_rl.config.schema_errors import models_in
-
-    found: dict[str, list[KeyPath]] = {}
-    stack: list[tuple[type[BaseModel], KeyPath]] = [(root, ())]
-    seen: set[type[BaseModel]] = set()
-    while stack:
-        model, path = stack.pop()
-        if model in seen:
-            continue
-        seen.add(model)
-        for name, info in model.model_fields.items():
-            key = info.alias or name
-            found.setdefault(key, []).append(path)
-            for child in models_in(info.annotation):
-                stack.append((child, path + (key,)))
-    return {key: tuple(sorted(paths, key=len)) for key, paths in found.items()}
-
-
 def _sections_with(root: type[BaseModel], key: str) -> tuple[KeyPath, ...]:
-    return _paths_of(root).get(key, ())
+    return key_paths(root).get(key, ())

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from lora_rl.architecture import Architecture, UnsupportedArchitecture, architecture_from_config
+from lora_rl.errors import LoraRlError
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class ModelFacts:
         return self.architecture.linear_names(backend)
 
 
-class ModelFactsError(ValueError):
+class ModelFactsError(LoraRlError, ValueError):
     pass
 
 

@@ -222,10 +222,10 @@ class PolicyConfig(Section):
     """Rollout generation (GRPO; optional elsewhere)."""
 
     @property
-    def lora_enabled(self) -> bool:
-        if self.megatron_cfg.enabled:
-            return self.megatron_cfg.peft.enabled
-        return self.dtensor_cfg.lora_cfg.enabled
+    def active_lora_key(self) -> str:
+        """Dotted recipe key of the LoRA block of the backend that runs, enabled or not."""
+        return "policy.megatron_cfg.peft" if self.megatron_cfg.enabled \
+            else "policy.dtensor_cfg.lora_cfg"
 
     @property
     def active_lora(self) -> DTensorLoraConfig | MegatronPeftConfig | None:

@@ -397,7 +397,7 @@ def _reference_copy(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     needs = cfg.dpo is not None or (cfg.grpo is not None
                                     and cfg.loss_fn.reference_policy_kl_penalty > 0)
     if needs and cfg.policy.active_lora is None:
-        key = f"{PEFT}.enabled" if cfg.policy.megatron_cfg.enabled else f"{LORA}.enabled"
+        key = f"{cfg.policy.active_lora_key}.enabled"
         what = "DPO" if cfg.dpo else "GRPO's KL penalty"
         yield Finding(key, f"{what} compares against a reference policy; without LoRA that is a "
                       "frozen copy of the starting weights, which holds a second copy of every "
@@ -460,7 +460,7 @@ def _targets_exist(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
         return
     from lora_rl.lora.matching import LoraMatchError, match_names
 
-    key = f"{PEFT}.target_modules" if cfg.policy.megatron_cfg.enabled else f"{LORA}.target_modules"
+    key = f"{cfg.policy.active_lora_key}.target_modules"
     names = _linear_names(ctx.model, cfg.policy.backend)
     if not names:
         return  # an architecture whose module names lora-rl cannot derive: nothing to check
@@ -500,8 +500,7 @@ def _excludes_exist(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     if ctx.model is None or lora is None:
         return
     names = _linear_names(ctx.model, cfg.policy.backend)
-    key = f"{PEFT}.exclude_modules" if cfg.policy.megatron_cfg.enabled else \
-        f"{LORA}.exclude_modules"
+    key = f"{cfg.policy.active_lora_key}.exclude_modules"
     for index, pattern, hint in _unmatched(lora, names, "exclude_modules") if names else ():
         yield Finding(f"{key}.{index}", f"exclude '{pattern}' matches none of the model's "
                       f"linear layers{hint}: nothing is excluded by it",
@@ -521,8 +520,7 @@ def _output_layer(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
         return
     heads = [n for n in matched if n.rsplit(".", 1)[-1] in ("lm_head", "output_layer")]
     if heads:
-        key = (f"{PEFT}.target_modules" if cfg.policy.megatron_cfg.enabled
-               else f"{LORA}.target_modules")
+        key = f"{cfg.policy.active_lora_key}.target_modules"
         yield Finding(key, f"LoRA will adapt the output layer ({', '.join(heads)}): a large, "
                       "vocabulary-sized adapter that is rarely what you want",
                       "exclude it with exclude_modules, or leave it out of target_modules")

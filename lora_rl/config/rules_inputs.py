@@ -21,7 +21,13 @@ from pathlib import Path
 
 from lora_rl.config.policy import SchedulerMilestones, SchedulerStep
 from lora_rl.config.recipe import RecipeConfig
-from lora_rl.config.rules import LORA, MG, PEFT, Finding, RuleContext, rule
+from lora_rl.config.rules import MG, Finding, RuleContext, rule
+from lora_rl.interop.adapter_fit import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    adapter_fit_problem,
+    lora_scale,
+)
 
 # ---- packages ------------------------------------------------------------------------------
 
@@ -104,10 +110,6 @@ def _model_dir_exists(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       "working directory")
 
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
 @rule("LR612", "warning", "init_adapter_path is not a PEFT adapter directory (yet)",
       environment=True)
 def _adapter_exists(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
@@ -143,12 +145,15 @@ def _adapter_matches(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     config = _adapter_config(path)
     if config is None:
         return
-    key = PEFT if cfg.policy.megatron_cfg.enabled else LORA
-    r, alpha = config.get("r"), config.get("lora_alpha")
-    if r != lora.dim or not isinstance(alpha, int | float) or float(alpha) != lora.alpha:
-        yield Finding(f"{key}.dim", f"the adapter at {path} has r={r}, lora_alpha={alpha}, "
-                      f"but the recipe has dim={lora.dim}, alpha={lora.alpha:g}",
-                      f"set {key}.dim: {r} and {key}.alpha: {alpha} to continue from it")
+    key = cfg.policy.active_lora_key
+    problem = adapter_fit_problem(config, lora.dim,
+                                  lora_scale(lora.dim, lora.alpha, lora.use_rslora))
+    if problem:
+        r, alpha = config.get("r"), config.get("lora_alpha")
+        rslora = str(config.get("use_rslora", False) is True).lower()
+        yield Finding(f"{key}.dim", f"the adapter at {path} does not fit: {problem}",
+                      f"set {key}.dim: {r}, {key}.alpha: {alpha} and {key}.use_rslora: "
+                      f"{rslora} to continue from it")
 
 
 # ---- settings that contradict each other --------------------------------------------------
@@ -157,7 +162,7 @@ def _adapter_matches(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 @rule("LR620", "error", "init_adapter_path needs LoRA enabled on the backend that runs")
 def _adapter_needs_lora(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     if cfg.policy.init_adapter_path and cfg.policy.active_lora is None:
-        key = f"{PEFT}.enabled" if cfg.policy.megatron_cfg.enabled else f"{LORA}.enabled"
+        key = f"{cfg.policy.active_lora_key}.enabled"
         yield Finding("policy.init_adapter_path", "init_adapter_path loads a LoRA adapter, but "
                       "LoRA is not enabled on the backend that runs",
                       f"set {key}: true, or remove policy.init_adapter_path")

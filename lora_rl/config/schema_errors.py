@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import types
 import typing
 from typing import Any
 
@@ -11,34 +10,9 @@ from pydantic import BaseModel, ValidationError
 
 from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location, dotted
 from lora_rl.config.key_hints import KeyHint, hint
+from lora_rl.config.schema_walk import all_models, field_info, field_keys, models_in
 from lora_rl.config.yaml_errors import NO_SPACE_KEY
 from lora_rl.config.yaml_source import SourceMap
-
-
-def field_keys(model: type[BaseModel]) -> list[str]:
-    """The YAML keys a section accepts (aliases where a field has one, e.g. `_v2`)."""
-    return [info.alias or name for name, info in model.model_fields.items()]
-
-
-def _field(model: type[BaseModel], key: str):
-    for name, info in model.model_fields.items():
-        if key in (name, info.alias):
-            return info
-    return None
-
-
-def models_in(annotation: Any) -> list[type[BaseModel]]:
-    origin = typing.get_origin(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    if origin is typing.Annotated:
-        return models_in(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType, list, tuple, dict):
-        found: list[type[BaseModel]] = []
-        for arg in typing.get_args(annotation):
-            found.extend(models_in(arg))
-        return found
-    return []
 
 
 def model_at(root: type[BaseModel], path: KeyPath, data: Any) -> type[BaseModel] | None:
@@ -52,7 +26,7 @@ def model_at(root: type[BaseModel], path: KeyPath, data: Any) -> type[BaseModel]
             node = node[part] if part < len(node) else None
             continue
         model = _pick(candidates, node, discriminator)
-        info = _field(model, str(part)) if model is not None else None
+        info = field_info(model, str(part)) if model is not None else None
         if info is None:
             return None
         node = node.get(part) if isinstance(node, dict) else None
@@ -201,7 +175,6 @@ def _best_union_branch(errors: list[dict], root: type[BaseModel], data: Any) -> 
     """Where a value matched no member of a union of sections (a scheduler list item is a
     SchedulerStep or a SchedulerMilestones), pydantic reports every member's errors; keep the
     errors of the member whose keys the value shares most, as a user would read it."""
-    from lora_rl.config.docstrings import all_models  # only when there are errors
 
     models = {m.__name__: m for m in all_models(root)}
     branches: dict[KeyPath, dict[str, int]] = {}

@@ -14,9 +14,10 @@ import inspect
 from typing import Any, Literal
 
 from lora_rl.config.base import NULL_SPELLINGS
-from lora_rl.config.docstrings import all_models, attribute_docs
+from lora_rl.config.docstrings import attribute_docs
 from lora_rl.config.layering import OVERRIDE_MARK
 from lora_rl.config.recipe import RecipeConfig
+from lora_rl.config.schema_walk import all_models
 from lora_rl.config.sections import _IMPORT_PATH as IMPORT_PATH
 from lora_rl.config.sections import BUILTIN_REWARDS
 

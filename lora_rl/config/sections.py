@@ -7,9 +7,11 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from lora_rl.config.base import NonNegativeInt, PositiveInt, Section, compat
+from lora_rl.rewards import BUILTIN
 
 BUILTIN_DATASETS = ("tiny-arithmetic",)
-BUILTIN_REWARDS = ("exact_match", "format", "exact_match_and_format")
+BUILTIN_REWARDS = tuple(BUILTIN)
+"""The names `env.reward` accepts without an import path (rewards.BUILTIN's keys)."""
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 

@@ -14,7 +14,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from lora_rl.config.cascade import ReadGuard
-from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location, RecipeError, dotted
+from lora_rl.config.diagnostics import (
+    USAGE_RULES,
+    Diagnostic,
+    KeyPath,
+    Location,
+    RecipeError,
+    dotted,
+)
 from lora_rl.config.interpolation import EnvReads, resolve_interpolations
 from lora_rl.config.layering import apply_overrides, display_name, load_layered
 from lora_rl.config.model_facts import ModelFacts, ModelFactsError, read_model_facts
@@ -73,9 +80,10 @@ def validate_recipe(path: Path, overrides: Sequence[str] = (), model_dir: Path |
     machine lacks (packages, input files: environment rules) errors, as `run` does."""
     result = _validate(path, overrides, model_dir, resolve_embedded_model, check_env)
     # Findings about the recipe as a whole (no algorithm section, a missing top-level key, ...)
-    # have no key to point at: they point at the top of the file.
+    # have no key to point at: they point at the top of the file. Command-line problems
+    # (USAGE_RULES: an unreadable file, a bad override) are not about the file's content.
     top = Location(result.file, 1, 1)
-    located = [d if d.location or d.rule in IO_RULES else replace(d, location=top)
+    located = [d if d.location or d.rule in USAGE_RULES else replace(d, location=top)
                for d in result.diagnostics]
     result.diagnostics = sorted(located, key=lambda d: _reading_order(d, result.file))
     if result.env_reads.reads:
@@ -97,9 +105,6 @@ def _masked(d: Diagnostic, env: EnvReads) -> Diagnostic:
     via = d.location.via if d.location else None
     return replace(d, message=env.mask(d.message), fix=d.fix and env.mask(d.fix),
                    location=d.location and replace(d.location, via=via and env.mask(via)))
-
-
-IO_RULES = frozenset({"LR010"})
 
 
 def _validate(path: Path, overrides: Sequence[str], model_dir: Path | None,

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from lora_rl.convert.mapping import SCHEMAS, Loss, Schema
+from lora_rl.errors import LoraRlError
 
 __all__ = ["SCHEMAS", "ConvertError", "ConvertResult", "Loss", "convert_file", "convert_text"]
 
 
-class ConvertError(Exception):
+class ConvertError(LoraRlError):
     """Bad input: the message is one line, for the user."""
 
 

@@ -59,17 +59,23 @@ def jsonl_problems(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError) as exc:
         return [f"{path}: cannot read as UTF-8 text ({exc})"]
     for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}:{exc.colno}: not valid JSON ({exc.msg})")
-            continue
-        if not isinstance(value, dict):
-            problems.append(f"{path}:{number}: a record must be a JSON object, found "
-                            f"{type(value).__name__}")
+        if raw.strip():
+            record = _record(path, number, raw)
+            if isinstance(record, str):
+                problems.append(record)
     return problems
+
+
+def _record(path: Path, number: int, raw: str) -> dict | str:
+    """Line `number` of a JSON-lines file as a record, or the file:line message saying why it
+    is not one."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return f"{path}:{number}:{exc.colno}: not valid JSON ({exc.msg})"
+    if not isinstance(value, dict):
+        return f"{path}:{number}: a record must be a JSON object, found {type(value).__name__}"
+    return value
 
 
 def _line_numbers(path: Path, count: int) -> list[int]:
@@ -159,13 +165,6 @@ def first_record(path: Path) -> dict | str | None:
         return None
     with path.open(encoding="utf-8", errors="replace") as handle:
         for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                return f"{path}:{number}:{exc.colno}: not valid JSON ({exc.msg})"
-            if not isinstance(value, dict):
-                return f"{path}:{number}: a record must be a JSON object"
-            return value
+            if raw.strip():
+                return _record(path, number, raw)
     return None

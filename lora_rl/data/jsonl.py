@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lora_rl.errors import LoraRlError
 
-class DataError(ValueError):
+
+class DataError(LoraRlError, ValueError):
     """Bad data: the message names the file and line and says how to fix it."""
 
 

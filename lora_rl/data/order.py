@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from lora_rl.data.jsonl import DataError
+
 
 @dataclass
 class DataPosition:
@@ -19,7 +21,7 @@ class DataPosition:
 class DataOrder:
     def __init__(self, size: int, seed: int, shuffle: bool) -> None:
         if size <= 0:
-            raise ValueError("empty data set")
+            raise DataError("empty data set")
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
@@ -35,7 +37,7 @@ class DataOrder:
         """The next `batch_size` indices (an epoch's incomplete tail is dropped) and the epoch
         they belong to."""
         if batch_size > self.size:
-            raise ValueError(f"global batch {batch_size} is larger than the data set "
+            raise DataError(f"global batch {batch_size} is larger than the data set "
                              f"({self.size} records)")
         if self.position.offset + batch_size > self.size:
             self.position = DataPosition(self.position.epoch + 1, 0)

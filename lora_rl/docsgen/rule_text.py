@@ -18,6 +18,9 @@ from functools import cache
 from lora_rl.config import rules as rules_module
 
 HOLE = "…"
+RECIPE_DEPENDENT = {"active_lora_key": (rules_module.LORA, rules_module.PEFT)}
+"""Attributes (`cfg.policy.active_lora_key`) whose value depends on the recipe: a key built
+from one is shown as `…` in paths and fixes, and counts as a mention of every alternative."""
 
 LOADER_FIXES: dict[str, str] = {
     # Loader and model checks are raised from several places; their fixes are general.
@@ -63,6 +66,8 @@ def _render(node: ast.AST | None, names: dict[str, str]) -> str:
         return "".join(_render(part, names) for part in node.values)
     if isinstance(node, ast.FormattedValue):
         inner = node.value
+        if isinstance(inner, ast.Attribute) and inner.attr in names:
+            return names[inner.attr]
         return names[inner.id] if isinstance(inner, ast.Name) and inner.id in names else HOLE
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         return _render(node.left, names) + _render(node.right, names)
@@ -88,6 +93,8 @@ def rule_text(rule_id: str) -> RuleText:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Constant, ast.JoinedStr)):
             strings.append(_render(node, names))
+            strings.extend(_render(node, {**names, attr: value})
+                           for attr, values in RECIPE_DEPENDENT.items() for value in values)
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Finding":
             path = _render(_argument(node, 0, "path"), names)
             fix = _render(_argument(node, 2, "fix"), names)

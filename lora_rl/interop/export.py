@@ -14,21 +14,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import save_file
 
 from lora_rl import __version__
 from lora_rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, step_dirs
 from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
-from lora_rl.interop.peft_format import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    AdapterFormatError,
-    adapter_config,
-    patched_modules,
-    to_peft_keys,
-    wrap_adapter_modules,
-)
+from lora_rl.errors import LoraRlError
+from lora_rl.interop.peft_format import AdapterFormatError, wrap_adapter_modules, write_adapter
 from lora_rl.output_paths import OutputPathError, check_output_dir, check_replaceable
+from lora_rl.state_file import read_state
 
 EXPORT_SCHEMA_VERSION = 1
 EXPORT_STAMP = "lora_rl_export.json"
@@ -39,7 +32,7 @@ ExportFormat = Literal["peft", "merged"]
 _LORA_CONFIGS = {"dtensor": DTensorLoraConfig, "megatron": MegatronPeftConfig}
 
 
-class ExportError(ValueError):
+class ExportError(LoraRlError, ValueError):
     pass
 
 
@@ -79,21 +72,22 @@ def checkpoint_adapter(checkpoint: Path, base: str | None = None) -> CheckpointA
     """The adapter of a `step_N` directory, or of the latest good step of a checkpoint_dir."""
     try:
         ckpt = _resolve_checkpoint(checkpoint)
+        state = read_state(ckpt)
     except CheckpointError as exc:
         raise ExportError(str(exc)) from None
-    run = ckpt.state.get("run") or {}
-    backend = run.get("backend")
+    run = state.run
+    backend = run.backend
     if backend not in _LORA_CONFIGS:
         raise ExportError(f"{ckpt.path}: unknown backend {backend!r} in the checkpoint's "
                           f"state.json (lora-rl exports {' and '.join(_LORA_CONFIGS)} checkpoints)")
-    if run.get("lora") is None or "adapter" not in ckpt.tensors:
+    if run.lora is None or "adapter" not in ckpt.tensors:
         raise ExportError(f"{ckpt.path} is a full fine-tuning checkpoint, not a LoRA adapter")
     try:
-        lora = _LORA_CONFIGS[backend].model_validate(run["lora"])
+        lora = _LORA_CONFIGS[backend].model_validate(run.lora)
     except ValueError as exc:
         raise ExportError(f"{ckpt.path}: the LoRA config in state.json does not fit the "
                           f"{backend} backend ({exc})") from None
-    base_model = base or run.get("model_name")
+    base_model = base or run.model_name
     if not base_model:
         raise ExportError(f"{ckpt.path}: the checkpoint does not name its base model; pass --base")
     adapter = ckpt.tensors["adapter"]
@@ -101,7 +95,7 @@ def checkpoint_adapter(checkpoint: Path, base: str | None = None) -> CheckpointA
         adapter = _megatron_adapter_in_hf_names(adapter, base_model, ckpt.path)
     _check_adapter(adapter, lora.dim, base_model, ckpt.path)
     return CheckpointAdapter(ckpt.path, ckpt.step, backend, lora, base_model, adapter,
-                             ckpt.state.get("tokenizer"))
+                             state.tokenizer)
 
 
 def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str | None,
@@ -185,13 +179,9 @@ def _megatron_adapter_in_hf_names(adapter: dict[str, torch.Tensor], base_model: 
 
 def _write_peft(target: Path, adapter: dict[str, torch.Tensor],
                 lora: DTensorLoraConfig | MegatronPeftConfig, base_model: str) -> None:
-    config = adapter_config(rank=lora.dim, alpha=lora.alpha, dropout=lora.dropout,
-                            modules=patched_modules(adapter), base_model=peft_base(base_model),
-                            use_rslora=lora.use_rslora,
-                            use_dora=getattr(lora, "use_dora", False))  # DTensor block only
-    (target / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
-    save_file({k: v.contiguous() for k, v in to_peft_keys(adapter).items()},
-              str(target / ADAPTER_WEIGHTS))
+    write_adapter(target, adapter, rank=lora.dim, alpha=lora.alpha, dropout=lora.dropout,
+                  base_model=peft_base(base_model), use_rslora=lora.use_rslora,
+                  use_dora=getattr(lora, "use_dora", False))  # DTensor block only
 
 
 def peft_base(base_model: str) -> str:

@@ -18,23 +18,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from lora_rl.architecture import EXPERT_PARAMETERS
+from lora_rl.errors import LoraRlError
+from lora_rl.interop.adapter_fit import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 if TYPE_CHECKING:
     from lora_rl.lora.spec import LoraSpec
 
 PEFT_PREFIX = "base_model.model."
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _NESTED = ".base_layer"
 MAGNITUDE = ".lora_magnitude_vector"
 """DoRA's magnitude key suffix, the same in lora-rl and in saved PEFT files."""
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.default)?\.weight$")
 
 
-class AdapterFormatError(ValueError):
+class AdapterFormatError(LoraRlError, ValueError):
     pass
 
 
@@ -179,6 +179,19 @@ def peft_version() -> str:
         return version("peft")
     except PackageNotFoundError:
         return PEFT_FORMAT_VERSION
+
+
+def write_adapter(directory: Path, adapter: dict[str, torch.Tensor], *, rank: int,
+                  alpha: float, dropout: float, base_model: str, use_rslora: bool = False,
+                  use_dora: bool = False) -> None:
+    """A PEFT adapter directory (what `peft` and vLLM's LoRA loader read) from lora-rl-keyed
+    adapter tensors; `directory` exists. The inverse of `read_adapter`."""
+    config = adapter_config(rank=rank, alpha=alpha, dropout=dropout,
+                            modules=patched_modules(adapter), base_model=base_model,
+                            use_rslora=use_rslora, use_dora=use_dora)
+    (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
+    save_file({k: v.contiguous() for k, v in to_peft_keys(adapter).items()},
+              str(directory / ADAPTER_WEIGHTS))
 
 
 def read_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

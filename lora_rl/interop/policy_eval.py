@@ -5,11 +5,12 @@ the run's `val_accuracy`."""
 from __future__ import annotations
 
 from lora_rl.config.recipe import RecipeConfig
+from lora_rl.errors import LoraRlError
 from lora_rl.interop.trained_policy import TrainedPolicy
 from lora_rl.rewards import normalise
 
 
-class EvalError(ValueError):
+class EvalError(LoraRlError, ValueError):
     pass
 
 

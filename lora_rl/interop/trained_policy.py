@@ -17,9 +17,10 @@ import torch
 
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.data.render import Renderer
+from lora_rl.errors import LoraRlError
 
 
-class PolicyLoadError(ValueError):
+class PolicyLoadError(LoraRlError, ValueError):
     pass
 
 

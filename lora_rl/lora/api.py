@@ -13,7 +13,7 @@ from torch import nn
 from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
 from lora_rl.lora.experts import ExpertAdapter, ExpertsLora
 from lora_rl.lora.layer import AdapterLayer, LoraLinear
-from lora_rl.lora.matching import LoraMatchError, LoraWarning, ModuleMatcher, short_name
+from lora_rl.lora.matching import LoraMatchError, LoraWarning, ModuleMatcher
 from lora_rl.lora.naming import unwrapped_name
 from lora_rl.lora.spec import LoraSpec, Semantics, lora_spec_from_config, semantics_of
 
@@ -33,11 +33,6 @@ class LoraReport:
     scale: float
     warnings: tuple[str, ...] = ()
     semantics: Semantics = "dtensor"
-
-    @property
-    def target_names(self) -> tuple[str, ...]:
-        """Short names of the patched modules (PEFT's adapter_config `target_modules`)."""
-        return tuple(sorted({short_name(n) for n in self.patched}))
 
 
 def _is_linear(module: nn.Module) -> bool:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from lora_rl.errors import SetupError
 from lora_rl.lora.init import init_weight
 from lora_rl.lora.layer import AdapterLayer
 from lora_rl.lora.spec import LoraSpec
@@ -34,11 +35,11 @@ class ExpertAdapter(AdapterLayer):
             raise ValueError(f"expert LoRA needs a 3-D [experts, out, in] parameter, got shape "
                              f"{tuple(weight.shape)}")
         if spec.dropout > 0:
-            raise ValueError("LoRA dropout cannot be applied to MoE expert parameters (the "
+            raise SetupError("LoRA dropout cannot be applied to MoE expert parameters (the "
                              "update is merged into the expert weights per forward); set "
                              "dropout: 0 or leave the experts out of the targets")
         if spec.use_dora:
-            raise ValueError("DoRA is not implemented for MoE expert parameters; set use_dora: "
+            raise SetupError("DoRA is not implemented for MoE expert parameters; set use_dora: "
                              "false or leave the experts out of the targets")
         experts, out_features, in_features = (int(n) for n in weight.shape)
         dtype = getattr(torch, spec.dtype) if spec.dtype else weight.dtype

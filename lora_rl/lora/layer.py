@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lora_rl.errors import SetupError
 from lora_rl.lora.init import init_weight
 from lora_rl.lora.spec import LoraSpec
 
@@ -150,7 +151,7 @@ class LoraLinear(AdapterLayer):
             weight = base.weight
             if not isinstance(base, nn.Linear) or type(weight) not in _PLAIN \
                     or not weight.is_floating_point():
-                raise ValueError(f"DoRA adapts plain floating-point linear layers, not "
+                raise SetupError(f"DoRA adapts plain floating-point linear layers, not "
                                  f"{type(base).__name__} with a {type(weight).__name__} "
                                  f"{weight.dtype} weight (quantized bases are not supported)")
             with torch.no_grad():

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
+from lora_rl.errors import LoraRlError
 from lora_rl.lora.spec import Semantics
 
 OUTPUT_LAYERS = frozenset({"lm_head", "output_layer"})
@@ -47,7 +48,7 @@ _SAMPLE = 12
 """How many module names an error message shows: enough to spot the naming scheme."""
 
 
-class LoraMatchError(ValueError):
+class LoraMatchError(LoraRlError, ValueError):
     """The LoRA target/exclude lists do not select any module, or contradict each other."""
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lora_rl.config.logger import INSTALL_HINTS, TRACKER_PACKAGES, LoggerConfig
+from lora_rl.errors import LoraRlError
 
 
-class TrackerMissingError(RuntimeError):
+class TrackerMissingError(LoraRlError, RuntimeError):
     """A tracker is switched on but its client library is not installed."""
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from lora_rl.config.policy import OptimizerConfig, SchedulerMilestones, SchedulerStep
+from lora_rl.errors import SetupError
 
 _OPTIMIZERS = {
     "torch.optim.AdamW": torch.optim.AdamW,
@@ -29,7 +30,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig, 
     kw = cfg.kwargs
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
-        raise ValueError("no trainable parameters: LoRA matched nothing and "
+        raise SetupError("no trainable parameters: LoRA matched nothing and "
                          "full fine-tuning is off")
     groups: list[torch.nn.Parameter] | list[dict] = trainable
     if fast_lr_ratio is not None:
@@ -56,7 +57,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer,
     if len(schedulers) == 1 and not milestones:
         return schedulers[0]
     if len(milestones) != len(schedulers) - 1:
-        raise ValueError(f"policy.scheduler has {len(schedulers)} schedulers and "
+        raise SetupError(f"policy.scheduler has {len(schedulers)} schedulers and "
                          f"{len(milestones)} milestones; SequentialLR needs one fewer milestone")
     return torch.optim.lr_scheduler.SequentialLR(optimizer, schedulers, milestones)
 

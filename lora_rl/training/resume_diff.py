@@ -54,7 +54,6 @@ def recipe_record(cfg: RecipeConfig) -> dict[str, dict[str, Any]]:
                                   "cluster.gpus_per_node": cfg.cluster.gpus_per_node}
     if policy.backend == "megatron":
         mg = policy.megatron_cfg
-        lora_key = "policy.megatron_cfg.peft"
         for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size",
                     "context_parallel_size"):
             adjustable[f"policy.megatron_cfg.{key}"] = getattr(mg, key)
@@ -65,7 +64,6 @@ def recipe_record(cfg: RecipeConfig) -> dict[str, dict[str, Any]]:
                                 mg.scheduler.model_dump(mode="json")))
     else:
         dt = policy.dtensor_cfg
-        lora_key = "policy.dtensor_cfg.lora_cfg"
         adjustable["policy.dtensor_cfg.tensor_parallel_size"] = dt.tensor_parallel_size
         adjustable["policy.dtensor_cfg.context_parallel_size"] = dt.context_parallel_size
         fixed["policy.optimizer.name"] = policy.optimizer.name
@@ -73,7 +71,7 @@ def recipe_record(cfg: RecipeConfig) -> dict[str, dict[str, Any]]:
                                 policy.optimizer.kwargs.model_dump(mode="json")))
         adjustable["policy.scheduler"] = (None if policy.scheduler is None else
                                           [s.model_dump(mode="json") for s in policy.scheduler])
-    lora = policy.active_lora
+    lora, lora_key = policy.active_lora, policy.active_lora_key
     fixed.update(_flat(lora_key, lora.model_dump(mode="json")) if lora is not None
                  else {lora_key: None})
     section = cfg.algorithm_config.model_dump(mode="json")

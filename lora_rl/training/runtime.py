@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,11 +59,6 @@ def start_runtime(timeout_s: float = 600.0) -> Runtime:
     if threads:
         torch.set_num_threads(int(threads))
     return Runtime(rank, world, local_rank, device)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def stop_runtime() -> None:

@@ -18,7 +18,9 @@ from lora_rl.checkpoint import (
 )
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.data.order import DataOrder
+from lora_rl.errors import LoraRlError
 from lora_rl.metrics import MetricsLog
+from lora_rl.state_file import CheckpointState, read_state
 from lora_rl.tensor_guard import restore, resume_check
 from lora_rl.training import preemption, resume_diff
 from lora_rl.training.console import StepConsole
@@ -26,8 +28,12 @@ from lora_rl.training.runtime import Runtime
 from lora_rl.training.summary import end_summary
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(LoraRlError, RuntimeError):
     pass
+
+
+class ResumeRefusedError(LoraRlError, ValueError):
+    """The checkpoint is of another setup: the run stops (it is not skipped for an older one)."""
 
 
 class TrainingSession:
@@ -89,7 +95,7 @@ class TrainingSession:
         """Load `found` after checking that the recipe may resume it; recipe edits to the
         optimizer or schedule are applied to the restored state, and every edit is announced."""
         ours = resume_diff.recipe_record(self.cfg)
-        saved = found.state.get("recipe") or {"adjustable": ours["adjustable"]}
+        saved = read_state(found).recipe or {"adjustable": ours["adjustable"]}
         changes = resume_diff.adjustable_changes(saved, ours)
         optimizer, scheduler = self.backend.optimizer, self.backend.scheduler
         fresh = resume_diff.snapshot_hparams(optimizer, scheduler)
@@ -103,25 +109,26 @@ class TrainingSession:
             effect = applied if change.in_optimizer_state else change.effect
             self.say(f"resume: recipe changed since the checkpoint: {change}; {effect}")
 
-    def _check_recipe(self, state: dict[str, Any], path: Path) -> None:
-        """Refuse (ValueError: the run stops) a checkpoint whose fixed settings differ from the
-        recipe's, naming each key with both values."""
-        saved = state.get("recipe")
+    def _check_recipe(self, state: CheckpointState, path: Path) -> None:
+        """Refuse (ResumeRefusedError: the run stops) a checkpoint whose fixed settings differ
+        from the recipe's, naming each key with both values."""
+        saved = state.recipe
         if saved is None:  # written before recipes were recorded
             self._check_same_run(state, path)
             return
         fixed = resume_diff.fixed_changes(saved, resume_diff.recipe_record(self.cfg))
         if fixed:
-            raise ValueError(resume_diff.refusal(path, fixed))
+            raise ResumeRefusedError(resume_diff.refusal(path, fixed))
 
-    def _check_same_run(self, state: dict[str, Any], path: Path) -> None:
+    def _check_same_run(self, state: CheckpointState, path: Path) -> None:
         ours = run_identity(self.cfg)
-        theirs = state.get("run", {})
+        theirs = state.run.model_dump()
         changed = [k for k in ours if theirs.get(k) != ours[k]]
         if changed:
-            raise ValueError(f"{path} was written by a different setup ({', '.join(changed)} "
-                             "differ); resuming would mix runs. Use a new "
-                             "checkpointing.checkpoint_dir, or delete the old checkpoints")
+            raise ResumeRefusedError(
+                f"{path} was written by a different setup ({', '.join(changed)} differ); "
+                "resuming would mix runs. Use a new checkpointing.checkpoint_dir, or delete the "
+                "old checkpoints")
 
     # ---- per step -------------------------------------------------------------------------
 
@@ -156,7 +163,7 @@ class TrainingSession:
             raise NonFiniteLossError(f"step {step}: {bad[0]} is not finite; not writing a "
                                      "checkpoint (the last good one is kept)")
         if self.runtime.is_main:
-            state = {
+            state = CheckpointState.model_validate({
                 "run": run_identity(self.cfg),
                 "recipe": resume_diff.recipe_record(self.cfg),
                 "algorithm": {"data": self.order.state()},
@@ -164,10 +171,10 @@ class TrainingSession:
                 "metrics": {k: v for k, v in self.last_metrics.items()
                             if isinstance(v, (int, float))},
                 "lora_rl_version": __version__,
-            }
-            if self.tokenizer_state is not None:  # how exports encode (data/tokenizer_export)
-                state["tokenizer"] = self.tokenizer_state
-            path = save_checkpoint(self.root, step, tensors, state)
+                # how exports encode (data/tokenizer_export)
+                "tokenizer": self.tokenizer_state,
+            })
+            path = save_checkpoint(self.root, step, tensors, state.to_json())
             prune_checkpoints(self.root, self.ckpt.keep_top_k, self.ckpt.metric_name,
                               self.ckpt.higher_is_better)
             self.say(f"checkpoint {path}")

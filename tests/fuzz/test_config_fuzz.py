@@ -115,7 +115,7 @@ def check(run: Callable[[], ValidationResult]) -> ValidationResult:
 
 def _model_paths(model: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     """Every key path the recipe schema knows (sections reached through their fields)."""
-    from lora_rl.config.schema_errors import models_in
+    from lora_rl.config.schema_walk import models_in
 
     for name, info in model.model_fields.items():
         path = prefix + (info.alias or name,)

@@ -80,7 +80,10 @@ def test_fused_adapter_shares_a_and_splits_b():
 def test_adapter_with_separate_q_k_v_a_is_rejected_by_name():
     shape = LlamaShape.from_hf(_config())
     hf = {f"model.layers.0.self_attn.{p}_proj.lora_A.weight": torch.randn(4, 32) for p in "qkv"}
-    with pytest.raises(ValueError, match="one LoRA A for all of them.*linear_q, linear_k"):
+    from lora_rl.errors import LoraRlError
+
+    # An expected failure (init_adapter_path with a DTensor/PEFT adapter): one line, no traceback
+    with pytest.raises(LoraRlError, match="one LoRA A for all of them.*linear_q, linear_k"):
         hf_to_megatron(hf, ["decoder.layers.0.self_attention.linear_qkv.lora_A.weight"], shape)
 
 

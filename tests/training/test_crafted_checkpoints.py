@@ -58,6 +58,8 @@ CRAFTS = {
         f"{A}::exp_avg", torch.zeros(3))),
     "bad-data-state": dict(state=lambda s: s["algorithm"].__setitem__("data", {"epoch": "x"})),
     "no-optimizer-meta": dict(state=lambda s: s.pop("optimizer_meta")),
+    "wrong-typed-field": dict(state=lambda s: s["optimizer_meta"].__setitem__("scheduler", "x")),
+    "future-schema": dict(state=lambda s: s.__setitem__("schema_version", 99)),
     "other-params": dict(state=lambda s: s["optimizer_meta"]["optimizer"]["param_groups"][0]
                          .__setitem__("params", ["nope"])),
 }
@@ -105,6 +107,27 @@ def test_resume_falls_back_past_a_crafted_checkpoint(checkpoints, tmp_path, name
     assert "skipping checkpoint: ck/step_6" in out
     assert "resuming from ck/step_3 (step 3)" in out
     assert "Traceback" not in out
+
+
+def test_a_checkpoint_from_a_newer_lora_rl_stops_resume_and_export(checkpoints, tmp_path):
+    """Not skipped for step_3: that would train over progress the newer run made."""
+    import shutil
+
+    from tests.training.conftest import Runner
+
+    runner = Runner(tmp_path / "w", Path(checkpoints.env["LORA_RL_CACHE"]))
+    shutil.copytree(checkpoints.workdir / "ck", runner.workdir / "ck")
+    craft(runner.workdir / "ck" / "step_6", **CRAFTS["future-schema"])
+    done = runner.run("run", *ARGS, "sft.max_num_steps=7", check=False)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "schema_version 99" in errors[0], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "resuming from" not in done.stdout
+    export = runner.run("export", "--checkpoint", "ck", "--format", "peft", "--out", "out",
+                        check=False)
+    assert export.returncode == 1
+    assert "schema_version 99" in " ".join(export.stderr.split())
+    assert "Traceback" not in export.stderr and not (runner.workdir / "out").exists()
 
 
 # ---- export -----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,7 +66,8 @@ class DTensorBackend:
         self.scheduler = build_scheduler(self.optimizer, policy.scheduler)
         self.max_grad_norm = policy.max_grad_norm or None  # 0: no clipping
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self._generation_copy = GenerationCopy(self)
+        self._generation_copy = GenerationCopy(self.model, self.built.model_dir, policy,
+                                               lora=self.built.lora_report is not None)
         # Full fine-tuning's reference policy: the starting weights, copied before any step or
         # resume (with LoRA the reference is the adapter turned off, no copy).
         self._reference = FrozenReference(self.model) \
@@ -131,13 +133,17 @@ class DTensorBackend:
         torch.distributed.all_reduce(tensor, group=self.mesh.get_group("dp"))
         return tensor.tolist()
 
+    @property
+    def model_dir(self) -> Path:
+        return self.built.model_dir
+
     # ---- checkpoints ----------------------------------------------------------------------
 
     _STATE_OPTIONS = StateDictOptions(full_state_dict=True, ignore_frozen_params=True)
 
     def checkpoint_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=self._STATE_OPTIONS)
-        optimizer_tensors, self._optimizer_meta = flatten_optimizer_state(optim_sd)
+        optimizer_tensors, _ = flatten_optimizer_state(optim_sd)
         name = "adapter" if self.built.lora_report is not None else "model"
         if name == "adapter":
             # ignore_frozen_params misses the second name of a tied (frozen) weight, e.g. a
@@ -148,7 +154,16 @@ class DTensorBackend:
         return {name: dict(model_sd), "optimizer": optimizer_tensors}
 
     def optimizer_meta(self) -> dict:
-        return {"optimizer": getattr(self, "_optimizer_meta", {}),
+        """What `flatten_optimizer_state` makes of `get_state_dict`'s optimizer state, from the
+        local optimizer: no collective, so the main rank alone may call it."""
+        names = {id(p): unwrapped_name(n) for n, p in self.model.named_parameters()}
+        groups = [{**{k: v for k, v in group.items() if k != "params"},
+                   "params": [names[id(p)] for p in group["params"]]}
+                  for group in self.optimizer.param_groups]
+        scalars = {names[id(p)]: scalar for p, entries in self.optimizer.state.items()
+                   if (scalar := {k: v for k, v in entries.items()
+                                  if not isinstance(v, torch.Tensor)})}
+        return {"optimizer": {"param_groups": groups, "scalars": scalars},
                 "scheduler": self.scheduler.state_dict()}
 
     def load_checkpoint_tensors(self, tensors: dict[str, dict[str, torch.Tensor]],

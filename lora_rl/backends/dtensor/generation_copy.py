@@ -10,34 +10,38 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lora_rl.backends.dtensor.model import load_hf_model
+from lora_rl.config.policy import PolicyConfig
 from lora_rl.lora import apply_lora
 
-if TYPE_CHECKING:
-    from lora_rl.backends.dtensor.backend import DTensorBackend
 
 class GenerationCopy:
-    def __init__(self, backend: DTensorBackend) -> None:
-        self.backend = backend
+    def __init__(self, trained: torch.nn.Module, model_dir: Path, policy: PolicyConfig,
+                 lora: bool) -> None:
+        """`trained` is the (sharded) training model whose trainable weights each `synced`
+        copies; `model_dir`, `policy` and `lora` say how to build the plain copy."""
+        self.trained = trained
+        self.model_dir = model_dir
+        self.policy = policy
+        self.lora = lora
         self.model: torch.nn.Module | None = None
 
     def _build(self) -> torch.nn.Module:
-        policy = self.backend.cfg.policy
-        model = load_hf_model(self.backend.built.model_dir, policy.precision,
-                              policy.trust_remote_code)
-        if self.backend.built.lora_report is not None:
+        policy = self.policy
+        model = load_hf_model(self.model_dir, policy.precision, policy.trust_remote_code)
+        if self.lora:
             apply_lora(model, policy.dtensor_cfg.lora_cfg)
         return model.requires_grad_(False)
 
     @contextlib.contextmanager
     def synced(self) -> Iterator[torch.nn.Module]:
         """Collective: every rank of the training model must enter it."""
-        weights = get_model_state_dict(self.backend.model, options=StateDictOptions(
+        weights = get_model_state_dict(self.trained, options=StateDictOptions(
             full_state_dict=True, ignore_frozen_params=True))
         if self.model is None:
             self.model = self._build()

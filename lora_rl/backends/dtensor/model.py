@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from lora_rl.config.policy import PolicyConfig
+from lora_rl.errors import SetupError
 from lora_rl.lora import LoraReport, apply_lora
 from lora_rl.model_source import require_local_model_dir
 
@@ -52,7 +53,7 @@ def build_policy_model(policy: PolicyConfig, seed: int) -> BuiltPolicy:
         from lora_rl.interop.peft_import import load_peft_adapter
 
         if report is None:
-            raise ValueError("policy.init_adapter_path needs LoRA enabled on the DTensor backend")
+            raise SetupError("policy.init_adapter_path needs LoRA enabled on the DTensor backend")
         load_peft_adapter(model, Path(policy.init_adapter_path))
     if policy.dtensor_cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

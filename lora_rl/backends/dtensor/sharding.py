@@ -12,6 +12,7 @@ import torch
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
+from lora_rl.errors import SetupError
 from lora_rl.training.runtime import Runtime
 
 
@@ -19,7 +20,7 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if layers is None:
-        raise ValueError(f"{type(model).__name__} has no model.layers: lora-rl's DTensor backend "
+        raise SetupError(f"{type(model).__name__} has no model.layers: lora-rl's DTensor backend "
                          "supports decoder models with model.layers")
     return list(layers)
 

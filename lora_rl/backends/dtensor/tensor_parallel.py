@@ -1,4 +1,4 @@
-"""Tensor parallelism for decoder models, LoRA-aware (DESIGN.md §4).
+"""Tensor parallelism for decoder models, LoRA-aware (docs/architecture.md, measured facts).
 
 The plan is the family's own (`lora_rl.architecture`, transformers' `base_model_tp_plan`):
 Llama-style q/k/v and gate/up are column-parallel, o and down row-parallel; fused projections
@@ -28,6 +28,7 @@ from torch.distributed.tensor.parallel import (
 
 from lora_rl.architecture import LORA_SHARDING, Architecture, architecture_of
 from lora_rl.backends.dtensor.sharding import decoder_layers
+from lora_rl.errors import SetupError
 
 
 class ReplicateParallel(ParallelStyle):
@@ -83,7 +84,7 @@ def layer_plans(model: torch.nn.Module,
     arch = arch or architecture_of(model.config)
     problem = arch.unsupported("dtensor", tensor_parallel=2)
     if problem:
-        raise ValueError(problem)
+        raise SetupError(problem)
     plans = []
     for index, layer in enumerate(decoder_layers(model)):
         plan: dict[str, ParallelStyle] = {}

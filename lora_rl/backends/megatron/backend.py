@@ -44,6 +44,7 @@ from lora_rl.backends.megatron.optim import (
 from lora_rl.backends.megatron.parallel import all_reduce_sum, init_model_parallel
 from lora_rl.backends.megatron.sharding import Sharder, kind_of
 from lora_rl.config.recipe import RecipeConfig
+from lora_rl.errors import SetupError
 from lora_rl.model_source import require_local_model_dir
 from lora_rl.training.runtime import Runtime
 
@@ -54,7 +55,7 @@ class MegatronBackend:
         policy, mg = cfg.policy, cfg.policy.megatron_cfg
         seed = cfg.algorithm_config.seed
         if mg.pipeline_dtype not in (None, policy.precision):
-            raise ValueError(f"policy.megatron_cfg.pipeline_dtype is {mg.pipeline_dtype} but "
+            raise SetupError(f"policy.megatron_cfg.pipeline_dtype is {mg.pipeline_dtype} but "
                              f"policy.precision is {policy.precision}: pipeline stages exchange "
                              "activations in the model's dtype; leave pipeline_dtype null")
         self.cfg = cfg
@@ -84,23 +85,27 @@ class MegatronBackend:
         self.max_grad_norm = mg.optimizer.clip_grad or None  # 0: no clipping, as Megatron
         self.lora_dropout = mg.peft.dropout if self.lora is not None else 0.0
         self._report = self._count_parameters()
-        self._generation_copy = GenerationCopy(self)
+        self._generation_copy = GenerationCopy(
+            lambda: checkpoint_state.whole_weights(self), self.model_dir, policy,
+            lora=self.lora is not None)
         # Full fine-tuning's reference policy: the starting weights of this rank's shard and
         # stage, copied before any step or resume (with LoRA: the adapter turned off).
         self._reference = FrozenReference(self.model) \
             if self.lora is None and needs_reference(cfg) else None
 
     def _load_adapter(self, directory: Path) -> None:
+        from lora_rl.interop.adapter_fit import adapter_fit_problem, lora_scale
         from lora_rl.interop.peft_format import AdapterFormatError, read_adapter
 
         if self.lora is None:
-            raise ValueError("policy.init_adapter_path needs megatron_cfg.peft.enabled")
+            raise SetupError("policy.init_adapter_path needs megatron_cfg.peft.enabled")
         config, tensors = read_adapter(directory)
         peft = self.cfg.policy.megatron_cfg.peft
-        if config.get("r") != peft.dim or float(config.get("lora_alpha", 0)) != peft.alpha:
-            raise AdapterFormatError(
-                f"{directory}: adapter r={config.get('r')}, alpha={config.get('lora_alpha')} "
-                f"but the recipe has dim={peft.dim}, alpha={peft.alpha}")
+        problem = adapter_fit_problem(config, peft.dim,
+                                      lora_scale(peft.dim, peft.alpha, peft.use_rslora))
+        if problem:
+            raise AdapterFormatError(f"{directory}: {problem}; set megatron_cfg.peft's dim, "
+                                     "alpha and use_rslora to the adapter's")
         checkpoint_state.load_weights(self, tensors)
 
     def _count_parameters(self) -> dict[str, int | float | str]:

@@ -30,6 +30,8 @@ import torch
 
 from lora_rl.architecture import FAMILIES, UnsupportedArchitecture, architecture_of
 from lora_rl.backends.megatron.canonical_lora import adapter_module_name
+from lora_rl.errors import LoraRlError
+from lora_rl.interop.peft_format import AdapterFormatError
 from lora_rl.lora.matching import CANONICAL_PARTS
 
 _TOP = {
@@ -56,7 +58,7 @@ _MEGATRON_KEY = re.compile(
 _LAYER_MODULE = re.compile(r"^decoder\.layers\.(?P<index>\d+)\.(?P<rest>.+)$")
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(LoraRlError, ValueError):
     pass
 
 
@@ -203,7 +205,7 @@ def hf_to_megatron(tensors: dict[str, torch.Tensor], keys: list[str],
             out[key] = parts[0]
         elif match["param"] == "lora_A.weight":
             if any(not torch.equal(parts[0], p) for p in parts[1:]):
-                raise ValueError(
+                raise AdapterFormatError(
                     f"{', '.join(sources)} differ: the fused Megatron module {match['module']} "
                     "has one LoRA A for all of them; an adapter with separate q/k/v or gate/up "
                     "A matrices (e.g. from the DTensor backend or PEFT) needs canonical LoRA: "

@@ -1,4 +1,5 @@
-"""Run megatron-core on a CPU-only torch build (DESIGN.md §4). Applied only when CUDA is absent.
+"""Run megatron-core on a CPU-only torch build (docs/architecture.md, measured facts). Applied
+only when CUDA is absent.
 
 megatron-core assumes a GPU in a handful of places that the dense, local-spec (no Transformer
 Engine) GPTModel path reaches. Each patch below replaces a call that can only fail on a CPU-only

@@ -10,31 +10,35 @@ only, or every weight for full fine-tuning).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 
-from lora_rl.backends.megatron.checkpoint_state import whole_weights
+from lora_rl.config.policy import PolicyConfig
 from lora_rl.interop.peft_format import wrap_adapter_modules
 from lora_rl.lora import load_lora_state_dict, lora_spec_from_config
 
-if TYPE_CHECKING:
-    from lora_rl.backends.megatron.backend import MegatronBackend
 
 class GenerationCopy:
-    def __init__(self, backend: MegatronBackend) -> None:
-        self.backend = backend
+    def __init__(self, trained_weights: Callable[[], dict[str, torch.Tensor]], model_dir: Path,
+                 policy: PolicyConfig, lora: bool) -> None:
+        """`trained_weights` gathers the trainable weights in HF names (collective); `model_dir`,
+        `policy` and `lora` say how to build the plain copy."""
+        self.trained_weights = trained_weights
+        self.model_dir = model_dir
+        self.policy = policy
+        self.lora = lora
         self.model: torch.nn.Module | None = None
 
     def _build(self, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        policy = self.backend.cfg.policy
+        policy = self.policy
         model = AutoModelForCausalLM.from_pretrained(
-            self.backend.model_dir, dtype=getattr(torch, policy.precision),
+            self.model_dir, dtype=getattr(torch, policy.precision),
             trust_remote_code=policy.trust_remote_code, attn_implementation="sdpa")
-        if self.backend.lora is not None:
+        if self.lora:
             # Exactly the HF modules the adapter names: q/k/v (or gate/up) each get their own
             # A, loaded with the fused module's shared values (as in a PEFT export).
             wrap_adapter_modules(model, weights, lora_spec_from_config(policy.megatron_cfg.peft))
@@ -43,10 +47,10 @@ class GenerationCopy:
     @contextlib.contextmanager
     def synced(self) -> Iterator[torch.nn.Module]:
         """Collective: every rank of the training model must enter it."""
-        weights = whole_weights(self.backend)
+        weights = self.trained_weights()
         if self.model is None:
             self.model = self._build(weights)
-        if self.backend.lora is not None:
+        if self.lora:
             load_lora_state_dict(self.model, weights)
         else:
             self.model.load_state_dict(weights, strict=True)

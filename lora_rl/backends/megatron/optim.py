@@ -16,6 +16,7 @@ import torch.distributed as dist
 from lora_rl.backends.megatron.parallel import Layout
 from lora_rl.backends.megatron.sharding import kind_of
 from lora_rl.config.megatron import MegatronOptimizerConfig, MegatronSchedulerConfig
+from lora_rl.errors import SetupError
 
 
 class MainParams:
@@ -48,7 +49,7 @@ class MainParams:
 def build_optimizer(params: list[torch.nn.Parameter],
                     cfg: MegatronOptimizerConfig) -> torch.optim.Optimizer:
     if not params:
-        raise ValueError("no trainable parameters: LoRA matched nothing on this pipeline stage "
+        raise SetupError("no trainable parameters: LoRA matched nothing on this pipeline stage "
                          "and full fine-tuning is off")
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum,

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from lora_rl.backends.megatron import cpu_shim
+from lora_rl.errors import SetupError
 from lora_rl.training.runtime import Runtime
 
 
@@ -73,7 +74,7 @@ def init_model_parallel(runtime: Runtime, tp: int, pp: int, seed: int) -> Layout
     if not dist.is_initialized():
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     if runtime.world_size % (tp * pp):
-        raise ValueError(f"world size {runtime.world_size} is not a multiple of tensor x pipeline "
+        raise SetupError(f"world size {runtime.world_size} is not a multiple of tensor x pipeline "
                          f"parallel size {tp} x {pp}")
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

@@ -89,7 +89,7 @@ class Sharder:
         parts = [local.detach()]
         if size > 1:
             parts = [torch.empty_like(local) for _ in range(size)]
-            # gloo silently mishandles non-contiguous buffers (DESIGN.md §4)
+            # gloo silently mishandles non-contiguous buffers (docs/architecture.md, measured facts)
             dist.all_gather(parts, local.detach().contiguous(), group=self.layout.tp_group)
         if kind == "rows":
             return torch.cat(parts, dim=0)
