@@ -60,7 +60,8 @@ def _holdout(samples: list[Sample], share: float, seed: int) -> tuple[list, list
 
 def _read(cfg: RecipeConfig, spec: DataSpec) -> list[Sample]:
     reader = Reader.for_spec(spec, cfg.algorithm)
-    return read_samples(reader, load_records(spec.path, spec.where, spec.split))
+    return read_samples(reader, load_records(spec.path, spec.where, spec.split,
+                                              spec.limits))
 
 
 def typed_prompt(cfg: RecipeConfig, text: str) -> Conversation:
