@@ -8,10 +8,15 @@ from pydantic import BeforeValidator, Field, WithJsonSchema
 from lora_rl.config.base import DType, NonNegativeInt, PositiveInt, Section, compat, section_default
 from lora_rl.config.lora import MegatronPeftConfig
 
+
+def _none_as_empty(value: Any) -> Any:
+    # NeMo RL's grpo_math_1B.yaml writes `env_vars: null`: no variables.
+    return {} if value is None else value
+
+
 EnvVars = Annotated[
     dict[str, str],
-    # NeMo RL's grpo_math_1B.yaml writes `env_vars: null`: no variables.
-    BeforeValidator(lambda value: {} if value is None else value),
+    BeforeValidator(_none_as_empty),
     WithJsonSchema({"anyOf": [{"type": "object", "additionalProperties": {"type": "string"}},
                               {"type": "null"}]}),
 ]

@@ -9,6 +9,7 @@ import sys
 import pytest
 from pydantic import BaseModel
 
+from lora_rl.config.base import section_default
 from lora_rl.config.recipe import RecipeConfig
 
 
@@ -16,7 +17,7 @@ def _section_fields(model: type[BaseModel], seen: set[type]) -> list[tuple[str, 
     found = []
     for name, info in model.model_fields.items():
         factory = info.default_factory
-        if factory is not None and getattr(factory, "__name__", "").endswith("_default"):
+        if isinstance(factory, section_default):
             section = type(factory())
             found.append((f"{model.__name__}.{name}", section, factory))
         for candidate in _models_in(info.annotation):
