@@ -93,9 +93,7 @@ def parse_line(raw: bytes, path: Path, number: int) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        column = len(raw[: exc.start].decode("utf-8", errors="replace")) + 1
-        raise LineProblem(f"{where}:{column}: not UTF-8 text (byte 0x{raw[exc.start]:02x})",
-                          "save the file as UTF-8") from None
+        raise _not_utf8(raw, exc, where) from None
     try:
         value = json.loads(text, parse_int=_int)
     except _HugeInt as exc:
@@ -120,13 +118,17 @@ def parse_line(raw: bytes, path: Path, number: int) -> Any:
     return value
 
 
-def scan(path: Path, limits: Limits, key: str) -> list[LineProblem]:
-    """Every problem of a JSON-lines file, up to the first overlong line (which ends the
-    scan). DataError first when the file is larger than `limits.file_bytes`."""
+def scan(path: Path, limits: Limits, key: str, json_lines: bool = True) -> list[LineProblem]:
+    """Every problem of a JSON-lines file (`json_lines=False`: of a text file such as CSV,
+    whose lines must be UTF-8), up to the first overlong line, which ends the scan. DataError
+    first when the file is larger than `limits.file_bytes`."""
     check_file_size(path, limits, key)
     problems = []
     try:
         for number, raw in lines(path, limits):
+            if not json_lines:
+                _check_utf8(raw, path, number, problems)
+                continue
             if not raw.strip():
                 continue
             try:
@@ -141,6 +143,35 @@ def scan(path: Path, limits: Limits, key: str) -> list[LineProblem]:
     except LineProblem as exc:
         problems.append(exc)
     return problems
+
+
+def _check_utf8(raw: bytes, path: Path, number: int, problems: list[LineProblem]) -> None:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problems.append(_not_utf8(raw, exc, f"{path}:{number}"))
+
+
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError, where: str) -> LineProblem:
+    column = len(raw[: exc.start].decode("utf-8", errors="replace")) + 1
+    return LineProblem(f"{where}:{column}: not UTF-8 text (byte 0x{raw[exc.start]:02x})",
+                       "save the file as UTF-8")
+
+
+def read_text_file(path: Path, limits: Limits, key: str) -> str:
+    """A small text file (prompt template, system prompt, chat template): at most
+    `limits.file_bytes`, UTF-8, with a located error otherwise."""
+    check_file_size(path, limits, key)
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        start = raw.rfind(b"\n", 0, exc.start) + 1
+        problem = _not_utf8(raw[start:], UnicodeDecodeError(
+            exc.encoding, raw[start:], exc.start - start, exc.end - start, exc.reason),
+            f"{path}:{line}")
+        raise DataError(f"{problem} ({key})\nfix: {problem.fix}") from None
 
 
 def _int(text: str) -> int:

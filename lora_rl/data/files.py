@@ -116,8 +116,9 @@ def load_records(path: Path, key: str, split: str = "train",
     check_path(path, key)
     if path.is_file():
         check_file_size(path, limits, key)
-        if path.suffix.lower() == ".jsonl":
-            problems = jsonl_problems(path, limits, key)
+        if path.suffix.lower() in (".jsonl", ".csv"):
+            problems = _report(scan(path, limits, key, json_lines=path.suffix.lower() ==
+                                    ".jsonl"))
             if problems:
                 raise DataError(problems)
     try:

@@ -187,3 +187,33 @@ def test_dev_zero_is_refused_as_not_a_regular_file(workdir):
                       "data:\n  train: {data_path: zero.jsonl}\n", encoding="utf-8")
     assert [d.rule for d in validate_recipe(recipe).errors] == ["LR511"]
     assert time.perf_counter() - start < 5.0
+
+
+def test_csv_lines_are_capped_and_checked_for_utf8(workdir):
+    path = workdir / "d.csv"
+    path.write_bytes("input,output\n1+1=,2\ncafé,".encode() + b"\xfe\n")
+    assert _refused(path).splitlines() == [f"{path}:3:6: not UTF-8 text (byte 0xfe)",
+                                           "fix: save the file as UTF-8"]
+    path.write_text("input,output\n" + "x" * 2000 + ",y\n", encoding="utf-8")
+    assert _refused(path, Limits(line_bytes=1000)).splitlines()[0] == (
+        f"{path}:2: line longer than data.max_line_bytes (1000 bytes)")
+
+
+def test_prompt_and_system_prompt_files_are_capped_and_located(workdir):
+    from lora_rl.data.samples import Reader
+    from lora_rl.data.specs import DataSpec
+
+    write = workdir / "d.jsonl"
+    write.write_text(GOOD, encoding="utf-8")
+    (workdir / "prompt.txt").write_bytes("Question:\nré {} ".encode() + b"\xff\n")
+    spec = DataSpec(path=write, kind="plain", where=KEY, prompt_file="prompt.txt")
+    with pytest.raises(DataError) as err:
+        Reader.for_spec(spec, "sft")
+    assert str(err.value) == ("prompt.txt:2:7: not UTF-8 text (byte 0xff) (prompt_file)\n"
+                              "fix: save the file as UTF-8")
+    (workdir / "system.txt").write_text("s" * 500, encoding="utf-8")
+    spec = DataSpec(path=write, kind="plain", where=KEY, system_prompt_file="system.txt",
+                    limits=Limits(file_bytes=100))
+    with pytest.raises(DataError, match=r"system.txt: 500 bytes, more than "
+                                        r"data.max_file_bytes \(100\)"):
+        Reader.for_spec(spec, "sft")
