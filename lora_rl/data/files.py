@@ -171,6 +171,10 @@ def first_record(path: Path, limits: Limits = DEFAULT_LIMITS) -> dict | str | No
     if path.suffix.lower() != ".jsonl" or not path.is_file():
         return None
     try:
+        check_file_size(path, limits, "data")
+    except DataError as exc:
+        return str(exc).split("\n")[0]
+    try:
         for number, raw in lines(path, limits):
             if not raw.strip():
                 continue

@@ -62,6 +62,8 @@ def test_validate_reads_only_the_cap_of_an_overlong_first_line(workdir):
     tracemalloc.stop()
     assert problem.startswith(f"{path}:1: line longer than data.max_line_bytes")
     assert peak < 4 * 1024 * 1024, peak
+    assert first_record(path, Limits(file_bytes=1000)).startswith(
+        f"{path}: {path.stat().st_size} bytes, more than data.max_file_bytes (1000)")
 
 
 def test_line_and_file_caps_are_recipe_keys(workdir):
