@@ -92,7 +92,7 @@ def validate(
     results = [validate_recipe(resolve_recipe(f), overrides or [], model, check_env=check_env)
                for f in files]
     if output_format is OutputFormat.text:
-        report.print_text(results, _console(), strict)
+        report.write_text(results, strict)
     else:
         rendered = {"json": lambda: report.to_json(results, strict),
                     "sarif": lambda: report.to_sarif(results),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from functools import cache
@@ -31,9 +32,37 @@ def console(stderr: bool = False):
     from rich.console import Console
 
     # Piped into grep or a file there is no terminal width to respect; rich would fall back to
-    # 80 columns and cut tables and paths.
+    # 80 columns and cut tables and paths. No emoji codes: rich would turn the `:100:` of
+    # `recipe.yaml:100:3` into an emoji.
     width = None if (sys.stderr if stderr else sys.stdout).isatty() else 200
-    return Console(stderr=stderr, highlight=False, width=width)
+    return Console(stderr=stderr, highlight=False, width=width, emoji=False)
+
+
+def plain_stream(stderr: bool = False) -> bool:
+    """Whether `console` would write to stdout (stderr) without any styling: the stream is not
+    a terminal and no variable rich reads (TTY_COMPATIBLE=1, a non-empty FORCE_COLOR) says
+    otherwise. Mirrors `rich.console.Console.is_terminal`; False under IPython/Jupyter, where
+    rich renders differently."""
+    import builtins
+
+    if hasattr(builtins, "get_ipython"):
+        return False
+    tty_compatible = os.environ.get("TTY_COMPATIBLE", "")
+    if tty_compatible in ("0", "1"):
+        return tty_compatible == "0"
+    force_color = os.environ.get("FORCE_COLOR")
+    if force_color is not None:
+        return force_color == ""
+    try:
+        return not (sys.stderr if stderr else sys.stdout).isatty()
+    except (AttributeError, ValueError):  # no stream, or a closed one: rich says not a terminal
+        return True
+
+
+def unchanged_by_rich(line: str) -> bool:
+    """Whether rich prints `line` (its markup escaped, unstyled, soft-wrapped) as it is. Rich
+    expands tabs and drops or rewrites control characters; a line with any goes through it."""
+    return line.isprintable()
 
 
 def say_error(message: str) -> None:

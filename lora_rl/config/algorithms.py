@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from lora_rl.config.base import NonNegativeInt, PositiveInt, Section, compat
+from lora_rl.config.base import NonNegativeInt, PositiveInt, Section, compat, section_default
 
 
 class _LoopConfig(Section):
@@ -148,9 +148,10 @@ class GRPOConfig(_LoopConfig):
     """DAPO overlong reward shaping."""
     reward_scaling: dict[str, Any] | None = compat(None)
     """Linear rescaling of rewards."""
-    adv_estimator: AdvantageEstimatorConfig = Field(default_factory=AdvantageEstimatorConfig)
+    adv_estimator: AdvantageEstimatorConfig = Field(
+        default_factory=section_default(AdvantageEstimatorConfig))
     """Advantage estimator."""
-    async_grpo: AsyncGRPOConfig = Field(default_factory=AsyncGRPOConfig)
+    async_grpo: AsyncGRPOConfig = Field(default_factory=section_default(AsyncGRPOConfig))
     """Asynchronous GRPO."""
 
     @field_validator("adv_estimator")

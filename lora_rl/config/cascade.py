@@ -55,8 +55,15 @@ class ReadGuard:
     def __init__(self, config: BaseModel,
                  rejected: set[KeyPath] | frozenset[KeyPath] = frozenset()) -> None:
         self._config = config  # keeps every section alive, so the ids below stay theirs
-        self._paths = _section_paths(config, (), {})
+        self._section_paths: dict[int, KeyPath] | None = None
         self.rejected: set[KeyPath] = set(rejected)
+
+    @property
+    def _paths(self) -> dict[int, KeyPath]:
+        # Only a recipe with rejected values needs them: built on the first guarded read.
+        if self._section_paths is None:
+            self._section_paths = _section_paths(self._config, (), {})
+        return self._section_paths
 
     def reject(self, path: KeyPath) -> None:
         # A finding about the recipe as a whole (no algorithm section) rejects no value.
@@ -66,6 +73,9 @@ class ReadGuard:
     def findings(self, check: Callable[..., Iterator[Any]], *args: Any) -> list[Any]:
         """What `check(*args)` yields until it reads a rejected value."""
         out: list[Any] = []
+        if not self.rejected:  # nothing to guard (a valid recipe, so far): plain reads
+            out.extend(check(*args))
+            return out
         with self._watching():
             try:
                 for finding in check(*args):
@@ -89,7 +99,7 @@ class ReadGuard:
 
         def __getattribute__(section: BaseModel, name: str) -> Any:  # noqa: N807
             value = object.__getattribute__(section, name)
-            if name in type(section).model_fields:
+            if name in type(section).__pydantic_fields__:
                 guard._read(section, name, value)
             return value
 

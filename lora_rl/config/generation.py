@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from lora_rl.config.base import DType, NonNegativeInt, PositiveInt, Section, compat
+from lora_rl.config.base import DType, NonNegativeInt, PositiveInt, Section, compat, section_default
 
 
 class VllmConfig(Section):
@@ -75,7 +75,7 @@ class ColocatedConfig(Section):
 
     enabled: bool = True
     """Share devices with training (lora-rl only implements colocated generation)."""
-    resources: ColocatedResources = Field(default_factory=ColocatedResources)
+    resources: ColocatedResources = Field(default_factory=section_default(ColocatedResources))
     """Devices for a separate generator."""
 
 
@@ -121,7 +121,7 @@ class GenerationConfig(Section):
     """Megatron Core inference engine settings."""
     vllm_kwargs: dict[str, Any] | None = compat({})
     """Extra arguments to the vLLM engine."""
-    vllm_cfg: VllmConfig = Field(default_factory=VllmConfig)
+    vllm_cfg: VllmConfig = Field(default_factory=section_default(VllmConfig))
     """vLLM engine settings."""
-    colocated: ColocatedConfig = Field(default_factory=ColocatedConfig)
+    colocated: ColocatedConfig = Field(default_factory=section_default(ColocatedConfig))
     """Device placement of the generator."""

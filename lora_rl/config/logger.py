@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from lora_rl.config.base import NonNegativeInt, PositiveInt, Section, compat
+from lora_rl.config.base import NonNegativeInt, PositiveInt, Section, compat, section_default
 
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 """Tracker -> the module its client library installs (checked at validate and run time)."""
@@ -71,11 +71,11 @@ class LoggerConfig(Section):
     log_every: PositiveInt = 1
     """Print one console line every this many steps when not on a terminal (metrics.jsonl and
     the trackers get every step)."""
-    tensorboard: TensorboardConfig = Field(default_factory=TensorboardConfig)
+    tensorboard: TensorboardConfig = Field(default_factory=section_default(TensorboardConfig))
     """TensorBoard settings."""
-    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    wandb: WandbConfig = Field(default_factory=section_default(WandbConfig))
     """Weights & Biases settings."""
-    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    mlflow: MlflowConfig = Field(default_factory=section_default(MlflowConfig))
     """MLflow settings."""
     swanlab_enabled: bool = compat(False)
     """SwanLab logging."""

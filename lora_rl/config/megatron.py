@@ -5,13 +5,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, WithJsonSchema
 
-from lora_rl.config.base import DType, NonNegativeInt, PositiveInt, Section, compat
+from lora_rl.config.base import DType, NonNegativeInt, PositiveInt, Section, compat, section_default
 from lora_rl.config.lora import MegatronPeftConfig
+
+
+def _none_as_empty(value: Any) -> Any:
+    # NeMo RL's grpo_math_1B.yaml writes `env_vars: null`: no variables.
+    return {} if value is None else value
+
 
 EnvVars = Annotated[
     dict[str, str],
-    # NeMo RL's grpo_math_1B.yaml writes `env_vars: null`: no variables.
-    BeforeValidator(lambda value: {} if value is None else value),
+    BeforeValidator(_none_as_empty),
     WithJsonSchema({"anyOf": [{"type": "object", "additionalProperties": {"type": "string"}},
                               {"type": "null"}]}),
 ]
@@ -198,15 +203,18 @@ class MegatronConfig(Section):
     """FP8 training (`enabled`, `fp8`, `fp8_recipe`, `fp8_param`)."""
     env_vars: EnvVars = Field(default_factory=dict)
     """Environment variables set in every worker process."""
-    checkpoint: MegatronCheckpointConfig = Field(default_factory=MegatronCheckpointConfig)
+    checkpoint: MegatronCheckpointConfig = Field(
+        default_factory=section_default(MegatronCheckpointConfig))
     """Megatron distributed-checkpoint settings."""
-    optimizer: MegatronOptimizerConfig = Field(default_factory=MegatronOptimizerConfig)
+    optimizer: MegatronOptimizerConfig = Field(
+        default_factory=section_default(MegatronOptimizerConfig))
     """Optimizer (Megatron names)."""
-    scheduler: MegatronSchedulerConfig = Field(default_factory=MegatronSchedulerConfig)
+    scheduler: MegatronSchedulerConfig = Field(
+        default_factory=section_default(MegatronSchedulerConfig))
     """LR schedule (Megatron names)."""
     distributed_data_parallel_config: DistributedDataParallelConfig = Field(
-        default_factory=DistributedDataParallelConfig
+        default_factory=section_default(DistributedDataParallelConfig)
     )
     """Data-parallel gradient handling."""
-    peft: MegatronPeftConfig = Field(default_factory=MegatronPeftConfig)
+    peft: MegatronPeftConfig = Field(default_factory=section_default(MegatronPeftConfig))
     """LoRA on this backend."""

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag
 
-from lora_rl.config.base import DType, PositiveInt, Section, compat
+from lora_rl.config.base import DType, PositiveInt, Section, compat, section_default
 from lora_rl.config.generation import GenerationConfig
 from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
 from lora_rl.config.megatron import EnvVars, MegatronConfig
@@ -76,7 +76,7 @@ class OptimizerConfig(Section):
 
     name: OptimizerName = "torch.optim.AdamW"
     """Import path of the torch optimizer class."""
-    kwargs: OptimizerKwargs = Field(default_factory=OptimizerKwargs)
+    kwargs: OptimizerKwargs = Field(default_factory=section_default(OptimizerKwargs))
     """Arguments passed to the optimizer."""
 
 
@@ -155,7 +155,7 @@ class DTensorConfig(Section):
     """Extra arguments to NeMo Automodel (e.g. `force_hf`, `use_liger_kernel`)."""
     env_vars: EnvVars = Field(default_factory=dict)
     """Environment variables set in every worker process."""
-    lora_cfg: DTensorLoraConfig = Field(default_factory=DTensorLoraConfig)
+    lora_cfg: DTensorLoraConfig = Field(default_factory=section_default(DTensorLoraConfig))
     """LoRA on this backend."""
 
 
@@ -165,7 +165,7 @@ class PolicyConfig(Section):
     model_name: str
     """A local Hugging Face model directory, or `lora-rl/tiny-llama` for the embedded tiny
     model (built locally on first use)."""
-    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=section_default(TokenizerConfig))
     """Tokenizer settings."""
     precision: DType = "bfloat16"
     """Dtype of the base weights and compute. Use float32 on CPU."""
@@ -207,16 +207,17 @@ class PolicyConfig(Section):
     """Weight-refit buffer for a separate generation engine."""
     dynamic_batching: dict[str, Any] | None = compat(None)
     """NeMo RL's token-budget micro-batching."""
-    sequence_packing: SequencePackingConfig = Field(default_factory=SequencePackingConfig)
+    sequence_packing: SequencePackingConfig = Field(
+        default_factory=section_default(SequencePackingConfig))
     """Several SFT examples per row (attention kept inside each example)."""
-    optimizer: OptimizerConfig | None = Field(default_factory=OptimizerConfig)
+    optimizer: OptimizerConfig | None = Field(default_factory=section_default(OptimizerConfig))
     """DTensor optimizer. Megatron uses `megatron_cfg.optimizer`; NeMo RL's Megatron recipes set
     this to null to say so (the DTensor backend needs it, rule LR131)."""
     scheduler: list[SchedulerEntry] | None = None
     """LR schedule: one scheduler, or several with a final `milestones` entry; null is constant."""
-    dtensor_cfg: DTensorConfig = Field(default_factory=DTensorConfig)
+    dtensor_cfg: DTensorConfig = Field(default_factory=section_default(DTensorConfig))
     """DTensor (FSDP2 + TP) backend."""
-    megatron_cfg: MegatronConfig = Field(default_factory=MegatronConfig)
+    megatron_cfg: MegatronConfig = Field(default_factory=section_default(MegatronConfig))
     """Megatron Core backend."""
     generation: GenerationConfig | None = None
     """Rollout generation (GRPO; optional elsewhere)."""

@@ -6,7 +6,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from lora_rl.config.algorithms import DPOConfig, GRPOConfig, SFTConfig
-from lora_rl.config.base import Section, compat
+from lora_rl.config.base import Section, compat, section_default
 from lora_rl.config.logger import LoggerConfig
 from lora_rl.config.policy import PolicyConfig
 from lora_rl.config.sections import (
@@ -33,19 +33,20 @@ class RecipeConfig(Section):
     """Group Relative Policy Optimization."""
     policy: PolicyConfig
     """The model being trained and its backend."""
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=section_default(DataConfig))
     """Training and validation data."""
-    loss_fn: LossFnConfig = Field(default_factory=LossFnConfig)
+    loss_fn: LossFnConfig = Field(default_factory=section_default(LossFnConfig))
     """GRPO policy loss."""
-    env: EnvConfig = Field(default_factory=EnvConfig)
+    env: EnvConfig = Field(default_factory=section_default(EnvConfig))
     """GRPO reward."""
-    logger: LoggerConfig = Field(default_factory=LoggerConfig)
+    logger: LoggerConfig = Field(default_factory=section_default(LoggerConfig))
     """Metrics output."""
-    checkpointing: CheckpointingConfig = Field(default_factory=CheckpointingConfig)
+    checkpointing: CheckpointingConfig = Field(default_factory=section_default(CheckpointingConfig))
     """Checkpoints and resume."""
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    cluster: ClusterConfig = Field(default_factory=section_default(ClusterConfig))
     """Processes / devices."""
-    reward_penalties: RewardPenaltiesConfig = Field(default_factory=RewardPenaltiesConfig)
+    reward_penalties: RewardPenaltiesConfig = Field(
+        default_factory=section_default(RewardPenaltiesConfig))
     """NeMo RL's GRPO reward penalties."""
     data_plane: dict[str, Any] | None = compat(None)
     """NeMo RL's transfer-queue data plane between generation and training."""

@@ -59,7 +59,7 @@ def _first_record_problem(spec, algorithm: str) -> str | None:
     from lora_rl.data.files import first_record
 
     try:
-        first = first_record(spec.path)
+        first = first_record(spec.path, spec.limits)
     except OSError:
         return None
     if first is None:

@@ -96,6 +96,11 @@ class DataConfig(Section):
     on_overlong: Literal["error", "skip", "truncate"] = "error"
     """What to do with a record longer than the limits: stop with its file:line, skip it (the
     count is reported), or truncate it."""
+    max_line_bytes: PositiveInt = 1024 * 1024
+    """Longest line of a JSON-lines data file, in bytes (1 MiB). A longer line is an error at
+    its file:line, found after reading this many bytes of it."""
+    max_file_bytes: PositiveInt = 2 * 1024 ** 3
+    """Largest data file, in bytes (2 GiB): a data set is held in memory while it is read."""
     add_bos: bool = True
     """Prepend the BOS token."""
     add_eos: bool = True

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from lora_rl.config import validator_cache
 from lora_rl.config.cascade import ReadGuard
 from lora_rl.config.diagnostics import (
     USAGE_RULES,
@@ -109,6 +110,7 @@ def _masked(d: Diagnostic, env: EnvReads) -> Diagnostic:
 
 def _validate(path: Path, overrides: Sequence[str], model_dir: Path | None,
               resolve_embedded_model: bool, check_env: bool) -> ValidationResult:
+    validator_cache.install(RecipeConfig)
     result = ValidationResult(file=display_name(path))
     try:
         data, positions = load_layered(path)

@@ -3,14 +3,25 @@ message that names the file (and, for JSON lines, the line) instead of a traceba
 
 Formats: .jsonl / .json, .parquet, .arrow, .csv files and `save_to_disk` directories. Only
 regular files and directories are read: a FIFO or a device would block or stream forever.
+Files are capped in size and JSON-lines files are checked line by line first (`bounded`), so
+an overlong line, deep nesting or bad text is a file:line:column error, not a traceback or an
+out-of-memory kill.
 """
 
 from __future__ import annotations
 
-import json
 import stat
 from pathlib import Path
 
+from lora_rl.data.bounded import (
+    DEFAULT_LIMITS,
+    Limits,
+    LineProblem,
+    check_file_size,
+    lines,
+    parse_line,
+    scan,
+)
 from lora_rl.data.jsonl import DataError, Record
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow",
@@ -50,32 +61,18 @@ def _quiet_datasets():
     return datasets
 
 
-def jsonl_problems(path: Path) -> list[str]:
-    """file:line messages for the lines of a JSON-lines file that are not JSON objects (only
-    called after `datasets` refused the file, to say where)."""
-    problems = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        return [f"{path}: cannot read as UTF-8 text ({exc})"]
-    for number, raw in enumerate(lines, start=1):
-        if raw.strip():
-            record = _record(path, number, raw)
-            if isinstance(record, str):
-                problems.append(record)
-    return problems
+def jsonl_problems(path: Path, limits: Limits = DEFAULT_LIMITS, key: str = "data") -> str:
+    """The DataError text for the lines of a JSON-lines file that are not JSON objects
+    (file:line:column each, one fix line), or "" when every line is one."""
+    return _report(scan(path, limits, key))
 
 
-def _record(path: Path, number: int, raw: str) -> dict | str:
-    """Line `number` of a JSON-lines file as a record, or the file:line message saying why it
-    is not one."""
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return f"{path}:{number}:{exc.colno}: not valid JSON ({exc.msg})"
-    if not isinstance(value, dict):
-        return f"{path}:{number}: a record must be a JSON object, found {type(value).__name__}"
-    return value
+def _report(problems: list[LineProblem]) -> str:
+    if not problems:
+        return ""
+    fixes = dict.fromkeys(problem.fix for problem in problems)
+    return summarise([str(problem) for problem in problems], "fix: " + "; ".join(fixes))
+
 
 
 def _line_numbers(path: Path, count: int) -> list[int]:
@@ -113,9 +110,18 @@ def _csv_text_columns(path: Path, datasets):
     return datasets.Features({name: datasets.Value("string") for name in header})
 
 
-def load_records(path: Path, key: str, split: str = "train") -> list[Record]:
-    """Every record of the data set at `path`. Raises DataError with file:line."""
+def load_records(path: Path, key: str, split: str = "train",
+                 limits: Limits = DEFAULT_LIMITS) -> list[Record]:
+    """Every record of the data set at `path`. Raises DataError with file:line (and column
+    where one applies)."""
     check_path(path, key)
+    if path.is_file():
+        check_file_size(path, limits, key)
+        if path.suffix.lower() in (".jsonl", ".csv"):
+            problems = _report(scan(path, limits, key, json_lines=path.suffix.lower() ==
+                                    ".jsonl"))
+            if problems:
+                raise DataError(problems)
     try:
         table = _load(path, split)
     except DataError:
@@ -124,7 +130,7 @@ def load_records(path: Path, key: str, split: str = "train") -> list[Record]:
         table = None
     except Exception as exc:  # noqa: BLE001 - pyarrow/datasets raise many types for bad files
         if not _blank(path):
-            raise DataError(_explain(path, exc)) from None
+            raise DataError(_explain(path, exc, limits)) from None
         table = None
     if table is None or len(table) == 0:
         raise DataError(f"{path}: the data set is empty (no records)\nfix: add records, or "
@@ -139,18 +145,19 @@ def _blank(path: Path) -> bool:
     return path.is_file() and not path.read_bytes().strip()
 
 
-def _explain(path: Path, exc: Exception) -> str:
+def _explain(path: Path, exc: Exception, limits: Limits) -> str:
     """Why `datasets` refused a file: file:line for JSON lines, else its own message."""
-    problems = jsonl_problems(path) if path.suffix.lower() in (".jsonl", ".json") and \
-        path.is_file() else []
-    if path.suffix.lower() == ".json" and len(problems) > MAX_SHOWN:
-        problems = []  # a JSON array file, not lines: the line scan would mislead
-    if not problems:
-        cause = exc.__cause__ or exc
-        text = str(cause).strip()
-        problems = [f"{path}: cannot be read as a data set ({type(cause).__name__}: "
-                    f"{text.splitlines()[0] if text else ''})"]
-    return summarise(problems, "fix: correct those records")
+    if path.suffix.lower() in (".jsonl", ".json") and path.is_file():
+        if path.suffix.lower() == ".json":  # one JSON document may be a single long line
+            limits = Limits(line_bytes=limits.file_bytes, file_bytes=limits.file_bytes)
+        problems = scan(path, limits, "data")
+        # A JSON array file is not lines: many "line" problems would mislead.
+        if problems and not (path.suffix.lower() == ".json" and len(problems) > MAX_SHOWN):
+            return _report(problems)
+    cause = exc.__cause__ or exc
+    text = str(cause).strip()
+    return summarise([f"{path}: cannot be read as a data set ({type(cause).__name__}: "
+                      f"{text.splitlines()[0] if text else ''})"], "fix: correct those records")
 
 
 def summarise(problems: list[str], fix: str) -> str:
@@ -158,13 +165,24 @@ def summarise(problems: list[str], fix: str) -> str:
     return "\n".join(problems[:MAX_SHOWN]) + more + f"\n{fix}"
 
 
-def first_record(path: Path) -> dict | str | None:
+def first_record(path: Path, limits: Limits = DEFAULT_LIMITS) -> dict | str | None:
     """The first record of a JSON-lines file without loading the data set (for `validate`):
-    a dict, an error text, or None when the format is not JSON lines or the file is empty."""
+    a dict, an error text (file:line[:column]), or None when the format is not JSON lines or
+    the file is empty. Reads at most `limits.line_bytes` of each line."""
     if path.suffix.lower() != ".jsonl" or not path.is_file():
         return None
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if raw.strip():
-                return _record(path, number, raw)
+    try:
+        check_file_size(path, limits, "data")
+    except DataError as exc:
+        return str(exc).split("\n")[0]
+    try:
+        for number, raw in lines(path, limits):
+            if not raw.strip():
+                continue
+            value = parse_line(raw, path, number)
+            if not isinstance(value, dict):
+                return f"{path}:{number}: a record must be a JSON object"
+            return value
+    except LineProblem as exc:
+        return f"{exc} ({exc.fix})"
     return None

@@ -187,13 +187,14 @@ class Reader:
 
 
 def _read_text(name: str, key: str, spec: DataSpec) -> str:
+    from lora_rl.data.bounded import read_text_file
     from lora_rl.data.files import check_path
 
     path = Path(name)
     check_path(path, f"{key} of {spec.where}", data=False)
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        return read_text_file(path, spec.limits, key)
+    except OSError as exc:
         raise DataError(f"{path}: cannot read {key} ({exc})") from None
 
 

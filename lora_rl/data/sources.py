@@ -10,12 +10,14 @@ import torch
 
 from lora_rl.backends.base import TokenBatch
 from lora_rl.config.recipe import RecipeConfig
+from lora_rl.data.bounded import read_text_file
 from lora_rl.data.examples import Example, Limits
 from lora_rl.data.files import check_path, load_records
 from lora_rl.data.jsonl import DataError
 from lora_rl.data.render import ChatRenderer, PlainRenderer, Renderer, example, prompt_ids
 from lora_rl.data.samples import Conversation, Reader, Sample, read_samples
 from lora_rl.data.specs import DataSpec, Split, data_specs, hub_only_blocks, uses_chat
+from lora_rl.data.specs import limits as data_limits
 from lora_rl.model_source import TINY_MODEL_NAME, require_local_model_dir
 
 
@@ -60,7 +62,8 @@ def _holdout(samples: list[Sample], share: float, seed: int) -> tuple[list, list
 
 def _read(cfg: RecipeConfig, spec: DataSpec) -> list[Sample]:
     reader = Reader.for_spec(spec, cfg.algorithm)
-    return read_samples(reader, load_records(spec.path, spec.where, spec.split))
+    return read_samples(reader, load_records(spec.path, spec.where, spec.split,
+                                              spec.limits))
 
 
 def typed_prompt(cfg: RecipeConfig, text: str) -> Conversation:
@@ -95,7 +98,7 @@ def resolve_template(cfg: RecipeConfig, tokenizer) -> str | None:
     if configured.endswith(".jinja"):
         path = Path(configured)
         check_path(path, "policy.tokenizer.chat_template", data=False)
-        return path.read_text(encoding="utf-8")
+        return read_text_file(path, data_limits(cfg.data), "policy.tokenizer.chat_template")
     return configured
 
 

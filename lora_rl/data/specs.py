@@ -13,6 +13,7 @@ from typing import Literal
 
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.config.sections import DataBlock, DataConfig
+from lora_rl.data.bounded import DEFAULT_LIMITS, Limits
 
 Split = Literal["train", "val"]
 Kind = Literal["chat", "plain", "ranked"]
@@ -46,6 +47,8 @@ class DataSpec:
     holdout: float = 0.0
     """Share of this training set held out for validation (`split_validation_size`)."""
     holdout_seed: int = 0
+    limits: Limits = DEFAULT_LIMITS
+    """`data.max_line_bytes` / `data.max_file_bytes`."""
 
     def required_keys(self, algorithm: str) -> tuple[str, ...]:
         """Fields every record must carry (the first record is checked at validate time)."""
@@ -56,6 +59,11 @@ class DataSpec:
         if algorithm == "dpo":
             return (self.prompt_key, self.chosen_key, self.rejected_key)
         return (self.input_key, self.output_key)
+
+
+def limits(data: DataConfig) -> Limits:
+    """The read limits of every data file of the recipe."""
+    return Limits(line_bytes=data.max_line_bytes, file_bytes=data.max_file_bytes)
 
 
 def _merged(block: DataBlock, default: DataBlock | None) -> DataBlock:
@@ -90,7 +98,8 @@ def _from_block(block: DataBlock, where: str, top: DataConfig) -> DataSpec | Non
         system_prompt=block.system_prompt,
         system_prompt_file=block.system_prompt_file or top.system_prompt_file,
         prompt_file=block.prompt_file or top.prompt_file,
-        holdout=block.split_validation_size or 0.0, holdout_seed=block.seed or 0)
+        holdout=block.split_validation_size or 0.0, holdout_seed=block.seed or 0,
+        limits=limits(top))
 
 
 def block_specs(cfg: RecipeConfig, split: Split) -> list[tuple[str, DataBlock]]:
@@ -114,7 +123,8 @@ def legacy_spec(cfg: RecipeConfig, split: Split) -> DataSpec | None:
     return DataSpec(path=Path(path), kind="plain", where=f"data.{key}",
                     input_key=data.prompt_key, output_key=output, prompt_key=data.prompt_key,
                     chosen_key=data.chosen_key, rejected_key=data.rejected_key,
-                    system_prompt_file=data.system_prompt_file, prompt_file=data.prompt_file)
+                    system_prompt_file=data.system_prompt_file, prompt_file=data.prompt_file,
+                    limits=limits(data))
 
 
 def data_specs(cfg: RecipeConfig, split: Split) -> list[DataSpec]:
