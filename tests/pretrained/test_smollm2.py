@@ -33,7 +33,10 @@ def smol_runner(tmp_path, tiny_cache) -> Runner:
     """A runner whose cache has both the tiny model (its task data) and SmolLM2 (linked)."""
     (tiny_cache / MODEL_DIR.name).unlink(missing_ok=True)
     (tiny_cache / MODEL_DIR.name).symlink_to(MODEL_DIR, target_is_directory=True)
-    return Runner(tmp_path, tiny_cache)
+    runner = Runner(tmp_path, tiny_cache)
+    # One process runs at a time in this tier: let it use both cores (the GRPO test halves).
+    runner.env["LORA_RL_THREADS"] = "2"
+    return runner
 
 
 def test_model_is_the_real_instruct_model():
@@ -97,8 +100,10 @@ def test_dpo_starts_at_log2_and_learns_the_preference(smol_runner):
 
 def test_grpo_from_the_instruct_model_raises_the_reward(smol_runner):
     runner = smol_runner
-    runner.run("run", "recipes/grpo-smollm2-135m-dtensor-lora.yaml", *QUIET, timeout=1800)
+    # Measured: the reward climbs from ~0.45 to ~0.9 within 8 steps, then stays (recipe: 30).
+    runner.run("run", "recipes/grpo-smollm2-135m-dtensor-lora.yaml", "grpo.max_num_steps=12",
+               "checkpointing.enabled=false", *QUIET, timeout=1200)
     rows = [r for r in runner.metrics("logs/grpo-smollm2-135m-dtensor-lora") if "reward" in r]
-    assert len(rows) == 30
-    first, last = (sum(r["reward"] for r in part) / len(part) for part in (rows[:5], rows[-5:]))
+    assert len(rows) == 12
+    first, last = (sum(r["reward"] for r in part) / len(part) for part in (rows[:4], rows[-4:]))
     assert last > first + 0.1, [round(r["reward"], 3) for r in rows]
