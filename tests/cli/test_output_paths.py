@@ -138,3 +138,30 @@ def test_init_model_refuses_a_folder_it_did_not_build_and_rebuilds_its_own_with_
     assert _invoke("init-model", "--out", "empty", "--force").exit_code == 0
     assert (built / "config.json").is_file() and not (built / "stale.txt").exists()
     assert sorted(os.listdir(tmp_path)) == ["empty", "mine"]  # no temporary directory left
+
+
+def test_export_outside_the_working_directory_never_overwrites_without_force(cwd, tmp_path):
+    from lora_rl.interop.export import EXPORT_STAMP
+
+    earlier, mine, empty = tmp_path / "earlier", tmp_path / "mine", tmp_path / "empty"
+    for folder in (earlier, mine, empty):
+        folder.mkdir()
+    (earlier / EXPORT_STAMP).write_text("{}")
+    (mine / "keep.txt").write_text("keep")
+
+    def export(out: Path, *force: str):
+        # The checkpoint does not exist: --out is judged before the checkpoint is read.
+        return _invoke("export", "--checkpoint", "nowhere", "--format", "peft", "--out",
+                       str(out), *force)
+
+    line = _one_error_line(export(earlier))
+    assert line == (f"error: --out = {earlier} exists (an earlier lora-rl output); pass --force "
+                    "to replace it, or choose another folder")
+    line = _one_error_line(export(mine))
+    assert line == (f"error: --out = {mine} exists and is not an earlier lora-rl output (no "
+                    f"{EXPORT_STAMP} in it); choose another folder, or remove it yourself if it "
+                    "should go")
+    assert "--force only replaces those" in _one_error_line(export(mine, "--force"))
+    assert (mine / "keep.txt").read_text() == "keep" and os.listdir(mine) == ["keep.txt"]
+    for accepted in (export(earlier, "--force"), export(empty)):  # on to reading the checkpoint
+        assert accepted.exit_code == 1 and "nowhere: no such checkpoint" in accepted.output
