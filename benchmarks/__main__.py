@@ -13,7 +13,8 @@ from rich.table import Table
 from benchmarks.common import result_path, save, utc_now
 
 MODES = (("stored_activations", ""), ("activation_checkpointing", ", act. ckpt"))
-BENCHMARKS = ["lora_layer", "train_step", "trl_compare", "generation", "validate_startup"]
+BENCHMARKS = ["lora_layer", "train_step", "trl_compare", "generation", "validate_startup",
+              "packing"]
 
 
 def _rows(name: str, result: dict) -> list[tuple[str, str, str, str]]:
@@ -55,6 +56,12 @@ def _rows(name: str, result: dict) -> list[tuple[str, str, str, str]]:
                  fmt(result["library_floor_overhead_s"]), "", ""),
                 ("validate 100 recipes: s over python -c pass",
                  fmt(result["hundred_recipes_overhead_s"]), "", "")]
+    if name == "packing":
+        cells = result["token_cells"]
+        return [("packing: packed / padded tokens/s (long-tailed SFT)",
+                 fmt(result["speedup"]), "", ""),
+                ("  token cells computed: packed / padded",
+                 f"{cells['packed']} / {cells['padded']}", "", "")]
     return []
 
 

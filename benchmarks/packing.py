@@ -31,19 +31,11 @@ def _examples(count: int, seq: int, vocab: int, seed: int = 0):
 
 
 def _epoch_time(model, batches) -> float:
-    from lora_rl.backends.token_logprobs import token_logprobs
-    from lora_rl.data.packing import packed_model_inputs
+    from lora_rl.backends.token_logprobs import batch_token_logprobs
 
     started = time.perf_counter()
     for batch in batches:
-        if batch.segment_ids is None:
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        else:
-            mask, positions = packed_model_inputs(batch.segment_ids)
-            logits = model(input_ids=batch.input_ids, attention_mask=mask,
-                           position_ids=positions).logits
-        lp = token_logprobs(logits[:, :-1].float(), batch.input_ids[:, 1:])
-        (-(lp * batch.target_mask).sum()).backward()
+        (-(batch_token_logprobs(model, batch) * batch.target_mask).sum()).backward()
     return time.perf_counter() - started
 
 

@@ -294,17 +294,21 @@ def convert(
 @app.command("init-model")
 def init_model(
     out: Annotated[Path | None, typer.Option(
-        "--out", metavar="DIR", help="Target directory")] = None,
+        "--out", metavar="DIR", help="Target directory (new or empty)")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace DIR if it holds an earlier init-model build")] = False,
 ) -> None:
     """Build the embedded tiny model, tokenizer and task data (deterministic, no download)."""
     from lora_rl.model_source import cache_root
-    from lora_rl.output_paths import OutputPathError, check_output_dir
+    from lora_rl.output_paths import OutputPathError, check_output_dir, check_overwrite
     from lora_rl.tiny import build_tiny_model, ensure_tiny_model
+    from lora_rl.tiny.model import TINY_STAMP
 
     if out is not None:
         with reported(EXIT_USAGE, OutputPathError):
             check_output_dir(out, "--out")
-    path = build_tiny_model(out) if out else ensure_tiny_model(cache_root())
+            check_overwrite(out, TINY_STAMP, "--out", force)
+    path = build_tiny_model(out, replace=True) if out else ensure_tiny_model(cache_root())
     _console().print(f"tiny model ready at {path}")
 
 

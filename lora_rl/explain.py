@@ -157,6 +157,9 @@ def print_explanation(result: ValidationResult, console: Console) -> None:
 
 def _scale_row(lora: AnyLoraConfig) -> tuple[str, str]:
     """The effective adapter scale and its formula (rsLoRA: alpha / sqrt(dim))."""
+    from lora_rl.interop.adapter_fit import lora_scale
+
+    scale = f"{lora_scale(lora.dim, lora.alpha, lora.use_rslora):g}"
     if lora.use_rslora:
-        return "scale alpha/sqrt(dim)", f"{lora.alpha / lora.dim ** 0.5:g} (rsLoRA)"
-    return "scale alpha/dim", f"{lora.alpha / lora.dim:g}"
+        return "scale alpha/sqrt(dim)", f"{scale} (rsLoRA)"
+    return "scale alpha/dim", scale

@@ -32,8 +32,15 @@ def tiny_model_dir() -> Path:
     return cache_root() / TINY_MODEL_DIRNAME
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or os.sep in name and Path(name).exists()
+def names_a_path(name: str) -> bool:
+    """Whether a `policy.model_name` means a local path: it is written as one (`/`, `./`,
+    `../`, `~`) or something exists there; otherwise it is a hub-style id (`org/model`)."""
+    if name.startswith(("/", "./", "../", "~")):
+        return True
+    try:
+        return Path(name).expanduser().exists()
+    except (OSError, ValueError, RuntimeError):  # too long a name, `~nosuchuser/...`
+        return False
 
 
 def local_model_dir(name: str, *, build: bool = False) -> Path | None:
@@ -52,10 +59,13 @@ def local_model_dir(name: str, *, build: bool = False) -> Path | None:
     if name in BUILT_MODELS:
         directory = cache_root() / BUILT_MODELS[name][0]
         return directory if (directory / "config.json").is_file() else None
-    path = Path(name).expanduser()
+    try:
+        path = Path(name).expanduser()
+    except RuntimeError:  # `~nosuchuser/...`
+        raise ModelSourceError(f"model directory {name} does not exist") from None
     if path.is_dir():
         return path
-    if _looks_like_path(name) or path.exists():
+    if names_a_path(name):
         raise ModelSourceError(f"model directory {name} does not exist")
     return None
 

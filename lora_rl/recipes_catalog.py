@@ -127,10 +127,19 @@ def copy_recipe(name: str, dest: Path, force: bool = False) -> Path:
 
     Its `defaults:` parents and its editor modeline are relative paths; they are rewritten to
     point from `dest` back into the catalogue, so the copy validates where it lands."""
+    from lora_rl.output_paths import deepest_existing
+
     entry = find_recipe(name)
     target = dest / entry.path.name if dest.is_dir() else dest
+    blocker = deepest_existing(target.parent)
+    if not blocker.is_dir():
+        raise CatalogError(f"{blocker} is a file, so {target} cannot be created under it; "
+                           "choose another DEST")
+    if target.is_dir():
+        raise CatalogError(f"{target} is a directory; name a file in it, or choose another DEST")
     if target.exists() and not force:
-        raise CatalogError(f"{target} exists; pass --force to overwrite it")
+        raise CatalogError(f"{target} exists; pass --force to overwrite it, or choose another "
+                           "DEST")
     text = _repoint(entry.path.read_text(encoding="utf-8"), entry.path, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text, encoding="utf-8")

@@ -8,9 +8,13 @@ token; backward builds the gradient, softmax * (-g) plus g at the target, in one
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from lora_rl.backends.base import TokenBatch
 
 
 class _TokenLogprobs(torch.autograd.Function):
@@ -34,3 +38,22 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log_softmax(logits)[..., target] for logits [..., V] and integer targets [...], in the
     logits' dtype (cast the logits to float32 first for low-precision models)."""
     return _TokenLogprobs.apply(logits, targets)
+
+
+def batch_token_logprobs(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
+    """[B, L-1] float32 log p of each next token of `batch` under a Hugging Face causal LM:
+    packed rows (`segment_ids`, data/packing.py) with positions restarting and attention kept
+    inside each example, else the padded rows with their attention mask."""
+    if batch.segment_ids is not None:
+        from lora_rl.data.packing import packed_model_inputs
+
+        mask, positions = packed_model_inputs(batch.segment_ids)
+        logits = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions,
+                       use_cache=False).logits
+    else:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       use_cache=False).logits
+    # Scored at every position (the last one against a dummy target) and trimmed after:
+    # slicing the logits first would copy all of them.
+    targets = F.pad(batch.input_ids[:, 1:], (0, 1))
+    return token_logprobs(logits.float(), targets)[:, :-1]

@@ -72,19 +72,13 @@ def _exists(value: str, kind: str = "any") -> bool:
         return False
 
 
-def _looks_like_path(name: str) -> bool:
-    from lora_rl.model_source import _looks_like_path as looks
-
-    return looks(name) or _exists(name)
-
-
 @rule("LR610", "warning", "policy.model_name is a hub id; `run` needs a local directory",
       environment=True)
 def _hub_model(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
-    from lora_rl.model_source import BUILT_MODELS, TINY_MODEL_NAME, local_model_dir
+    from lora_rl.model_source import BUILT_MODELS, TINY_MODEL_NAME, local_model_dir, names_a_path
 
     name = cfg.policy.model_name
-    if name == TINY_MODEL_NAME or _looks_like_path(name):
+    if name == TINY_MODEL_NAME or names_a_path(name):
         return
     if name in BUILT_MODELS:
         if local_model_dir(name) is None:
@@ -99,10 +93,10 @@ def _hub_model(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 
 @rule("LR611", "warning", "The local model directory does not exist", environment=True)
 def _model_dir_exists(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
-    name = cfg.policy.model_name
-    from lora_rl.model_source import _looks_like_path as looks
+    from lora_rl.model_source import names_a_path
 
-    if (looks(name) or _exists(name)) and not _exists(name, "dir"):
+    name = cfg.policy.model_name
+    if names_a_path(name) and not _exists(name, "dir"):
         what = "is not a directory" if _exists(name) else "does not exist"
         yield Finding("policy.model_name", f"model directory {name} {what} here",
                       "point policy.model_name at a Hugging Face model directory "

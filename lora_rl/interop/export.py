@@ -20,7 +20,7 @@ from lora_rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoi
 from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
 from lora_rl.errors import LoraRlError
 from lora_rl.interop.peft_format import AdapterFormatError, wrap_adapter_modules, write_adapter
-from lora_rl.output_paths import OutputPathError, check_output_dir, check_replaceable
+from lora_rl.output_paths import OutputPathError, check_output_dir, check_overwrite
 from lora_rl.state_file import read_state
 
 EXPORT_SCHEMA_VERSION = 1
@@ -102,12 +102,9 @@ def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str 
                       force: bool) -> Path:
     try:
         check_output_dir(out, "--out")
-        if force:
-            check_replaceable(out, EXPORT_STAMP, "--out")
+        check_overwrite(out, EXPORT_STAMP, "--out", force)
     except OutputPathError as exc:
         raise OutputExistsError(str(exc)) from None
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out} exists; pass --force to replace it")
     found = checkpoint_adapter(checkpoint, base)
     adapter, lora, base_model = found.adapter, found.lora, found.base_model
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

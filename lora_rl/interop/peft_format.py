@@ -162,6 +162,17 @@ def adapter_config(*, rank: int, alpha: float, dropout: float, modules: list[str
     }
 
 
+def adapter_spec(config: dict[str, Any]) -> LoraSpec:
+    """The `LoraSpec` an adapter_config.json describes (rank, scale, rsLoRA, DoRA): the inverse
+    of `adapter_config`. PEFT applies dropout to the layer input, so its position is `pre`."""
+    from lora_rl.lora.spec import LoraSpec
+
+    return LoraSpec(rank=int(config["r"]), alpha=float(config["lora_alpha"]),
+                    dropout=float(config.get("lora_dropout") or 0.0), dropout_position="pre",
+                    use_rslora=config.get("use_rslora", False) is True,
+                    use_dora=config.get("use_dora", False) is True)
+
+
 def _layer_relative(name: str) -> str:
     """`model.layers.3.mlp.experts.down_proj` -> `mlp.experts.down_proj` (PEFT matches
     target_parameters by suffix)."""

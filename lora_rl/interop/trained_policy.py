@@ -81,10 +81,11 @@ def _load_adapter(model: torch.nn.Module, where: Path) -> str:
     from lora_rl.interop.peft_format import (
         ADAPTER_CONFIG,
         AdapterFormatError,
+        adapter_spec,
         read_adapter,
         wrap_adapter_modules,
     )
-    from lora_rl.lora import LoraSpec, load_lora_state_dict
+    from lora_rl.lora import load_lora_state_dict, lora_spec_from_config
 
     if not where.exists():
         raise PolicyLoadError(f"{where}: no such checkpoint or adapter directory (train first "
@@ -92,7 +93,7 @@ def _load_adapter(model: torch.nn.Module, where: Path) -> str:
     try:
         if (where / ADAPTER_CONFIG).is_file():
             config, tensors = read_adapter(where)
-            rank, alpha, what = int(config["r"]), float(config["lora_alpha"]), f"adapter {where}"
+            spec, what = adapter_spec(config), f"adapter {where}"
         else:
             from lora_rl.interop.export import ExportError, checkpoint_adapter
 
@@ -100,9 +101,10 @@ def _load_adapter(model: torch.nn.Module, where: Path) -> str:
                 found = checkpoint_adapter(where)
             except ExportError as exc:
                 raise PolicyLoadError(str(exc)) from None
-            tensors, rank, alpha = found.adapter, found.lora.dim, found.lora.alpha
+            # The LoRA the run trained (rank, scale, rsLoRA, DoRA), built as training built it.
+            tensors, spec = found.adapter, lora_spec_from_config(found.lora)
             what = f"checkpoint {found.path}"
-        wrap_adapter_modules(model, tensors, LoraSpec(rank=rank, alpha=alpha))
+        wrap_adapter_modules(model, tensors, spec)
         load_lora_state_dict(model, tensors)
     except PolicyLoadError:
         raise

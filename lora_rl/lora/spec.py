@@ -5,11 +5,11 @@ Torch-free on purpose: `lora-rl validate` and `explain` build specs without payi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
+from lora_rl.interop.adapter_fit import lora_scale
 
 Semantics = Literal["dtensor", "megatron"]
 InitMethod = Literal["zero", "xavier", "uniform", "normal", "kaiming"]
@@ -67,7 +67,7 @@ class LoraSpec:
 
     @property
     def scale(self) -> float:
-        return self.alpha / math.sqrt(self.rank) if self.use_rslora else self.alpha / self.rank
+        return lora_scale(self.rank, self.alpha, self.use_rslora)
 
     @property
     def scale_formula(self) -> str:

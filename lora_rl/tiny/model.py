@@ -9,6 +9,7 @@ frozen head caps every logit near 0.2, so no adapter could make a confident pred
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,8 @@ from lora_rl.tiny.tasks import corpus, write_task_data
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 LM_HEAD_STD = 0.25
+TINY_STAMP = "lora_rl_tiny_model.json"
+"""Written into every build; `init-model --out DIR --force` replaces only a DIR holding it."""
 
 
 def build_tokenizer(seed: int = 0):
@@ -35,8 +38,9 @@ def build_tokenizer(seed: int = 0):
                                    pad_token="<pad>", unk_token="<unk>")
 
 
-def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
-    """Write model, tokenizer and task data to `out_dir` (atomically: temp dir + rename)."""
+def build_tiny_model(out_dir: Path, seed: int = 0, replace: bool = False) -> Path:
+    """Write model, tokenizer and task data to `out_dir` (atomically: temp dir + rename). An
+    existing `out_dir` is kept (another process's identical build) unless `replace`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out_dir = Path(out_dir)
@@ -56,6 +60,9 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
         torch.nn.init.normal_(model.lm_head.weight, std=LM_HEAD_STD)
     model.save_pretrained(tmp, safe_serialization=True)
     write_task_data(tmp / "data", seed)
+    (tmp / TINY_STAMP).write_text(json.dumps({"seed": seed}) + "\n")
+    if replace and out_dir.exists():
+        shutil.rmtree(out_dir)
     try:
         os.replace(tmp, out_dir) if not out_dir.exists() else shutil.rmtree(tmp)
     except OSError:

@@ -100,3 +100,68 @@ def test_init_model_under_a_file_is_refused(cwd):
     assert done.exit_code == 2
     assert "file, so" in " ".join(done.output.split())
     assert os.listdir(cwd) == ["file"]
+
+
+def _one_error_line(done) -> str:
+    assert done.exit_code == 2, done.output
+    assert isinstance(done.exception, SystemExit), done.exception  # not a crash
+    lines = done.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.output
+    return lines[0]
+
+
+def test_init_model_refuses_a_folder_it_did_not_build_and_rebuilds_its_own_with_force(
+        tmp_path, monkeypatch):
+    from lora_rl.tiny.model import TINY_STAMP
+
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    line = _one_error_line(_invoke("init-model", "--out", "mine"))
+    assert line == ("error: --out = mine exists and is not an earlier lora-rl output (no "
+                    f"{TINY_STAMP} in it); choose another folder, or remove it yourself if it "
+                    "should go")
+    line = _one_error_line(_invoke("init-model", "--out", "mine", "--force"))
+    assert "--out = mine is a directory that is not an earlier lora-rl output" in line
+    assert "Choose another path" in line
+    assert os.listdir(mine) == ["notes.txt"]
+
+    (tmp_path / "empty").mkdir()  # an empty folder is filled
+    assert _invoke("init-model", "--out", "empty").exit_code == 0
+    built = tmp_path / "empty"
+    assert (built / "config.json").is_file() and (built / TINY_STAMP).is_file()
+    line = _one_error_line(_invoke("init-model", "--out", "empty"))
+    assert line == ("error: --out = empty exists (an earlier lora-rl output); pass --force to "
+                    "replace it, or choose another folder")
+    (built / "stale.txt").write_text("from before")
+    assert _invoke("init-model", "--out", "empty", "--force").exit_code == 0
+    assert (built / "config.json").is_file() and not (built / "stale.txt").exists()
+    assert sorted(os.listdir(tmp_path)) == ["empty", "mine"]  # no temporary directory left
+
+
+def test_export_outside_the_working_directory_never_overwrites_without_force(cwd, tmp_path):
+    from lora_rl.interop.export import EXPORT_STAMP
+
+    earlier, mine, empty = tmp_path / "earlier", tmp_path / "mine", tmp_path / "empty"
+    for folder in (earlier, mine, empty):
+        folder.mkdir()
+    (earlier / EXPORT_STAMP).write_text("{}")
+    (mine / "keep.txt").write_text("keep")
+
+    def export(out: Path, *force: str):
+        # The checkpoint does not exist: --out is judged before the checkpoint is read.
+        return _invoke("export", "--checkpoint", "nowhere", "--format", "peft", "--out",
+                       str(out), *force)
+
+    line = _one_error_line(export(earlier))
+    assert line == (f"error: --out = {earlier} exists (an earlier lora-rl output); pass --force "
+                    "to replace it, or choose another folder")
+    line = _one_error_line(export(mine))
+    assert line == (f"error: --out = {mine} exists and is not an earlier lora-rl output (no "
+                    f"{EXPORT_STAMP} in it); choose another folder, or remove it yourself if it "
+                    "should go")
+    assert "--force only replaces those" in _one_error_line(export(mine, "--force"))
+    assert (mine / "keep.txt").read_text() == "keep" and os.listdir(mine) == ["keep.txt"]
+    for accepted in (export(earlier, "--force"), export(empty)):  # on to reading the checkpoint
+        assert accepted.exit_code == 1 and "nowhere: no such checkpoint" in accepted.output

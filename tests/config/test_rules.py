@@ -641,6 +641,31 @@ def test_a_missing_model_path_is_an_environment_fact(recipe_dir: Any) -> None:
     assert [(d.rule, d.severity) for d in strict.diagnostics] == [("LR611", "error")]
 
 
+@pytest.mark.parametrize(("name", "is_path"), [
+    ("org/model", False),               # a hub-style id: LR610, nothing to look up
+    ("./models/llama", True),           # written as a path
+    ("~no-such-user-lora-rl/m", True),  # written as a path, with no such home
+    ("models/llama", True),             # not written as one, but something is there
+])
+def test_validate_and_run_agree_on_what_names_a_model_path(recipe_dir: Any, name: str,
+                                                           is_path: bool) -> None:
+    """One definition (model_source.names_a_path): a name `validate` checks as a local
+    directory (LR611) is one `run` looks up on disk and refuses; a hub id is LR610 and `run`
+    says it downloads nothing."""
+    from lora_rl.model_source import ModelSourceError, local_model_dir
+
+    (recipe_dir.root / "models").mkdir()
+    (recipe_dir.root / "models/llama").write_text("a file, not a model directory")
+    rules = {d.rule for d in validate_recipe(recipe_dir.write({"policy.model_name": name}))
+             .diagnostics}
+    assert ("LR611" in rules, "LR610" in rules) == (is_path, not is_path), rules
+    if is_path:
+        with pytest.raises(ModelSourceError, match=f"model directory {name} does not exist"):
+            local_model_dir(name)
+    else:
+        assert local_model_dir(name) is None
+
+
 def test_every_rule_id_has_a_case() -> None:
     covered = {case.rule for case in RULE_CASES} | set(LOADER_CASES)
     assert covered == set(catalogue.all_rules())

@@ -49,20 +49,13 @@ def test_positions_restart_and_attention_stays_inside_each_example():
 def test_packed_logprobs_equal_unpacked(model_cache):
     from transformers import AutoModelForCausalLM
 
-    from lora_rl.backends.token_logprobs import token_logprobs
+    from lora_rl.backends.token_logprobs import batch_token_logprobs
 
     model = AutoModelForCausalLM.from_pretrained(model_cache / "tiny-llama-v1").eval()
     examples = _examples([5, 31, 9, 14, 7, 22, 3, 12], seed=1)
 
     def nll(batch) -> torch.Tensor:
-        if batch.segment_ids is None:
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        else:
-            mask, positions = packed_model_inputs(batch.segment_ids)
-            logits = model(input_ids=batch.input_ids, attention_mask=mask,
-                           position_ids=positions).logits
-        lp = token_logprobs(logits[:, :-1].float(), batch.input_ids[:, 1:])
-        return -(lp * batch.target_mask).sum()
+        return -(batch_token_logprobs(model, batch) * batch.target_mask).sum()
 
     with torch.no_grad():
         plain = sum(float(nll(collate([e], 0))) for e in examples)
@@ -83,3 +76,31 @@ def test_packed_training_losses_equal_unpacked(runner):
         losses[packed] = [r["loss"] for r in runner.metrics(f"logs/{packed}")]
     assert len(losses["true"]) == 5
     assert losses["true"] == pytest.approx(losses["false"], abs=1e-5)
+
+
+def test_the_packing_benchmark_runs_quick_in_python_m_benchmarks(tmp_path, monkeypatch, capsys):
+    """`python -m benchmarks --quick --only packing`: registered, seconds at the quick shape,
+    and packing computes fewer token cells for the same real tokens than padding does."""
+    import json
+    import sys
+
+    import benchmarks.common
+    import benchmarks.packing
+    from benchmarks.__main__ import BENCHMARKS, main
+
+    assert "packing" in BENCHMARKS
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    monkeypatch.setattr(benchmarks.packing, "THREADS", 1)
+    monkeypatch.setattr(sys, "argv", ["benchmarks", "--quick", "--only", "packing"])
+    threads = torch.get_num_threads()
+    try:
+        main()
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "summary-quick.json").read_text())["results"]["packing"]
+    assert "error" not in result
+    cells, shape = result["token_cells"], result["shape"]
+    assert shape["real_tokens"] <= cells["packed"] < cells["padded"]
+    assert result["micro_batches"]["packed"] < result["micro_batches"]["padded"]
+    assert result["speedup"] > 1.0
+    assert "packing: packed / padded tokens/s" in capsys.readouterr().out

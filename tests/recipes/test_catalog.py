@@ -119,6 +119,37 @@ def test_cp_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     assert target.read_text(encoding="utf-8").startswith("# yaml-language-server")
 
 
+def test_cp_outside_the_working_directory_refuses_what_it_cannot_write(
+        tmp_path: Path, monkeypatch) -> None:
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    blocked = work / "d" / "sft-tiny-dtensor-lora.yaml"  # where `cp NAME d` would write
+    blocked.mkdir(parents=True)
+    (elsewhere / "mine.yaml").parent.mkdir()
+    (elsewhere / "mine.yaml").write_text("mine\n", encoding="utf-8")
+    monkeypatch.chdir(work)
+
+    def refused(dest: Path | str, *force: str) -> str:
+        result = invoke("recipes", "cp", "sft-tiny-dtensor-lora", str(dest), *force)
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1, result.output
+        return lines[0]
+
+    target = elsewhere / "mine.yaml"
+    assert refused(target) == (f"error: {target} exists; pass --force to overwrite it, or "
+                               "choose another DEST")
+    assert refused(target / "sub.yaml") == (f"error: {target} is a file, so {target}/sub.yaml "
+                                            "cannot be created under it; choose another DEST")
+    for force in ((), ("--force",)):
+        assert refused("d", *force) == ("error: d/sft-tiny-dtensor-lora.yaml is a directory; "
+                                        "name a file in it, or choose another DEST")
+    assert target.read_text(encoding="utf-8") == "mine\n"
+    assert blocked.is_dir() and not any(blocked.iterdir())
+    new = elsewhere / "deeper" / "new.yaml"
+    assert invoke("recipes", "cp", "sft-tiny-dtensor-lora", str(new)).exit_code == 0
+    assert validate_recipe(new).errors == []
+
+
 def test_unknown_name_suggests(tmp_path: Path) -> None:
     result = invoke("recipes", "cp", "sft-tiny-dtensor", str(tmp_path / "x.yaml"))
     assert result.exit_code == 2 and "did you mean sft-tiny-dtensor-lora" in result.output

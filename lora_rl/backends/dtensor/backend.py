@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
@@ -30,7 +29,7 @@ from lora_rl.backends.dtensor.generation_copy import GenerationCopy
 from lora_rl.backends.dtensor.model import build_policy_model
 from lora_rl.backends.dtensor.sharding import shard_model
 from lora_rl.backends.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
-from lora_rl.backends.token_logprobs import token_logprobs
+from lora_rl.backends.token_logprobs import batch_token_logprobs
 from lora_rl.config.policy import PolicyConfig
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.lora.naming import unwrapped_name
@@ -76,19 +75,7 @@ class DTensorBackend:
     # ---- forward / backward ---------------------------------------------------------------
 
     def token_logprobs(self, batch: TokenBatch) -> torch.Tensor:
-        if batch.segment_ids is not None:  # packed rows (data/packing.py)
-            from lora_rl.data.packing import packed_model_inputs
-
-            mask, positions = packed_model_inputs(batch.segment_ids)
-            logits = self.model(input_ids=batch.input_ids, attention_mask=mask,
-                                position_ids=positions, use_cache=False).logits
-        else:
-            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                use_cache=False).logits
-        # Scored at every position (the last one against a dummy target) and trimmed after:
-        # slicing the logits first would copy all of them.
-        targets = F.pad(batch.input_ids[:, 1:], (0, 1))
-        return token_logprobs(logits.float(), targets)[:, :-1]
+        return batch_token_logprobs(self.model, batch)
 
     def forward_backward(self, micro_batches: list[TokenBatch],
                          loss_fn: LossFn) -> dict[str, float]:
