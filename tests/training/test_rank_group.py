@@ -39,8 +39,9 @@ RANK = textwrap.dedent("""
         import signal
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
-    if mode != "setup":
-        preemption.enter_training()
+    if mode == "setup":  # loading a model: only the watchdog can end it (no polling to race it)
+        time.sleep(1000)
+    preemption.enter_training()
     if mode == "stuck":  # a step that never ends: only the grace period stops it
         time.sleep(1000)
     while not preemption.requested():
