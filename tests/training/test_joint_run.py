@@ -1,0 +1,141 @@
+"""Multi-adapter runs (`lora-rl run A.yaml B.yaml`): an SFT and a DPO adapter, of different
+ranks, learning rates, seeds and lengths, trained in turns on one loaded tiny base. Each
+adapter's per-step metrics equal its solo run's; each resumes from its own checkpoints; one
+adapter failing or finishing early does not stop the other."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.training.conftest import QUIET, Runner
+
+TIMING = {"step_time_s", "tokens_per_s"}
+
+
+def _write(runner, source: str, name: str, changes: dict) -> str:
+    tree = yaml.safe_load((runner.workdir / "recipes" / source).read_text())
+    for dotted, value in changes.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    (runner.workdir / name).write_text(yaml.safe_dump(tree, sort_keys=False))
+    return name
+
+
+def _recipes(runner, sft_changes: dict | None = None,
+             dpo_changes: dict | None = None) -> tuple[str, str]:
+    sft = _write(runner, "sft-tiny-dtensor-lora.yaml", "sft.yaml", {
+        "sft.max_num_steps": 6, "sft.val_period": 3, "sft.val_batches": 1,
+        "checkpointing.save_period": 2, "checkpointing.keep_top_k": None,
+        "checkpointing.checkpoint_dir": "ck/sft", "logger.log_dir": "logs/sft",
+        **(sft_changes or {})})
+    dpo = _write(runner, "dpo-tiny-dtensor-lora.yaml", "dpo.yaml", {
+        "dpo.max_num_steps": 4, "dpo.val_period": 2, "dpo.val_batches": 1, "dpo.seed": 7,
+        "policy.optimizer.kwargs.lr": 3.0e-3, "policy.dtensor_cfg.lora_cfg.dim": 4,
+        "policy.dtensor_cfg.lora_cfg.alpha": 8, "checkpointing.save_period": 2,
+        "checkpointing.keep_top_k": None, "checkpointing.checkpoint_dir": "ck/dpo",
+        "logger.log_dir": "logs/dpo", **(dpo_changes or {})})
+    return sft, dpo
+
+
+def _rows(runner, log_dir: str) -> dict[int, dict]:
+    rows: dict[int, dict] = {}
+    for row in runner.metrics(log_dir):
+        rows.setdefault(row["step"], {}).update(
+            {k: v for k, v in row.items() if k not in TIMING and k != "step"})
+    return rows
+
+
+def _solo(runner, recipe: str, name: str) -> dict[int, dict]:
+    runner.run("run", recipe, f"logger.log_dir=logs/solo-{name}",
+               f"checkpointing.checkpoint_dir=ck/solo-{name}", *QUIET)
+    return _rows(runner, f"logs/solo-{name}")
+
+
+def _assert_same(joint: dict[int, dict], solo: dict[int, dict]) -> None:
+    assert sorted(joint) == sorted(solo)
+    for step, row in solo.items():
+        assert set(joint[step]) == set(row), step
+        for key, value in row.items():
+            if isinstance(value, float):
+                assert joint[step][key] == pytest.approx(value, abs=1e-5, rel=0), (step, key)
+            else:
+                assert joint[step][key] == value, (step, key)
+
+
+@pytest.fixture(scope="module")
+def solo(tmp_path_factory, model_cache):
+    """Each recipe of `_recipes` run alone (once for this module)."""
+    runner = Runner(tmp_path_factory.mktemp("solo"), model_cache)
+    sft, dpo = _recipes(runner)
+    return {"sft": _solo(runner, sft, "sft"), "dpo": _solo(runner, dpo, "dpo")}
+
+
+@pytest.mark.slow  # ~15 s, plus ~17 s for the solo runs it compares with
+def test_each_adapter_of_a_joint_run_matches_its_solo_run_and_resumes_exactly(runner, solo):
+    sft, dpo = _recipes(runner)
+    done = runner.run("run", sft, dpo, *QUIET)
+    assert "[sft] finished sft at step 6" in done.stdout
+    assert "[dpo] finished dpo at step 4" in done.stdout  # ended first; sft went on
+    assert sorted(solo["sft"]) == list(range(7)) and sorted(solo["dpo"]) == list(range(5))
+    _assert_same(_rows(runner, "logs/sft"), solo["sft"])
+    _assert_same(_rows(runner, "logs/dpo"), solo["dpo"])
+    # Each adapter checkpoints on its own schedule, into its own directory.
+    ck = runner.workdir / "ck"
+    assert sorted(p.name for p in (ck / "sft").glob("step_*")) == ["step_2", "step_4", "step_6"]
+    assert sorted(p.name for p in (ck / "dpo").glob("step_*")) == ["step_2", "step_4"]
+    # Take each adapter back to a different mid-run checkpoint: the next run resumes both.
+    _drop(ck / "sft" / "step_6", ck / "sft" / "step_4", ck / "dpo" / "step_4")
+    again = runner.run("run", sft, dpo, *QUIET)
+    assert "[sft] resuming from ck/sft/step_2 (step 2)" in again.stdout
+    assert "[dpo] resuming from ck/dpo/step_2 (step 2)" in again.stdout
+    _assert_same(_rows(runner, "logs/sft"), solo["sft"])
+    _assert_same(_rows(runner, "logs/dpo"), solo["dpo"])
+
+
+def _drop(*dirs: Path) -> None:
+    import shutil
+
+    for directory in dirs:
+        shutil.rmtree(directory)
+
+
+@pytest.mark.slow  # ~8 s, plus the solo runs when run alone
+def test_a_failing_adapter_stops_alone(runner, solo):
+    sft, dpo = _recipes(runner, {"policy.optimizer.kwargs.lr": 1e30,
+                                 "policy.max_grad_norm": None})
+    done = runner.run("run", sft, dpo, *QUIET, check=False)
+    assert done.returncode == 1
+    assert "[sft] error: step 2: loss is nan" in done.stderr or \
+        "[sft] error: step 2: gradients are not finite" in done.stderr, done.stderr
+    assert "failed adapters: sft" in done.stderr
+    assert "Traceback" not in done.stderr
+    _assert_same(_rows(runner, "logs/dpo"), solo["dpo"])
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_the_solo_runs_for_every_adapter(runner):
+    sft, dpo = _recipes(runner, {"sft.max_num_steps": 30, "sft.val_period": 0,
+                                 "checkpointing.save_period": 3},
+                        {"dpo.max_num_steps": 24, "dpo.val_period": 0,
+                         "checkpointing.save_period": 4})
+    reference = {"sft": _solo(runner, sft, "sft"), "dpo": _solo(runner, dpo, "dpo")}
+    kills = 0
+    for wait in (4.0, 5.5, 7.0):
+        proc = runner.popen("run", sft, dpo, *QUIET)
+        time.sleep(wait)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    runner.run("run", sft, dpo, *QUIET)
+    assert kills >= 2, "the joint run finished before the kill points; lengthen it"
+    _assert_same(_rows(runner, "logs/sft"), reference["sft"])
+    _assert_same(_rows(runner, "logs/dpo"), reference["dpo"])
