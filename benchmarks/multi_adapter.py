@@ -49,7 +49,9 @@ def _recipes(work: Path, quick: bool) -> dict[str, list[str]]:
     }
     out = {}
     for name, (parent, keys) in specs.items():
-        lines = [f"defaults: {parent}",  # the catalogue recipe of that name
+        # `defaults:` parents are read next to the recipe.
+        (work / parent).write_text((ROOT / "recipes" / parent).read_text())
+        lines = [f"defaults: {parent}",
                  *_nested([*model, *common, *keys,
                            f"logger.log_dir: logs/{name}",
                            f"checkpointing.checkpoint_dir: ck/{name}"])]
