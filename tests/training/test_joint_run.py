@@ -79,7 +79,8 @@ def solo(tmp_path_factory, model_cache):
 
 
 @pytest.mark.slow  # ~15 s, plus ~17 s for the solo runs it compares with
-def test_each_adapter_of_a_joint_run_matches_its_solo_run_and_resumes_exactly(runner, solo):
+def test_each_adapter_of_a_joint_run_matches_its_solo_run_and_resumes_exactly(runner, solo,
+                                                                             monkeypatch):
     sft, dpo = _recipes(runner)
     done = runner.run("run", sft, dpo, *QUIET)
     assert "[sft] finished sft at step 6" in done.stdout
@@ -91,6 +92,8 @@ def test_each_adapter_of_a_joint_run_matches_its_solo_run_and_resumes_exactly(ru
     ck = runner.workdir / "ck"
     assert sorted(p.name for p in (ck / "sft").glob("step_*")) == ["step_2", "step_4", "step_6"]
     assert sorted(p.name for p in (ck / "dpo").glob("step_*")) == ["step_2", "step_4"]
+    monkeypatch.setenv("LORA_RL_CACHE", runner.env["LORA_RL_CACHE"])
+    _exports_its_own_adapter(runner, {"sft": 8, "dpo": 4})
     # Take each adapter back to a different mid-run checkpoint: the next run resumes both.
     _drop(ck / "sft" / "step_6", ck / "sft" / "step_4", ck / "dpo" / "step_4")
     again = runner.run("run", sft, dpo, *QUIET)
@@ -98,6 +101,17 @@ def test_each_adapter_of_a_joint_run_matches_its_solo_run_and_resumes_exactly(ru
     assert "[dpo] resuming from ck/dpo/step_2 (step 2)" in again.stdout
     _assert_same(_rows(runner, "logs/sft"), solo["sft"])
     _assert_same(_rows(runner, "logs/dpo"), solo["dpo"])
+
+
+def _exports_its_own_adapter(runner, ranks: dict[str, int]) -> None:
+    import json
+
+    from lora_rl.interop.export import export_checkpoint
+
+    for name, rank in ranks.items():
+        out = export_checkpoint(runner.workdir / "ck" / name, "peft",
+                                runner.workdir / f"export-{name}", None, False)
+        assert json.loads((out / "adapter_config.json").read_text())["r"] == rank
 
 
 def _drop(*dirs: Path) -> None:
