@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lora_rl.training.preemption import EXIT_PREEMPTED
 from tests.training.conftest import QUIET, Runner
 
 TIMING = {"step_time_s", "tokens_per_s"}
@@ -134,22 +135,38 @@ def test_a_failing_adapter_stops_alone(runner, solo):
     _assert_same(_rows(runner, "logs/dpo"), solo["dpo"])
 
 
+def _wait_for_rows(runner, log_dir: str, rows: int, proc, timeout: float = 240) -> None:
+    path = runner.workdir / log_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= rows:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError(f"{log_dir} did not reach {rows} rows")
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_the_solo_runs_for_every_adapter(runner):
+def test_sigterm_and_sigkill_then_resume_match_the_solo_runs_for_every_adapter(runner):
     sft, dpo = _recipes(runner, {"sft.max_num_steps": 30, "sft.val_period": 0,
                                  "checkpointing.save_period": 3},
                         {"dpo.max_num_steps": 24, "dpo.val_period": 0,
                          "checkpointing.save_period": 4})
     reference = {"sft": _solo(runner, sft, "sft"), "dpo": _solo(runner, dpo, "dpo")}
-    kills = 0
-    for wait in (4.0, 5.5, 7.0):
-        proc = runner.popen("run", sft, dpo, *QUIET)
-        time.sleep(wait)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
-    runner.run("run", sft, dpo, *QUIET)
-    assert kills >= 2, "the joint run finished before the kill points; lengthen it"
+    # SIGTERM: every adapter checkpoints its last completed step and the job exits 75.
+    proc = runner.popen("run", sft, dpo, *QUIET)
+    _wait_for_rows(runner, "logs/dpo", 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, err
+    for name in ("sft", "dpo"):
+        assert f"[{name}] stopped by SIGTERM after step" in out, out
+    # SIGKILL mid-run: nothing is written on the way out; each resumes its last checkpoint.
+    proc = runner.popen("run", sft, dpo, *QUIET)
+    _wait_for_rows(runner, "logs/dpo", 12, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = runner.run("run", sft, dpo, *QUIET)
+    assert "[sft] resuming from" in again.stdout and "[dpo] resuming from" in again.stdout
     _assert_same(_rows(runner, "logs/sft"), reference["sft"])
     _assert_same(_rows(runner, "logs/dpo"), reference["dpo"])
