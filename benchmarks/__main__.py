@@ -14,7 +14,7 @@ from benchmarks.common import result_path, save, utc_now
 
 MODES = (("stored_activations", ""), ("activation_checkpointing", ", act. ckpt"))
 BENCHMARKS = ["lora_layer", "train_step", "trl_compare", "generation", "validate_startup",
-              "packing"]
+              "packing", "multi_adapter"]
 
 
 def _rows(name: str, result: dict) -> list[tuple[str, str, str, str]]:
@@ -49,6 +49,10 @@ def _rows(name: str, result: dict) -> list[tuple[str, str, str, str]]:
     if name == "lora_layer":
         return [(f"layer fwd+bwd / full: {k}", fmt(v), "", "")
                 for k, v in result["ratio_vs_full"].items()]
+    if name == "multi_adapter":
+        return [("multi-adapter: joint peak RSS / solo peaks added", fmt(result["memory_ratio"]),
+                 f"<= {result['memory_target']}", fmt(result["met"])),
+                ("  joint wall / solo walls added", fmt(result["wall_ratio"]), "", "")]
     if name == "validate_startup":
         return [("validate 1 recipe: s over python -c pass", fmt(result["one_recipe_overhead_s"]),
                  f"<= {result['target_overhead_s']}", fmt(result["within_target"])),

@@ -84,6 +84,9 @@ def validate(
     check_env: Annotated[bool, typer.Option(
         "--check-env", help="What this machine lacks to run the recipe (packages, model, "
                             "adapter and data paths) is an error, as in `run`")] = False,
+    joint: Annotated[bool, typer.Option(
+        "--joint", help="The recipes are one multi-adapter run (`lora-rl run A.yaml B.yaml`): "
+                        "also check that they fit together (LR700-LR702)")] = False,
 ) -> None:
     """Check recipes: schema, cross-field rules, and (with --model) the model's shape."""
     from lora_rl import report
@@ -91,6 +94,10 @@ def validate(
 
     results = [validate_recipe(resolve_recipe(f), overrides or [], model, check_env=check_env)
                for f in files]
+    if joint:
+        from lora_rl.config.joint import check_joint
+
+        check_joint(results)
     if output_format is OutputFormat.text:
         report.write_text(results, strict)
     else:
@@ -145,10 +152,16 @@ def explain(
     report.print_text([result], _console(), strict=False)
 
 
+RunArgs = Annotated[list[str], typer.Argument(
+    metavar="RECIPE... [KEY=VALUE...]",
+    help="Recipe files or catalogue names, then overrides a.b.c=value (the same as --set) that "
+         "apply to every recipe. Several recipes train their LoRA adapters in one job on one "
+         "copy of the base model (docs/running.md, multi-adapter runs)")]
+
+
 @app.command(context_settings={"allow_extra_args": False})
 def run(
-    file: RecipeArg,
-    overrides: OverridesArg = None,
+    args: RunArgs,
     set_overrides: SetOption = None,
     force: Annotated[bool, typer.Option("--force", help="Allow checkpoint/log directories "
                                                          "outside the working directory")] = False,
@@ -162,12 +175,20 @@ def run(
     """Validate the recipe, then train: SFT, DPO or GRPO on the enabled backend.
 
     An earlier run's checkpoints in checkpointing.checkpoint_dir are resumed exactly: model,
-    optimizer, scheduler and data position (--fresh moves them aside and starts over)."""
+    optimizer, scheduler and data position (--fresh moves them aside and starts over). Several
+    recipes: one job trains each one's adapter on one shared base model."""
     from lora_rl import report
+    from lora_rl.cli_joint import run_joint_command, split_arguments
     from lora_rl.config.validate import validate_for_run
 
-    recipe = resolve_recipe(file)
-    result = validate_for_run(recipe, [*(overrides or []), *(set_overrides or [])])
+    recipes, overrides = split_arguments(args)
+    if not recipes:
+        _console(stderr=True).print("error: name at least one recipe")
+        raise typer.Exit(EXIT_USAGE)
+    if len(recipes) > 1:
+        run_joint_command(recipes, [*overrides, *(set_overrides or [])], force, dry_run, fresh)
+    recipe = resolve_recipe(recipes[0])
+    result = validate_for_run(recipe, [*overrides, *(set_overrides or [])])
     if result.diagnostics:
         report.print_text([result], _console(stderr=True), strict=False)
     if result.config is None or result.errors:

@@ -21,10 +21,15 @@ if __name__ == "__main__":
     preemption.install(parent_pid=int(_launcher) if _launcher else None)
 
 import json  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 from lora_rl.config.recipe import RecipeConfig  # noqa: E402
 from lora_rl.training.console import quiet_third_party_progress  # noqa: E402
+
+if TYPE_CHECKING:
+    from lora_rl.training.runtime import Runtime
 
 
 def main(argv: list[str]) -> int:
@@ -37,26 +42,44 @@ def main(argv: list[str]) -> int:
 
 def run_rank(cfg: RecipeConfig) -> int:
     """Run this process's rank; returns the exit code. Expected failures print one clean line."""
+    from lora_rl.algorithms import run_algorithm
+
+    def body(runtime: Runtime) -> int:
+        run_algorithm(cfg, runtime)
+        return 0
+
+    return _guarded([cfg], body)
+
+
+def run_joint_rank(cfgs: Sequence[RecipeConfig], names: Sequence[str]) -> int:
+    """A multi-adapter run (`algorithms.joint`, one process): exit code 1 when any adapter
+    failed, each failure reported with the adapter's name."""
+    from lora_rl.algorithms.joint import run_joint
+
+    return _guarded(cfgs, lambda runtime: run_joint(cfgs, names, runtime))
+
+
+def _guarded(cfgs: Sequence[RecipeConfig], body: Callable[[Runtime], int]) -> int:
     # Already done when this process is `python -m lora_rl.worker`; under `torchrun -m lora_rl
     # run` (WORLD_SIZE set) it is a rank that dies with torchrun; alone it is the CLI itself.
     preemption.install(child="WORLD_SIZE" in os.environ)
-    preemption.configure(cfg.checkpointing.preemption_grace_s)
+    preemption.configure(max(cfg.checkpointing.preemption_grace_s for cfg in cfgs))
     try:
-        return _run(cfg)
+        return _run(cfgs, body)
     finally:
         preemption.finished()
 
 
-def _run(cfg: RecipeConfig) -> int:
-    from lora_rl.algorithms import run_algorithm
+def _run(cfgs: Sequence[RecipeConfig], body: Callable[[Runtime], int]) -> int:
     from lora_rl.errors import LoraRlError
     from lora_rl.trackers import require_trackers
     from lora_rl.training.runtime import start_runtime, stop_runtime
 
     runtime = start_runtime()
     try:
-        require_trackers(cfg.logger)
-        run_algorithm(cfg, runtime)
+        for cfg in cfgs:
+            require_trackers(cfg.logger)
+        code = body(runtime)
     except LoraRlError as exc:  # expected (bad data, model, checkpoint, setup): one line
         if runtime.is_main:
             print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -72,6 +95,8 @@ def _run(cfg: RecipeConfig) -> int:
         os._exit(preemption.EXIT_PEER_LOST)
     finally:
         stop_runtime()
+    if code:
+        return code
     return preemption.EXIT_PREEMPTED if preemption.stopped() else 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from lora_rl.algorithms.base import Algorithm
     from lora_rl.config.recipe import RecipeConfig
     from lora_rl.training.runtime import Runtime
 
@@ -21,16 +22,25 @@ def run_algorithm(cfg: RecipeConfig, runtime: Runtime) -> None:
 
     preflight(cfg)  # reward function and weight files, before the model loads
     backend = build_backend(cfg, runtime)
-    if cfg.algorithm == "sft":
-        from lora_rl.algorithms.sft import SFT as Algorithm
-    elif cfg.algorithm == "dpo":
-        from lora_rl.algorithms.dpo import DPO as Algorithm
-    else:
-        from lora_rl.algorithms.grpo import GRPO as Algorithm
-    algorithm = Algorithm(cfg, backend, runtime)
+    algorithm = algorithm_class(cfg)(cfg, backend, runtime)
     try:
         algorithm.setup()
         algorithm.train()
         algorithm.session.finish()
     finally:
         algorithm.cleanup()
+
+
+def algorithm_class(cfg: RecipeConfig) -> type[Algorithm]:
+    """The class that runs the recipe's algorithm section."""
+    if cfg.algorithm == "sft":
+        from lora_rl.algorithms.sft import SFT
+
+        return SFT
+    if cfg.algorithm == "dpo":
+        from lora_rl.algorithms.dpo import DPO
+
+        return DPO
+    from lora_rl.algorithms.grpo import GRPO
+
+    return GRPO

@@ -64,6 +64,8 @@ class Algorithm:
         self.session = TrainingSession(cfg, backend, runtime)
         self.train_items: Sequence[Any] = ()
         self.start_step = 0
+        self.step = 0
+        """The last step trained (set by `begin_training`, advanced by `advance`)."""
 
     # ---- hooks ----------------------------------------------------------------------------
 
@@ -104,29 +106,45 @@ class Algorithm:
         self.session.banner(f"{len(self.train_items)} {self.unit}")
 
     def train(self) -> None:
-        algo, session = self.algo, self.session
-        session.start_progress(self.start_step, algo.max_num_steps)
-        if algo.val_at_start and self.start_step == 0 and self.has_validation():
+        self.begin_training()
+        while self.advance():
+            pass
+        self.end_training()
+
+    def begin_training(self) -> None:
+        """Progress display and the validation at step 0, before the first `advance`."""
+        session = self.session
+        self.step = self.start_step
+        session.start_progress(self.start_step, self.algo.max_num_steps)
+        if self.algo.val_at_start and self.start_step == 0 and self.has_validation():
             session.log(0, self.validate())
-        step = self.start_step
-        while step < algo.max_num_steps:
-            indices, epoch = self.order.next_batch(self.items_per_step())
-            if epoch >= algo.max_num_epochs:
-                break
-            step += 1
-            started = time.perf_counter()
-            batch = self.collect(step, indices)
-            seed_step(algo.seed, step, self.runtime.rank)
-            result = self.train_step(batch)
-            metrics = result.record(time.perf_counter() - started)
-            session.check_finite(step, result.loss, result.update.skipped)
-            if algo.val_period and step % algo.val_period == 0 and self.has_validation():
-                metrics.update(self.validate())
-            session.log(step, metrics)
-            session.maybe_save(step)
-            if session.stop_requested(step):
-                break
-        session.maybe_save(step, final=step > self.start_step)
+
+    def advance(self) -> bool:
+        """One training step; False when the run is over (its last step, its last epoch, or a
+        stop request). A multi-adapter run (`algorithms.joint`) calls this in turns."""
+        algo, session = self.algo, self.session
+        if self.step >= algo.max_num_steps:
+            return False
+        indices, epoch = self.order.next_batch(self.items_per_step())
+        if epoch >= algo.max_num_epochs:
+            return False
+        self.step += 1
+        step = self.step
+        started = time.perf_counter()
+        batch = self.collect(step, indices)
+        seed_step(algo.seed, step, self.runtime.rank)
+        result = self.train_step(batch)
+        metrics = result.record(time.perf_counter() - started)
+        session.check_finite(step, result.loss, result.update.skipped)
+        if algo.val_period and step % algo.val_period == 0 and self.has_validation():
+            metrics.update(self.validate())
+        session.log(step, metrics)
+        session.maybe_save(step)
+        return not session.stop_requested(step)
+
+    def end_training(self) -> None:
+        """The final checkpoint, when this run trained any step."""
+        self.session.maybe_save(self.step, final=self.step > self.start_step)
 
     def cleanup(self) -> None:
         self.session.close()

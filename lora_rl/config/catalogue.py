@@ -27,11 +27,21 @@ MODEL_RULES: dict[str, str] = {
 }
 
 
+JOINT_RULES: dict[str, str] = {
+    "LR700": "Recipes of one multi-adapter run must agree on base model, backend, precision "
+             "and parallel layout",
+    "LR701": "Recipes of one multi-adapter run need their own checkpoint and log directories",
+    "LR702": "Multi-adapter runs train LoRA SFT/DPO on DTensor in one process",
+}
+"""Checks across the recipes of one multi-adapter run (`lora_rl.config.joint`)."""
+
+
 def all_rules() -> dict[str, tuple[str, str]]:
     """Every id -> (title, severity) across the loader, the model check and the rule table."""
     from lora_rl.config.rules import RULES
 
-    table = {rid: (title, "error") for rid, title in {**LOADER_RULES, **MODEL_RULES}.items()}
+    table = {rid: (title, "error")
+             for rid, title in {**LOADER_RULES, **MODEL_RULES, **JOINT_RULES}.items()}
     table["LR403"] = (MODEL_RULES["LR403"], "error or warning")
     table.update({r.id: (r.title, r.severity) for r in RULES.values()})
     return table

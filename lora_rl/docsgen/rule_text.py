@@ -85,6 +85,10 @@ def rule_text(rule_id: str) -> RuleText:
     """Paths and fixes of a registered rule; the loader's fixed text for loader ids."""
     if rule_id in LOADER_FIXES:
         return RuleText(fixes=[LOADER_FIXES[rule_id]])
+    from lora_rl.config import joint
+
+    if rule_id in joint.FIXES:
+        return RuleText(fixes=[joint.FIXES[rule_id]])
     check = rules_module.RULES[rule_id].check
     tree = ast.parse(textwrap.dedent(inspect.getsource(check)))
     names = _constants()

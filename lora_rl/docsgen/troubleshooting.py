@@ -28,6 +28,7 @@ GROUPS = (("LR0", "Loading: files, YAML, keys and types"), ("LR1", "LoRA and bac
           ("LR2", "Parallel layout and batch sizes"), ("LR3", "GRPO and generation"),
           ("LR4", "The model (with --model or a local model_name)"), ("LR5", "Data"),
           ("LR6", "What `run` needs: packages, input paths, schedules, dtypes"),
+          ("LR7", "Multi-adapter runs (several recipes, one base model)"),
           ("LR8", "Security and hostile inputs"), ("LR9", "Compatibility and safety"))
 
 

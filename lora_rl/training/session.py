@@ -58,6 +58,9 @@ class TrainingSession:
         self.tokenizer_state: dict[str, Any] | None = None
         """How the run encodes text, saved with every checkpoint for exports (set by the
         algorithm's setup)."""
+        self.label: str | None = None
+        """In a multi-adapter run, the adapter's name: it prefixes this session's output lines
+        (and plain progress lines replace the live bar)."""
 
     # ---- resume ---------------------------------------------------------------------------
 
@@ -201,7 +204,10 @@ class TrainingSession:
 
     def say(self, message: str) -> None:
         if self.runtime.is_main:
-            print(message, flush=True)
+            self._print(message)
+
+    def _print(self, line: str) -> None:
+        print(line if self.label is None else f"[{self.label}] {line}", flush=True)
 
     def banner(self, data_summary: str) -> None:
         """What is about to run, once, before the first step."""
@@ -212,9 +218,9 @@ class TrainingSession:
         cfg, lay = self.cfg, layout(self.cfg)
         report = self.backend.trainable_report()
         trainable, total = report.get("trainable_params"), report.get("total_params")
-        print(f"lora-rl {cfg.algorithm} | model {cfg.policy.model_name} | {cfg.policy.backend} "
-              f"on {lay.world} process(es): dp {lay.dp} x tp {lay.tp} x pp {lay.pp} | "
-              f"{data_summary}", flush=True)
+        self._print(f"lora-rl {cfg.algorithm} | model {cfg.policy.model_name} | "
+                    f"{cfg.policy.backend} on {lay.world} process(es): dp {lay.dp} x tp {lay.tp} "
+                    f"x pp {lay.pp} | {data_summary}")
         params = ""
         if isinstance(trainable, int) and isinstance(total, int) and total:
             params = f"trainable {trainable:,} of {total:,} parameters " \
@@ -222,21 +228,23 @@ class TrainingSession:
         if "lora_modules" in report:
             params += f" | LoRA on {report['lora_modules']} modules, scale {report['lora_scale']}"
         if params:
-            print(f"  {params}", flush=True)
-        print(f"  logs {cfg.logger.log_dir}/metrics.jsonl | checkpoints "
-              f"{self.root if self.ckpt.enabled else 'off'}", flush=True)
+            self._print(f"  {params}")
+        self._print(f"  logs {cfg.logger.log_dir}/metrics.jsonl | checkpoints "
+                    f"{self.root if self.ckpt.enabled else 'off'}")
 
     def start_progress(self, first_step: int, total_steps: int) -> None:
         if not self.runtime.is_main:
             return
         if first_step >= total_steps:
             self._finished_before = True
-            print(f"already finished: step {first_step} of {total_steps} is checkpointed in "
-                  f"{self.root}; nothing to train. To train again from scratch use a new "
-                  "checkpointing.checkpoint_dir (or delete that one)", flush=True)
+            self._print(f"already finished: step {first_step} of {total_steps} is checkpointed "
+                        f"in {self.root}; nothing to train. To train again from scratch use a "
+                        "new checkpointing.checkpoint_dir (or delete that one)")
             return
-        self._console = StepConsole(self.cfg.algorithm, total_steps,
-                                    self.cfg.logger.progress_bar, self.cfg.logger.log_every)
+        name = self.cfg.algorithm if self.label is None else f"[{self.label}] {self.cfg.algorithm}"
+        self._console = StepConsole(name, total_steps,
+                                    self.cfg.logger.progress_bar and self.label is None,
+                                    self.cfg.logger.log_every)
         self._console.start(first_step)
 
     def _show(self, step: int, metrics: dict[str, Any]) -> None:
@@ -251,7 +259,7 @@ class TrainingSession:
         if not self.runtime.is_main or self._finished_before:
             return
         for line in end_summary(self.cfg, self.history, self._saved_step):
-            print(line, flush=True)
+            self._print(line)
 
     def close(self) -> None:
         if self._console is not None:

@@ -26,7 +26,7 @@ from lora_rl.backends.base import (
     needs_reference,
 )
 from lora_rl.backends.dtensor.generation_copy import GenerationCopy
-from lora_rl.backends.dtensor.model import build_policy_model
+from lora_rl.backends.dtensor.model import BuiltPolicy, build_policy_model
 from lora_rl.backends.dtensor.sharding import shard_model
 from lora_rl.backends.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
 from lora_rl.backends.token_logprobs import batch_token_logprobs
@@ -49,11 +49,14 @@ def lora_plus_groups(model: torch.nn.Module, policy: PolicyConfig) -> dict[str, 
 
 
 class DTensorBackend:
-    def __init__(self, cfg: RecipeConfig, runtime: Runtime) -> None:
+    def __init__(self, cfg: RecipeConfig, runtime: Runtime,
+                 built: BuiltPolicy | None = None) -> None:
+        """`built`: a model already loaded, with this recipe's adapter in place (a
+        multi-adapter run shares one base, `adapter_slots`); by default the recipe's own."""
         policy = cfg.policy
         self.cfg = cfg
         self.runtime = runtime
-        self.built = build_policy_model(policy, seed=cfg.algorithm_config.seed)
+        self.built = built or build_policy_model(policy, seed=cfg.algorithm_config.seed)
         self.model = self.built.model
         tp = policy.dtensor_cfg.tensor_parallel_size
         self.dp_size = runtime.world_size // tp

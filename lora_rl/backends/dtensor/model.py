@@ -43,6 +43,15 @@ def load_hf_model(model_dir: Path, precision: str, trust_remote_code: bool) -> t
 def build_policy_model(policy: PolicyConfig, seed: int) -> BuiltPolicy:
     model_dir = require_local_model_dir(policy.model_name)
     model = load_hf_model(model_dir, policy.precision, policy.trust_remote_code)
+    report = add_adapter(model, policy, seed)
+    if policy.dtensor_cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return BuiltPolicy(model, model_dir, report)
+
+
+def add_adapter(model: torch.nn.Module, policy: PolicyConfig, seed: int) -> LoraReport | None:
+    """Wrap the recipe's LoRA targets of `model` (seeded: the same adapter in every run and on
+    every rank) and load `init_adapter_path` into them; None when LoRA is off."""
     report = None
     lora = policy.dtensor_cfg.lora_cfg
     if lora.enabled:
@@ -55,6 +64,4 @@ def build_policy_model(policy: PolicyConfig, seed: int) -> BuiltPolicy:
         if report is None:
             raise SetupError("policy.init_adapter_path needs LoRA enabled on the DTensor backend")
         load_peft_adapter(model, Path(policy.init_adapter_path))
-    if policy.dtensor_cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return BuiltPolicy(model, model_dir, report)
+    return report

@@ -1,0 +1,178 @@
+"""Checks across the recipes of one multi-adapter run (`lora-rl run A.yaml B.yaml`,
+`lora-rl validate --joint A.yaml B.yaml`): several LoRA adapters trained on one loaded base.
+
+Each recipe is first validated on its own; these checks then add, to each recipe's result,
+what does not fit *together*, located in that recipe's own file and naming the other recipe's
+location:
+- LR700: what the shared base is loaded and laid out with must agree (`SHARED_KEYS`);
+- LR701: no two recipes write the same checkpoint or log directory;
+- LR702: what multi-adapter runs are not built for (Megatron, several processes, GRPO, full
+  fine-tuning) is refused rather than half-run.
+Everything else may differ: algorithm (SFT and DPO together), LoRA rank, alpha, targets,
+optimizer, schedule, data, seeds, steps, checkpointing and logging.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from lora_rl.config.diagnostics import Diagnostic, KeyPath, Location
+from lora_rl.config.recipe import RecipeConfig
+from lora_rl.config.schema_errors import locate
+from lora_rl.config.validate import ValidationResult
+
+SHARED_KEYS: tuple[str, ...] = (
+    "policy.model_name",
+    "policy.precision",
+    "policy.trust_remote_code",
+    "policy.dtensor_cfg.enabled",
+    "policy.megatron_cfg.enabled",
+    "policy.dtensor_cfg.tensor_parallel_size",
+    "policy.dtensor_cfg.context_parallel_size",
+    "policy.dtensor_cfg.sequence_parallel",
+    "policy.dtensor_cfg.cpu_offload",
+    "policy.dtensor_cfg.activation_checkpointing",
+    "policy.megatron_cfg.tensor_model_parallel_size",
+    "policy.megatron_cfg.pipeline_model_parallel_size",
+    "policy.megatron_cfg.context_parallel_size",
+    "cluster.num_nodes",
+    "cluster.gpus_per_node",
+)
+"""The base model, backend, precision and parallel layout: one loaded base serves every
+adapter, so every recipe must load and lay it out the same way."""
+
+FIXES: dict[str, str] = {
+    "LR700": "give every recipe of the run the same value (the message names the other "
+             "recipe's line), or run the recipes separately",
+    "LR701": "give each recipe its own checkpointing.checkpoint_dir and logger.log_dir",
+    "LR702": "run this recipe on its own (`lora-rl run RECIPE`); multi-adapter runs train LoRA "
+             "SFT and DPO adapters on the DTensor backend in one process",
+}
+
+
+def check_joint(results: Sequence[ValidationResult]) -> None:
+    """Add the cross-recipe diagnostics to `results` (in place). Recipes that do not validate
+    on their own are left out: their own errors come first."""
+    valid = [r for r in results if r.config is not None and not r.errors]
+    if len(valid) != len(results) or len(results) < 2:
+        return
+    found: dict[int, list[Diagnostic]] = {i: [] for i in range(len(results))}
+    for index, result in enumerate(results):
+        found[index] += _not_built(result)
+    _disagreements(results, found)
+    _collisions(results, found)
+    for index, result in enumerate(results):
+        result.diagnostics = [*result.diagnostics, *found[index]]
+
+
+def _value(cfg: RecipeConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _path(key: str) -> KeyPath:
+    return tuple(key.split("."))
+
+
+def _where(result: ValidationResult, key: str) -> Location | None:
+    path = _path(key)
+    where = locate(result.positions, path, prefer_key=False)
+    if where is not None and path not in result.positions:
+        where = replace(where, via=f"{key} is not written here: its default applies (shown "
+                        "at the nearest written key)")
+    return where
+
+
+def _cite(result: ValidationResult, key: str) -> str:
+    """file:line:col of `key` in `result`'s recipe, or that it is the default there."""
+    where = _where(result, key)
+    return str(where) if where is not None and where.via is None else f"{result.file} (default)"
+
+
+def _diagnostic(rule: str, result: ValidationResult, key: str, message: str) -> Diagnostic:
+    return Diagnostic(rule, "error", message, _path(key), _where(result, key), FIXES[rule])
+
+
+def _disagreements(results: Sequence[ValidationResult],
+                   found: dict[int, list[Diagnostic]]) -> None:
+    """LR700, against the first recipe: each differing key is reported in both files."""
+    first = results[0]
+    for index, other in enumerate(results[1:], start=1):
+        for key in SHARED_KEYS:
+            ours, theirs = _value(first.config, key), _value(other.config, key)
+            if ours == theirs:
+                continue
+            found[index].append(_diagnostic(
+                "LR700", other, key,
+                f"{key} is {_shown(theirs)} here but {_shown(ours)} in {_cite(first, key)}: "
+                "the recipes of "
+                "one multi-adapter run share one base model, loaded and laid out once"))
+            found[0].append(_diagnostic(
+                "LR700", first, key,
+                f"{key} is {_shown(ours)} here but {_shown(theirs)} in {_cite(other, key)}: "
+                "the recipes of "
+                "one multi-adapter run share one base model, loaded and laid out once"))
+
+
+def _shown(value: Any) -> str:
+    """A value as YAML/JSON writes it (`true`, `"float32"`, `2`)."""
+    return json.dumps(value)
+
+
+def _outputs(result: ValidationResult) -> list[tuple[str, Path]]:
+    cfg = result.config
+    outputs = [("logger.log_dir", Path(cfg.logger.log_dir))]
+    if cfg.checkpointing.enabled:
+        outputs.append(("checkpointing.checkpoint_dir", Path(cfg.checkpointing.checkpoint_dir)))
+    return [(key, path.expanduser().resolve()) for key, path in outputs]
+
+
+def _collisions(results: Sequence[ValidationResult],
+                found: dict[int, list[Diagnostic]]) -> None:
+    """LR701: a directory written by two recipes of the run (checkpoints would overwrite each
+    other, metrics.jsonl would interleave two adapters)."""
+    seen: dict[Path, tuple[int, str]] = {}
+    for index, result in enumerate(results):
+        for key, target in _outputs(result):
+            if target not in seen:
+                seen[target] = (index, key)
+                continue
+            first_index, first_key = seen[target]
+            if first_index == index:
+                continue  # one recipe's own log and checkpoint dirs may coincide, as alone
+            owner = results[first_index]
+            found[index].append(_diagnostic(
+                "LR701", result, key,
+                f"{key} is {target}, which {owner.file} also writes ({first_key} at "
+                f"{_cite(owner, first_key)}): two adapters would overwrite each other's "
+                "checkpoints and interleave their metrics"))
+
+
+def _not_built(result: ValidationResult) -> list[Diagnostic]:
+    """LR702: what multi-adapter runs do not do (yet): refused, never half-run."""
+    cfg = result.config
+    out = []
+    if cfg.policy.megatron_cfg.enabled:
+        out.append(_diagnostic("LR702", result, "policy.megatron_cfg.enabled",
+                               "multi-adapter runs are built for the DTensor backend only, "
+                               "not Megatron"))
+    if cfg.cluster.world_size > 1:
+        out.append(_diagnostic("LR702", result, "cluster.gpus_per_node",
+                               f"multi-adapter runs run in one process; this recipe asks for "
+                               f"{cfg.cluster.world_size} (data or tensor parallelism is not "
+                               "built for them)"))
+    if cfg.algorithm == "grpo":
+        out.append(_diagnostic("LR702", result, "grpo",
+                               "multi-adapter runs train SFT and DPO adapters; GRPO (one "
+                               "generation engine with several LoRA slots) is not built"))
+    if cfg.policy.active_lora is None and not cfg.policy.megatron_cfg.enabled:
+        out.append(_diagnostic("LR702", result, "policy.dtensor_cfg.lora_cfg.enabled",
+                               "LoRA is off: full fine-tuning would change the base that the "
+                               "other adapters share"))
+    return out
