@@ -206,16 +206,25 @@ def _too_deep(text: str, where: str) -> LineProblem:
                        f"than {MAX_DEPTH} levels", "flatten the record")
 
 
-def _column_past_depth(text: str) -> int:
-    """1-based column of the bracket that opens level MAX_DEPTH + 1 (outside strings)."""
-    depth, in_string, escaped = 0, False, False
+def _outside_strings(text: str) -> Iterator[tuple[int, str]]:
+    """(index, char) of the JSON text's characters that are not inside a string literal (nor
+    its quotes)."""
+    in_string, escaped = False, False
     for index, char in enumerate(text):
         if in_string:
             escaped = not escaped and char == "\\"
             in_string = escaped or char != '"'
         elif char == '"':
             in_string = True
-        elif char in "[{":
+        else:
+            yield index, char
+
+
+def _column_past_depth(text: str) -> int:
+    """1-based column of the bracket that opens level MAX_DEPTH + 1 (outside strings)."""
+    depth = 0
+    for index, char in _outside_strings(text):
+        if char in "[{":
             depth += 1
             if depth > MAX_DEPTH:
                 return index + 1
@@ -229,14 +238,8 @@ _NUMBER_END = re.compile(r"[\s,\]}]|$")
 
 def _column_of_number(text: str, number: str) -> int:
     """1-based column of `number` written as a JSON number (outside strings)."""
-    in_string, escaped = False, False
-    for index, char in enumerate(text):
-        if in_string:
-            escaped = not escaped and char == "\\"
-            in_string = escaped or char != '"'
-        elif char == '"':
-            in_string = True
-        elif text.startswith(number, index) and _NUMBER_END.match(text, index + len(number)) \
+    for index, _ in _outside_strings(text):
+        if text.startswith(number, index) and _NUMBER_END.match(text, index + len(number)) \
                 and (index == 0 or text[index - 1] in " \t:,["):
             return index + 1
     return 1
