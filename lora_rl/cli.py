@@ -283,6 +283,8 @@ def convert(
     to: Annotated[ConvertTarget, typer.Option("--to", help="Schema of the LoRA block to write")],
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", metavar="FILE", help="Write here (default: stdout)")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite an existing --out file")] = False,
 ) -> None:
     """Rewrite the LoRA block between DTensor lora_cfg, Megatron peft and AReaL keys."""
     from lora_rl.convert import ConvertError, convert_file
@@ -291,6 +293,11 @@ def convert(
     def say(line: str) -> None:  # plain stderr: rich would re-wrap long key paths
         typer.echo(line, err=True)
 
+    if out is not None and out.exists() and not (force and out.is_file()):
+        fix = ("it is a directory; name a file" if out.is_dir()
+               else "pass --force to overwrite it, or choose another file")
+        say(f"error: --out = {out} exists; {fix}")
+        raise typer.Exit(EXIT_USAGE)
     try:
         result = convert_file(resolve_recipe(file), to.value, out)
     except ConvertError as exc:

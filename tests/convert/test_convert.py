@@ -199,3 +199,20 @@ def test_cli_writes_yaml_to_stdout_and_reports_on_stderr(tmp_path: Path) -> None
     run = CliRunner().invoke(app, ["convert", str(RECIPES / "sft-tiny-dtensor-lora.yaml"),
                                    "--to", "megatron", "--out", str(out)])
     assert run.exit_code == 0 and out.is_file() and run.stdout == ""
+
+
+def test_out_never_overwrites_without_force(tmp_path: Path) -> None:
+    recipe = str(RECIPES / "sft-tiny-dtensor-lora.yaml")
+    out = tmp_path / "mine.yaml"
+    out.write_text("# my notes\n")
+    run = CliRunner().invoke(app, ["convert", recipe, "--to", "megatron", "--out", str(out)])
+    assert run.exit_code == 2
+    assert run.stderr == f"error: --out = {out} exists; pass --force to overwrite it, or choose " \
+                         "another file\n"
+    assert out.read_text() == "# my notes\n"
+    run = CliRunner().invoke(app, ["convert", recipe, "--to", "megatron", "--out", str(tmp_path),
+                                   "--force"])
+    assert run.exit_code == 2 and "it is a directory; name a file" in run.stderr
+    run = CliRunner().invoke(app, ["convert", recipe, "--to", "megatron", "--out", str(out),
+                                   "--force"])
+    assert run.exit_code == 0 and "megatron_cfg" in out.read_text()
