@@ -26,7 +26,6 @@ from lora_rl.config.validate import ValidationResult, validate_recipe
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LLM = "recipes/llm"
-VLLM_MISSING = importlib.util.find_spec("vllm") is None
 
 # NeMo RL's data blocks (data.train / validation / default) are acted on, not LR901: their hub
 # data sets are LR501 warnings instead (see test_hub_data_blocks_warn_with_lr501).
@@ -117,8 +116,8 @@ def _validate(name: str) -> ValidationResult:
 def _errors(result: ValidationResult) -> list[str]:
     # generation.backend: vllm is NeMo RL's default; whether the optional vllm extra is
     # installed here is an environment fact (LR304: a warning unless --check-env), so the
-    # verdict is the same with and without it. (NeMo RL's 8-GPU GRPO recipes run vLLM with one
-    # engine per training rank, which lora-rl does too.)
+    # verdict is the same with and without it. (Most of NeMo RL's GRPO recipes run vLLM with
+    # one engine per training rank, as lora-rl does; KNOWN_GAPS lists those that do not.)
     return [f"{d.rule} {d.message}" for d in result.errors]
 
 
