@@ -9,7 +9,14 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from lora_rl.config.base import NonNegativeInt, PositiveInt, Section, compat, section_default
+from lora_rl.config.base import (
+    NonNegativeInt,
+    PeriodSteps,
+    PositiveInt,
+    Section,
+    compat,
+    section_default,
+)
 
 
 class _LoopConfig(Section):
@@ -19,8 +26,8 @@ class _LoopConfig(Section):
     """Passes over the training data (the run stops at whichever limit comes first)."""
     max_num_steps: PositiveInt = 100
     """Optimizer steps."""
-    val_period: NonNegativeInt = 10
-    """Validate every this many steps; 0 disables periodic validation."""
+    val_period: PeriodSteps = 10
+    """Validate every this many steps; 0 (or NeMo RL's -1) disables periodic validation."""
     val_at_start: bool = False
     """Validate before the first step."""
     val_at_end: bool = compat(False)

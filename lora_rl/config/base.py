@@ -244,3 +244,17 @@ DType = Annotated[
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+def _minus_one_is_off(value: Any) -> Any:
+    # NeMo RL validates periodically only when `val_period > 0`; its recipes write -1 for "off"
+    # (grpo_smoke.yaml). lora-rl spells that 0; any other negative is still an error.
+    return 0 if type(value) is int and value == -1 else value
+
+
+PeriodSteps = Annotated[
+    NonNegativeInt,
+    BeforeValidator(_minus_one_is_off),
+    WithJsonSchema({"type": "integer", "minimum": -1}),
+]
+"""A step period; 0 (or NeMo RL's -1) turns it off."""

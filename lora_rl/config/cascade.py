@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from lora_rl.config.base import Section
 from lora_rl.config.diagnostics import KeyPath
+from lora_rl.config.recipe import NoSingleAlgorithm
 
 
 class _Unvalidated(BaseException):
@@ -73,15 +74,20 @@ class ReadGuard:
     def findings(self, check: Callable[..., Iterator[Any]], *args: Any) -> list[Any]:
         """What `check(*args)` yields until it reads a rejected value."""
         out: list[Any] = []
-        if not self.rejected:  # nothing to guard (a valid recipe, so far): plain reads
-            out.extend(check(*args))
-            return out
-        with self._watching():
-            try:
-                for finding in check(*args):
-                    out.append(finding)
-            except _Unvalidated:
-                pass
+        try:
+            if not self.rejected:  # nothing to guard (a valid recipe, so far): plain reads
+                out.extend(check(*args))
+                return out
+            with self._watching():
+                try:
+                    for finding in check(*args):
+                        out.append(finding)
+                except _Unvalidated:
+                    pass
+        except NoSingleAlgorithm:
+            # The rule depends on which algorithm runs, and LR100 already says none (or
+            # several) is set: like a rejected value, what it would say is not said.
+            pass
         return out
 
     def _read(self, section: BaseModel, name: str, value: Any) -> None:

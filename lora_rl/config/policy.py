@@ -197,6 +197,8 @@ class PolicyConfig(Section):
     """Overrides applied to the model's Hugging Face config."""
     draft: dict[str, Any] | None = compat(None)
     """Draft model for speculative decoding (`enabled`, `model_name`, ...)."""
+    router_replay: dict[str, Any] | None = compat(None)
+    """Replay vLLM's MoE expert routing in training (`enabled`, ...)."""
     max_grad_norm: float | None = Field(1.0, ge=0)
     """Clip the global gradient norm to this; null or 0 disables clipping (0 as in Megatron's
     `clip_grad`, which NeMo RL recipes interpolate from this key)."""

@@ -22,6 +22,12 @@ AlgorithmName = Literal["sft", "dpo", "grpo"]
 ALGORITHMS: tuple[AlgorithmName, ...] = ("sft", "dpo", "grpo")
 
 
+
+class NoSingleAlgorithm(ValueError):
+    """`RecipeConfig.algorithm` read on a recipe with no algorithm section or several (rule
+    LR100 reports that; a rule that needs the algorithm is skipped, see `cascade`)."""
+
+
 class RecipeConfig(Section):
     """A lora-rl recipe. Exactly one of `sft`, `dpo`, `grpo` is present."""
 
@@ -60,8 +66,10 @@ class RecipeConfig(Section):
     @property
     def algorithm(self) -> AlgorithmName:
         """The algorithm that runs (valid recipes have exactly one)."""
-        (name,) = self.present_algorithms
-        return name
+        present = self.present_algorithms
+        if len(present) != 1:
+            raise NoSingleAlgorithm(f"the recipe has {len(present)} algorithm sections, not 1")
+        return present[0]
 
     @property
     def algorithm_config(self) -> SFTConfig | DPOConfig | GRPOConfig:
