@@ -19,6 +19,11 @@ def load_peft_adapter(model: torch.nn.Module, directory: Path) -> None:
     if not layers:
         raise AdapterFormatError("the model has no LoRA layers to load the adapter into")
     name, layer = layers[0]
+    if getattr(layer, "lora_A_init", None) is not None:
+        raise AdapterFormatError(f"{directory}: the recipe's {layer.spec.weight_init} init "
+                                 "rewrote the base weights, so an adapter trained on the "
+                                 "original base does not fit (LR156); set init_lora_weights: "
+                                 "true")
     rank = layer.lora_A.weight.shape[0]
     problem = adapter_fit_problem(config, rank, layer.scale)
     if problem:
