@@ -7,7 +7,8 @@ refit rejects `use_dora` too), so DoRA syncs merged weights.
 
 PiSSA/OLoRA (`init_lora_weights: pissa|olora`) rewrite the base weights to a residual at
 init, so everything that pairs the adapter with the *original* base is refused: vLLM's
-split-weight sync (the engine holds the original base), `init_adapter_path` (an adapter trained
+split-weight sync (the engine holds the original base; the torch generator samples from the
+training module itself, so its split mode is fine), `init_adapter_path` (an adapter trained
 on another base), DoRA (not built together), tensor parallelism (the disabled layer, the
 reference policy, adds the init back with whole-weight factors) and the Megatron backend (no
 such init there).
@@ -89,7 +90,8 @@ def _residual_init(cfg: RecipeConfig) -> str | None:
 def _residual_split(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     init = _residual_init(cfg)
     gen = cfg.policy.generation
-    if init is not None and gen is not None and gen.lora_weight_sync == "split":
+    if init is not None and gen is not None and gen.backend == "vllm" \
+            and gen.lora_weight_sync == "split":
         yield Finding(f"{GEN}.lora_weight_sync", f"{init} rewrites the base weights to a "
                       "residual, but split-weight sync serves the adapter on vLLM's original "
                       "base, which would sample from another model",

@@ -168,3 +168,33 @@ def test_what_a_residual_init_cannot_do_is_refused():
                                              requires_grad=False)
     with pytest.raises(SetupError, match="quantized bases are not supported"):
         apply_lora(quantized, LoraSpec(rank=2, alpha=4, weight_init="pissa", dtype="float32"))
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_generation_paths_use_the_residual_base(base_dir, init):
+    """vLLM's merge-weight sync sends residual + delta (the original weight at step 0), and the
+    multi-process generation copy, rebuilt from the original weights, recomputes the same
+    residual before it receives the trained adapters."""
+    from types import SimpleNamespace
+
+    from lora_rl.backends.dtensor.generation_copy import GenerationCopy
+    from lora_rl.generation.vllm_engine import merged_weights
+
+    lora = _lora(init)
+    model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    original = dict(AutoModelForCausalLM.from_pretrained(base_dir).named_parameters())
+    apply_lora(model, lora)
+    sent = dict(merged_weights(model, {}))
+    for name, _ in iter_lora_layers(model):
+        assert (sent[f"{name}.weight"] - original[f"{name}.weight"]).abs().max() <= 1e-5
+    _train(model).eval()
+    sent = dict(merged_weights(model, {}))
+    policy = SimpleNamespace(precision="float32", trust_remote_code=False,
+                             dtensor_cfg=SimpleNamespace(lora_cfg=lora))
+    copy_ = GenerationCopy(model, base_dir, policy, lora=True)
+    with copy_.synced() as generator, torch.no_grad():
+        assert (generator(TOKENS).logits - model(TOKENS).logits).abs().max() <= 1e-5
+    merge_lora(model)
+    for name, layer in iter_lora_layers(model):
+        assert torch.allclose(sent[f"{name}.weight"], layer.base.weight, atol=1e-6, rtol=0)
+        assert (layer.base.weight - original[f"{name}.weight"]).abs().max() > 1e-4  # trained
