@@ -198,3 +198,29 @@ def test_generation_paths_use_the_residual_base(base_dir, init):
     for name, layer in iter_lora_layers(model):
         assert torch.allclose(sent[f"{name}.weight"], layer.base.weight, atol=1e-6, rtol=0)
         assert (layer.base.weight - original[f"{name}.weight"]).abs().max() > 1e-4  # trained
+
+
+def test_a_peft_saved_pissa_adapter_loads_as_peft_loads_it(base_dir, tmp_path):
+    """peft saves a PiSSA adapter (no conversion) with init_lora_weights "pissa" and rebuilds
+    the residual when loading it; lora-rl's loader does the same, and init_adapter_path (which
+    continues on the original base) refuses it."""
+    from lora_rl.interop.peft_format import adapter_spec, read_adapter, wrap_adapter_modules
+    from lora_rl.lora import load_lora_state_dict
+
+    theirs = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(
+        r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights="pissa"))
+    _train(theirs).eval()
+    theirs.save_pretrained(tmp_path / "pissa")
+    config, tensors = read_adapter(tmp_path / "pissa")
+    assert config["init_lora_weights"] == "pissa"
+    ours = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    wrap_adapter_modules(ours, tensors, adapter_spec(config))
+    load_lora_state_dict(ours, tensors)
+    with torch.no_grad():
+        assert (ours(TOKENS).logits - theirs(TOKENS).logits).abs().max() <= 1e-5
+    plain = AutoModelForCausalLM.from_pretrained(base_dir)
+    apply_lora(plain, DTensorLoraConfig(enabled=True, dim=4, alpha=8, use_triton=False))
+    with pytest.raises(AdapterFormatError, match="rewrote its base weights"):
+        load_peft_adapter(plain, tmp_path / "pissa")
+    with pytest.raises(AdapterFormatError, match="cannot recompute"):
+        adapter_spec({**config, "init_lora_weights": "pissa_niter_4"})

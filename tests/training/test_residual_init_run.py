@@ -53,6 +53,8 @@ def test_pissa_sft_run_trains_and_exports_for_the_original_base(runner: Runner, 
     assert (trained - plain).abs().max() > 1e-2  # training moved the model
     via_peft = _logits(PeftModel.from_pretrained(base, exported).eval())
     assert (via_peft - trained).abs().max() < 1e-4
+    # generate/chat/eval from the export: a plain rank-2r LoRA on the original base.
+    assert (_logits(load_trained_policy(cfg, exported).model) - trained).abs().max() < 1e-4
     merged_model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     assert (_logits(merged_model) - trained).abs().max() < 1e-4
 
