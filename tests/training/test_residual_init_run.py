@@ -66,3 +66,25 @@ def test_olora_dpo_reference_policy_is_the_original_model(runner: Runner):
     train = [r for r in runner.metrics("logs/dpo-tiny-dtensor-lora") if "loss" in r]
     # Policy and reference agree at step 0 only if the disabled layer adds the init back.
     assert train[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+@pytest.mark.slow  # three runs, ~40 s on the 2-core machine
+def test_a_resumed_pissa_run_equals_the_uninterrupted_one(runner: Runner):
+    """Checkpoints hold A and B only: resume rebuilds the residual from the original weights,
+    bit for bit (the factorisation runs on the CPU in fp32)."""
+    args = ["recipes/sft-tiny-dtensor-lora.yaml", f"{LORA}.init_lora_weights=pissa",
+            "sft.val_period=0", "sft.val_at_start=false", "checkpointing.save_period=3", *QUIET]
+    runner.run("run", *args, "sft.max_num_steps=6", "logger.log_dir=logs/ref",
+               "checkpointing.checkpoint_dir=ck/ref")
+    runner.run("run", *args, "sft.max_num_steps=3", "logger.log_dir=logs/cut",
+               "checkpointing.checkpoint_dir=ck/cut")
+    done = runner.run("run", *args, "sft.max_num_steps=6", "logger.log_dir=logs/cut",
+                      "checkpointing.checkpoint_dir=ck/cut")
+    assert "resuming from ck/cut/step_3" in done.stdout
+
+    def losses(log_dir):
+        return {r["step"]: r["loss"] for r in runner.metrics(log_dir) if "loss" in r}
+
+    reference = losses("logs/ref")
+    assert sorted(reference) == list(range(1, 7))
+    assert losses("logs/cut") == reference
