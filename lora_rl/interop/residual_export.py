@@ -4,8 +4,8 @@
 Training ran on the residual W_res = W - s B0 A0 with the trained (A, B), so the trained model is
 W_res + s B A = W + s (B A - B0 A0) = W + s [B | -B0] [A ; A0]: a LoRA of rank 2r on the original
 base, with alpha doubled (alpha * sqrt(2) with rsLoRA) so that the scale s stays the same.
-The init (A0, B0) is recomputed from the original base weights (`residual_init` runs on the CPU
-in float32, so the same weights give the same factors as in training).
+The init (A0, B0) is recomputed from the original base weights; only its product B0 A0 enters
+the delta, and that does not depend on the factorisation's sign choices (see `residual_init`).
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def test_olora_dpo_reference_policy_is_the_original_model(runner: Runner):
 @pytest.mark.slow  # three runs, ~40 s on the 2-core machine
 def test_a_resumed_pissa_run_equals_the_uninterrupted_one(runner: Runner):
     """Checkpoints hold A and B only: resume rebuilds the residual from the original weights,
-    bit for bit (the factorisation runs on the CPU in fp32)."""
+    bit for bit (the same device factorises the same weights the same way)."""
     args = ["recipes/sft-tiny-dtensor-lora.yaml", f"{LORA}.init_lora_weights=pissa",
             "sft.val_period=0", "sft.val_at_start=false", "checkpointing.save_period=3", *QUIET]
     runner.run("run", *args, "sft.max_num_steps=6", "logger.log_dir=logs/ref",
