@@ -7,13 +7,13 @@ W_res = W - scale * B A, so that the model at step 0 is still the base model (PE
   r principal singular directions.
 - OLoRA (QR, W = Q R): B = Q_r, A = R_r (the first r rows of R).
 
-The factorisation runs in float32 on the GPU when there is one (exact SVD on the CPU takes
-14 s for one 2048 x 2048 matrix on one core of a shared machine), else on the CPU. lora-rl recomputes the init
-wherever the model is rebuilt (resume, the generation copy, generate/eval, export) instead of
-storing it; what every rebuild needs is only the product B0 A0 (the residual, the disabled
-layer, the export's conversion), which does not depend on the sign choices of the
-factorisation, so a rebuild on another device agrees to float32 rounding, and on the same
-device exactly. PEFT's fast-SVD form `pissa_niter_N` is not offered.
+The factorisation runs in float32 on the GPU when there is one (exact SVD on a CPU took 14 s
+for one 2048 x 2048 matrix on one core of a shared machine), else on the CPU. lora-rl
+recomputes the init wherever the model is rebuilt (resume, the generation copy,
+generate/eval, export) instead of storing it; what every rebuild needs is only the product
+B0 A0 (the residual, the disabled layer, the export's conversion), which does not depend on the
+sign choices of the factorisation, so a rebuild on another device agrees to float32 rounding,
+and on the same device exactly. PEFT's fast-SVD form `pissa_niter_N` is not offered.
 """
 
 from __future__ import annotations
