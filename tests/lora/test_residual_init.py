@@ -163,6 +163,12 @@ def test_what_a_residual_init_cannot_do_is_refused():
     small = torch.nn.Sequential(torch.nn.Linear(3, 2))
     with pytest.raises(SetupError, match="rank <= min"):
         apply_lora(small, LoraSpec(rank=4, alpha=4, weight_init="olora"))
+    from lora_rl.lora.experts import ExpertsLora
+
+    experts = torch.nn.Module()
+    experts.down_proj = torch.nn.Parameter(torch.zeros(2, 6, 4))
+    with pytest.raises(SetupError, match="MoE expert"):
+        ExpertsLora(experts, ["down_proj"], LoraSpec(rank=2, alpha=4, weight_init="pissa"))
     quantized = torch.nn.Sequential(torch.nn.Linear(4, 4))
     quantized[0].weight = torch.nn.Parameter(torch.ones(4, 4, dtype=torch.int8),
                                              requires_grad=False)
