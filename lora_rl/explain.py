@@ -51,7 +51,14 @@ def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
         rows.append(("targets", targets))
         if dt_lora.exclude_modules:
             rows.append(("excluded", ", ".join(dt_lora.exclude_modules)))
-        rows.append(("A init", dt_lora.lora_A_init))
+        init = dt_lora.init_lora_weights
+        if init is True:
+            rows.append(("A init", dt_lora.lora_A_init))
+        else:
+            how = "SVD" if init == "pissa" else "QR"
+            rows.append(("init", f"{init}: A, B from each base weight's {how}; the base is "
+                         "rewritten to the residual; PEFT export is a plain LoRA of rank "
+                         f"{2 * dt_lora.dim}"))
         if dt_lora.use_dora:
             rows.append(("DoRA", "a trained magnitude per output row; vLLM gets merged weights"))
         if dt_lora.lora_plus_lr_ratio is not None:

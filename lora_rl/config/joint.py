@@ -171,6 +171,12 @@ def _not_built(result: ValidationResult) -> list[Diagnostic]:
         out.append(_diagnostic("LR702", result, "grpo",
                                "multi-adapter runs train SFT and DPO adapters; GRPO (one "
                                "generation engine with several LoRA slots) is not built"))
+    lora = cfg.policy.active_lora
+    init = getattr(lora, "init_lora_weights", True)
+    if init is not True:
+        out.append(_diagnostic("LR702", result, "policy.dtensor_cfg.lora_cfg.init_lora_weights",
+                               f"{init} rewrites the base weights that the other adapters "
+                               "share"))
     if cfg.policy.active_lora is None and not cfg.policy.megatron_cfg.enabled:
         out.append(_diagnostic("LR702", result, "policy.dtensor_cfg.lora_cfg.enabled",
                                "LoRA is off: full fine-tuning would change the base that the "

@@ -54,6 +54,13 @@ class DTensorLoraConfig(Section):
     applies it to the direction of W + scale * B A. Not with the Triton kernel, tensor
     parallelism or split-weight vLLM sync (`lora-rl validate` says why); the DTensor backend
     only."""
+    init_lora_weights: Literal[True, "pissa", "olora"] = True
+    """PEFT's `init_lora_weights`. `true`: A from `lora_A_init`, B zero. `pissa`: A and B from the
+    r principal singular directions of each adapted weight (exact SVD), `olora`: from its QR
+    decomposition; both rewrite the base weight to the residual W - scale * B A, so step 0 is
+    still the base model and exports convert to a plain LoRA of rank 2 * dim. Not with DoRA,
+    tensor parallelism, split-weight vLLM sync, `init_adapter_path` or the Megatron backend
+    (`lora-rl validate` says why). PEFT's fast-SVD `pissa_niter_N` is not offered."""
     lora_plus_lr_ratio: float | None = Field(None, gt=0)
     """LoRA+ (PEFT's `create_loraplus_optimizer`): the B matrices train with the optimizer's
     learning rate times this ratio (A keeps the base rate); null trains both at one rate. The

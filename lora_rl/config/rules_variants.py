@@ -4,6 +4,14 @@ DoRA exists on the DTensor backend only (the Megatron block has no `use_dora`), 
 path: there is no Triton DoRA kernel, the magnitude's row norm needs whole rows (no tensor
 parallelism), and vLLM cannot serve a DoRA adapter in split-weight mode (NeMo RL's adapter
 refit rejects `use_dora` too), so DoRA syncs merged weights.
+
+PiSSA/OLoRA (`init_lora_weights: pissa|olora`) rewrite the base weights to a residual at
+init, so everything that pairs the adapter with the *original* base is refused: vLLM's
+split-weight sync (the engine holds the original base; the torch generator samples from the
+training module itself, so its split mode is fine), `init_adapter_path` (an adapter trained
+on another base), DoRA (not built together), tensor parallelism (the disabled layer, the
+reference policy, adds the init back with whole-weight factors) and the Megatron backend (no
+such init there).
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from collections.abc import Iterator
 
 from lora_rl.config.lora import DTensorLoraConfig
 from lora_rl.config.recipe import RecipeConfig
-from lora_rl.config.rules import DT, GEN, LORA, Finding, RuleContext, rule
+from lora_rl.config.rules import DT, GEN, LORA, MG, Finding, RuleContext, rule
 
 
 def _dtensor_lora(cfg: RecipeConfig) -> DTensorLoraConfig | None:
@@ -68,3 +76,66 @@ def _lora_plus_ratio(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
         yield Finding(f"{LORA}.lora_plus_lr_ratio", f"lora_plus_lr_ratio {ratio:g} gives B a "
                       "lower learning rate than A, the opposite of LoRA+ (the paper uses 2-16)",
                       f"set {LORA}.lora_plus_lr_ratio to 2-16, or null for one learning rate")
+
+
+def _residual_init(cfg: RecipeConfig) -> str | None:
+    """`pissa`/`olora` when the DTensor LoRA that runs starts from a residual init."""
+    lora = _dtensor_lora(cfg)
+    if lora is None or lora.init_lora_weights is True:
+        return None
+    return lora.init_lora_weights
+
+
+@rule("LR155", "error", "init_lora_weights pissa/olora cannot sync split weights to vLLM")
+def _residual_split(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    init = _residual_init(cfg)
+    gen = cfg.policy.generation
+    if init is not None and gen is not None and gen.backend == "vllm" \
+            and gen.lora_weight_sync == "split":
+        yield Finding(f"{GEN}.lora_weight_sync", f"{init} rewrites the base weights to a "
+                      "residual, but split-weight sync serves the adapter on vLLM's original "
+                      "base, which would sample from another model",
+                      f"set {GEN}.lora_weight_sync: merge, or {LORA}.init_lora_weights: true")
+
+
+@rule("LR156", "error", "init_lora_weights pissa/olora cannot start from init_adapter_path")
+def _residual_init_adapter(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    init = _residual_init(cfg)
+    if init is not None and cfg.policy.init_adapter_path:
+        yield Finding("policy.init_adapter_path", f"{init} takes A and B from the base weights "
+                      "and rewrites the base; a loaded adapter would replace that init on a "
+                      "base it was not trained with",
+                      f"remove policy.init_adapter_path, or set {LORA}.init_lora_weights: true")
+
+
+@rule("LR157", "error", "init_lora_weights pissa/olora is not supported with use_dora")
+def _residual_dora(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    init = _residual_init(cfg)
+    lora = _dtensor_lora(cfg)
+    if init is not None and lora is not None and lora.use_dora:
+        yield Finding(f"{LORA}.init_lora_weights", f"{init} together with DoRA is not built "
+                      "(nor its conversion to a plain LoRA for export)",
+                      f"set {LORA}.init_lora_weights: true, or {LORA}.use_dora: false")
+
+
+@rule("LR158", "error", "init_lora_weights pissa/olora is not supported with "
+      "tensor_parallel_size > 1")
+def _residual_tp(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    init = _residual_init(cfg)
+    tp = cfg.policy.dtensor_cfg.tensor_parallel_size
+    if init is not None and tp > 1:
+        yield Finding(f"{LORA}.init_lora_weights", f"{init}'s reference policy (adapters off) "
+                      "adds the init back with whole-weight factors, which tensor parallelism "
+                      f"splits (tensor_parallel_size {tp})",
+                      f"set {DT}.tensor_parallel_size: 1 (use data parallelism), or "
+                      f"{LORA}.init_lora_weights: true")
+
+
+@rule("LR159", "error", "init_lora_weights pissa/olora exists on the DTensor backend only")
+def _residual_megatron(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    init = cfg.policy.dtensor_cfg.lora_cfg.init_lora_weights
+    if cfg.policy.megatron_cfg.enabled and init is not True:
+        yield Finding(f"{LORA}.init_lora_weights", f"the Megatron backend runs, and it has no "
+                      f"{init} init (policy.megatron_cfg.peft has no init_lora_weights)",
+                      f"set {LORA}.init_lora_weights: true, or run on the DTensor backend "
+                      f"({MG}.enabled: false, {DT}.enabled: true)")

@@ -41,7 +41,7 @@ plain alpha / r scale."""
 ONLY_IN: dict[Schema, dict[str, Any]] = {
     # Keys with no counterpart elsewhere, with the value at which dropping them loses nothing.
     "dtensor": {"use_triton": None,  # a kernel choice: never changes the adapter's maths
-                "use_dora": False, "lora_plus_lr_ratio": None},
+                "use_dora": False, "lora_plus_lr_ratio": None, "init_lora_weights": True},
     "megatron": {"lora_B_init_method": "zero", "a2a_experimental": False, "lora_dtype": None},
     "areal": {"peft_type": "lora"},
 }

@@ -35,3 +35,17 @@ def adapter_fit_problem(config: Mapping[str, Any], rank: int, scale: float) -> s
         return (f"adapter lora_alpha={alpha:g} with use_rslora {str(rslora).lower()} scales by "
                 f"{theirs:g}, the recipe's LoRA by {scale:g}")
     return None
+
+
+RESIDUAL_INIT_PREFIXES: tuple[str, ...] = ("pissa", "olora", "corda", "loftq", "lora_ga")
+"""PEFT `init_lora_weights` values that rewrite the base weights at init: an adapter saved
+with one of them (without PEFT's conversion) only reproduces its model on that rewritten base."""
+
+
+def residual_init_of(config: Mapping[str, Any]) -> str | None:
+    """The adapter_config's base-rewriting `init_lora_weights` (`pissa`, `olora`, ...); None for
+    an adapter that adds to the original base (`true`, `gaussian`, ...)."""
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower().startswith(RESIDUAL_INIT_PREFIXES):
+        return init
+    return None

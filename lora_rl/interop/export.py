@@ -176,7 +176,19 @@ def _megatron_adapter_in_hf_names(adapter: dict[str, torch.Tensor], base_model: 
 
 def _write_peft(target: Path, adapter: dict[str, torch.Tensor],
                 lora: DTensorLoraConfig | MegatronPeftConfig, base_model: str) -> None:
-    write_adapter(target, adapter, rank=lora.dim, alpha=lora.alpha, dropout=lora.dropout,
+    rank, alpha = lora.dim, lora.alpha
+    if isinstance(lora, DTensorLoraConfig) and lora.init_lora_weights is not True:
+        # PiSSA/OLoRA trained on a rewritten base: a plain LoRA of rank 2 * dim for the
+        # original base (what peft itself writes with path_initial_model_for_weight_conversion).
+        from lora_rl.interop.residual_export import as_plain_lora, init_factors
+
+        try:
+            adapter, rank, alpha = as_plain_lora(adapter, init_factors(base_model, lora), rank,
+                                                 alpha, lora.use_rslora)
+        except ValueError as exc:
+            raise ExportError(f"cannot convert the {lora.init_lora_weights} adapter to a plain "
+                              f"LoRA: {exc}") from None
+    write_adapter(target, adapter, rank=rank, alpha=alpha, dropout=lora.dropout,
                   base_model=peft_base(base_model), use_rslora=lora.use_rslora,
                   use_dora=getattr(lora, "use_dora", False))  # DTensor block only
 

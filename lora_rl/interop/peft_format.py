@@ -165,12 +165,22 @@ def adapter_config(*, rank: int, alpha: float, dropout: float, modules: list[str
 def adapter_spec(config: dict[str, Any]) -> LoraSpec:
     """The `LoraSpec` an adapter_config.json describes (rank, scale, rsLoRA, DoRA): the inverse
     of `adapter_config`. PEFT applies dropout to the layer input, so its position is `pre`."""
-    from lora_rl.lora.spec import LoraSpec
+    from lora_rl.interop.adapter_fit import residual_init_of
+    from lora_rl.lora.spec import WEIGHT_INITS, LoraSpec
 
+    # An adapter peft saved with init_lora_weights pissa/olora is rebuilt as peft rebuilds it:
+    # the init recomputed from the original base, the trained A/B loaded over it.
+    init = residual_init_of(config)
+    if init is not None and init not in WEIGHT_INITS:
+        raise AdapterFormatError(f"the adapter was saved with init_lora_weights {init!r}, "
+                                 "which rewrote its base weights in a way lora-rl cannot "
+                                 "recompute; save it from peft with "
+                                 "path_initial_model_for_weight_conversion (a plain LoRA)")
     return LoraSpec(rank=int(config["r"]), alpha=float(config["lora_alpha"]),
                     dropout=float(config.get("lora_dropout") or 0.0), dropout_position="pre",
                     use_rslora=config.get("use_rslora", False) is True,
-                    use_dora=config.get("use_dora", False) is True)
+                    use_dora=config.get("use_dora", False) is True,
+                    weight_init=init or "default")
 
 
 def _layer_relative(name: str) -> str:

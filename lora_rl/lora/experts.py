@@ -41,6 +41,10 @@ class ExpertAdapter(AdapterLayer):
         if spec.use_dora:
             raise SetupError("DoRA is not implemented for MoE expert parameters; set use_dora: "
                              "false or leave the experts out of the targets")
+        if spec.weight_init != "default":
+            raise SetupError(f"{spec.weight_init} is not implemented for MoE expert parameters; "
+                             "set init_lora_weights: true or leave the experts out of the "
+                             "targets")
         experts, out_features, in_features = (int(n) for n in weight.shape)
         dtype = getattr(torch, spec.dtype) if spec.dtype else weight.dtype
         self.num_experts = experts

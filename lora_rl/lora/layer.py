@@ -12,6 +12,11 @@ DoRA (`spec.use_dora`, PEFT's maths): a trainable magnitude m [out] rescales eac
 W' = W + scale * B A to norm m: y = (m / ||W'||_row) * (x W'^T) + bias, the norm treated as a
 constant in backward (DoRA paper 4.3). It always takes the generic torch path.
 
+PiSSA / OLoRA (`spec.weight_init`, see `residual_init`): A and B start from the base weight and
+the base weight is rewritten to the residual W - scale * B0 A0. The init factors are kept as
+(non-persistent) buffers so that the disabled layer (the reference policy) still computes the
+original model: base(x) + scale * B0 A0 x.
+
 Three compute paths, numerically the same:
 - fused torch (`_FusedLoraLinear`): a plain `nn.Linear` base with plain tensors, no hooks, one
   dtype. The adapter's contributions are accumulated into the base matmuls' outputs (`addmm_`)
@@ -30,6 +35,7 @@ from torch import nn
 
 from lora_rl.errors import SetupError
 from lora_rl.lora.init import init_weight
+from lora_rl.lora.residual_init import residual_init
 from lora_rl.lora.spec import LoraSpec
 
 _PLAIN = (torch.Tensor, nn.Parameter)
@@ -146,6 +152,10 @@ class LoraLinear(AdapterLayer):
         """Adapter off: the layer computes the base alone (the frozen reference policy)."""
         self.merged = False
         self._unmerged_weight: torch.Tensor | None = None
+        self.register_buffer("lora_A_init", None, persistent=False)
+        self.register_buffer("lora_B_init", None, persistent=False)
+        if spec.weight_init != "default":
+            self._residual_init(spec)
         self.use_dora = spec.use_dora
         if spec.use_dora:
             weight = base.weight
@@ -159,6 +169,30 @@ class LoraLinear(AdapterLayer):
             self.lora_magnitude_vector = nn.Parameter(norm.to(dtype))
             """DoRA's magnitude m, one per output row: ||W + scale * B A|| at creation."""
 
+    def _residual_init(self, spec: LoraSpec) -> None:
+        weight = self.base.weight
+        if not isinstance(self.base, nn.Linear) or type(weight) not in _PLAIN \
+                or not weight.is_floating_point():
+            raise SetupError(f"{spec.weight_init} rewrites plain floating-point linear weights, "
+                             f"not {type(self.base).__name__} with a {type(weight).__name__} "
+                             f"{weight.dtype} weight (quantized bases are not supported)")
+        try:
+            a0, b0 = residual_init(self.base, self.lora_A, self.lora_B, spec.weight_init,
+                                   spec.scale)
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
+        self.register_buffer("lora_A_init", a0, persistent=False)
+        self.register_buffer("lora_B_init", b0, persistent=False)
+        """The init factors: what the base weight lost, for the disabled layer and export."""
+
+    def init_delta(self, x: torch.Tensor) -> torch.Tensor:
+        """scale * B0 A0 x, what a residual init took out of the base (no dropout)."""
+        a0, b0 = self.lora_A_init, self.lora_B_init
+        if a0 is None or b0 is None:
+            raise RuntimeError("this LoRA layer has no residual init (pissa/olora)")
+        h = x.to(a0.dtype) if x.dtype != a0.dtype else x
+        return nn.functional.linear(nn.functional.linear(h, a0) * self.scale, b0)
+
     # ---- forward -----------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -168,6 +202,8 @@ class LoraLinear(AdapterLayer):
                                    "disabled; unmerge it first")
             return self.base(x, *args, **kwargs)
         if self.disabled:
+            if self.lora_A_init is not None:
+                return self._add(self.base(x, *args, **kwargs), self.init_delta(x))
             return self.base(x, *args, **kwargs)
         if self.use_dora:
             return self._dora_forward(x, self.base(x, *args, **kwargs))
@@ -179,10 +215,14 @@ class LoraLinear(AdapterLayer):
 
     def _add_update(self, result: Any, x: torch.Tensor) -> Any:
         """Add the update to the base output; Megatron parallel linears return (output, bias)."""
+        return self._add(result, self.lora_delta(x))
+
+    @staticmethod
+    def _add(result: Any, update: torch.Tensor) -> Any:
         if isinstance(result, tuple):
             output, *rest = result
-            return (output + self.lora_delta(x).to(output.dtype), *rest)
-        return result + self.lora_delta(x).to(result.dtype)
+            return (output + update.to(output.dtype), *rest)
+        return result + update.to(result.dtype)
 
     def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
         """scale * B(A(x)) with the configured dropout, in the adapter dtype."""
@@ -281,4 +321,5 @@ class LoraLinear(AdapterLayer):
     def extra_repr(self) -> str:
         return (f"rank={self.lora_A.out_features}, scale={self.scale:g}, "
                 f"dropout={self.spec.dropout:g} ({self.dropout_position})"
-                + (", dora" if self.use_dora else ""))
+                + (", dora" if self.use_dora else "")
+                + (f", {self.spec.weight_init}" if self.lora_A_init is not None else ""))

@@ -13,9 +13,11 @@ from lora_rl.interop.adapter_fit import lora_scale
 
 Semantics = Literal["dtensor", "megatron"]
 InitMethod = Literal["zero", "xavier", "uniform", "normal", "kaiming"]
+WeightInit = Literal["default", "pissa", "olora"]
 
 INIT_METHODS: tuple[str, ...] = ("zero", "xavier", "uniform", "normal", "kaiming")
 ADAPTER_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+WEIGHT_INITS: tuple[str, ...] = ("default", "pissa", "olora")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class LoraSpec:
     use_dora: bool = False
     """Weight-decomposed LoRA (PEFT's `use_dora`): a trainable per-output-row magnitude times the
     direction of W + scale * B A."""
+    weight_init: WeightInit = "default"
+    """`default`: A and B from `a_init`/`b_init`. `pissa`/`olora` (PEFT's `init_lora_weights`):
+    A and B from the base weight's SVD/QR, and the base rewritten to the residual (see
+    `residual_init`)."""
 
     def __post_init__(self) -> None:
         # Specs are also built by hand (tests, benchmarks, export), not only from validated
@@ -62,6 +68,11 @@ class LoraSpec:
         if self.use_dora and self.dropout > 0 and self.dropout_position == "post":
             problems.append("use_dora applies dropout to the input (PEFT); set dropout_position "
                             "'pre'")
+        if self.weight_init not in WEIGHT_INITS:
+            problems.append(f"weight_init must be one of {', '.join(WEIGHT_INITS)}, got "
+                            f"{self.weight_init!r}")
+        if self.weight_init != "default" and self.use_dora:
+            problems.append(f"{self.weight_init} with use_dora is not supported")
         if problems:
             raise ValueError("invalid LoraSpec: " + "; ".join(problems))
 
@@ -87,8 +98,17 @@ def lora_spec_from_config(cfg: DTensorLoraConfig | MegatronPeftConfig) -> LoraSp
                         dropout_position=cfg.dropout_position, a_init=cfg.lora_A_init,
                         b_init="zero", dtype=None,
                         use_triton=cfg.use_triton and not cfg.use_dora,  # validate refuses both
-                        use_rslora=cfg.use_rslora, use_dora=cfg.use_dora)
+                        use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
+                        # validate refuses a residual init with DoRA (LR157)
+                        weight_init="default" if cfg.use_dora else weight_init_of(cfg))
     raise TypeError(f"expected DTensorLoraConfig or MegatronPeftConfig, got {type(cfg).__name__}")
+
+
+def weight_init_of(cfg: DTensorLoraConfig) -> WeightInit:
+    """The spec's `weight_init` for the recipe's `init_lora_weights` (PEFT's `true` is
+    `default`)."""
+    value = cfg.init_lora_weights
+    return "default" if value is True else value
 
 
 def semantics_of(cfg: DTensorLoraConfig | MegatronPeftConfig) -> Semantics:

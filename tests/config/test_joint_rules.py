@@ -82,6 +82,8 @@ def test_a_shared_checkpoint_or_log_directory_is_refused(recipe_dir):
     ({}, "grpo", "grpo"),
     ({"policy.dtensor_cfg.lora_cfg.enabled": False}, "sft", "policy.dtensor_cfg.lora_cfg.enabled"),
     ({}, "megatron", "policy.megatron_cfg.enabled"),
+    ({"policy.dtensor_cfg.lora_cfg.init_lora_weights": "pissa"}, "sft",
+     "policy.dtensor_cfg.lora_cfg.init_lora_weights"),
 ])
 def test_what_multi_adapter_runs_do_not_build_is_refused(recipe_dir, changes, kind, path):
     pa = recipe_dir.write(_own_dirs("a"), name="a.yaml")

@@ -44,3 +44,19 @@ def test_explain_shows_dora_and_lora_plus():
     assert rows["LoRA+ learning rates"] == "A 0.0001, B 0.0016 (x16)"
     assert "magnitude" in rows["DoRA"]
     assert "DoRA" not in dict(lora_rows(load_config(RECIPES / "sft-tiny-dtensor-lora.yaml")))
+
+
+def test_residual_init_reaches_the_spec_explain_and_convert():
+    from lora_rl.convert.mapping import read_block, write_block
+
+    assert lora_spec_from_config(DTensorLoraConfig()).weight_init == "default"
+    assert lora_spec_from_config(DTensorLoraConfig(init_lora_weights="olora")).weight_init \
+        == "olora"
+    lora = "policy.dtensor_cfg.lora_cfg"
+    cfg = load_config(RECIPES / "sft-tiny-dtensor-lora.yaml",
+                      [f"{lora}.init_lora_weights=pissa", f"{lora}.dim=8"])
+    rows = dict(lora_rows(cfg))
+    assert "SVD" in rows["init"] and "rank 16" in rows["init"]
+    spec, _ = read_block("dtensor", {"init_lora_weights": "pissa", "dim": 4})
+    _, losses = write_block("megatron", spec, "dtensor")
+    assert "init_lora_weights" in {loss.key for loss in losses}

@@ -94,7 +94,7 @@ class MegatronBackend:
             if self.lora is None and needs_reference(cfg) else None
 
     def _load_adapter(self, directory: Path) -> None:
-        from lora_rl.interop.adapter_fit import adapter_fit_problem, lora_scale
+        from lora_rl.interop.adapter_fit import adapter_fit_problem, lora_scale, residual_init_of
         from lora_rl.interop.peft_format import AdapterFormatError, read_adapter
 
         if self.lora is None:
@@ -103,6 +103,12 @@ class MegatronBackend:
         peft = self.cfg.policy.megatron_cfg.peft
         problem = adapter_fit_problem(config, peft.dim,
                                       lora_scale(peft.dim, peft.alpha, peft.use_rslora))
+        init = residual_init_of(config)
+        if init is not None:
+            raise AdapterFormatError(f"{directory}: the adapter was saved with "
+                                     f"init_lora_weights {init!r}, which rewrote its base "
+                                     "weights; save it from peft with "
+                                     "path_initial_model_for_weight_conversion (a plain LoRA)")
         if problem:
             raise AdapterFormatError(f"{directory}: {problem}; set megatron_cfg.peft's dim, "
                                      "alpha and use_rslora to the adapter's")
