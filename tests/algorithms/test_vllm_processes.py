@@ -13,6 +13,7 @@ import pytest
 from lora_rl.errors import SetupError
 from lora_rl.generation.vllm_processes import (
     VllmWorkerDiedError,
+    WorkerWatch,
     check_workers,
     cpu_thread_binding,
     dead_worker,
@@ -64,3 +65,25 @@ def test_the_worker_that_died_is_named_with_its_signal():
 def test_a_failed_executor_without_a_dead_process_still_stops_the_run():
     with pytest.raises(VllmWorkerDiedError, match="a vLLM worker process ended"):
         check_workers(_llm([], failed=True), "weight sync")
+
+
+def _exit_when_told(pipe) -> None:
+    pipe.recv()
+
+
+def test_the_watch_names_the_first_worker_to_die_not_the_peers_stopped_after_it():
+    context = multiprocessing.get_context("fork")
+    reader, writer = context.Pipe(duplex=False)
+    peer = context.Process(target=_exit_when_told, args=(reader,), name="VllmWorker-0",
+                           daemon=True)
+    victim = context.Process(target=_sleeper, name="VllmWorker-1", daemon=True)
+    peer.start()
+    victim.start()
+    watch = WorkerWatch([peer, victim])
+    os.kill(victim.pid, signal.SIGKILL)
+    first = watch.wait_first(timeout=10)
+    writer.send("stop")          # the peer then exits cleanly, as vLLM's shutdown makes it
+    peer.join(10)
+    assert first == f"VllmWorker-1 (pid {victim.pid}) was killed by SIGKILL"
+    with pytest.raises(VllmWorkerDiedError, match=r"VllmWorker-1 .*SIGKILL during weight sync"):
+        check_workers(_llm([peer, victim]), "weight sync", watch=watch)
