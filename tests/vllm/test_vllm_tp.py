@@ -3,11 +3,14 @@ processes) on a tiny Llama with head_dim 64 (the head size of real models; the t
 models' head_dim 16 has no vLLM CPU attention kernel): merge- and split-weight sync both run, keep
 gen_kl_error within bounds after optimizer steps (a stale or mis-sharded sync would not), the
 step-1 rollouts equal the in-process TP=1 engine's for the same seeds, and no worker process
-outlives the run. A worker killed mid-run stops the run with an error naming it."""
+outlives the run, also when Ctrl-C stops it (checkpointed). A worker killed mid-run stops the run
+with an error naming it."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,9 +18,12 @@ import psutil
 import pytest
 import torch
 
+from lora_rl.training.preemption import EXIT_PREEMPTED
 from tests.training.conftest import QUIET, Runner
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm,
+              pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
+                                 reason="a TP 2 engine needs a CPU core per worker")]
 
 STEPS = 2
 GEN_KL_BOUND = {"split": 1e-3, "merge": 1e-2}
@@ -76,7 +82,29 @@ def _args(model: Path, adapter: Path, mode: str, tp: int, steps: int, tag: str) 
             f"policy.init_adapter_path={adapter}", f"grpo.max_num_steps={steps}",
             "grpo.num_prompts_per_step=4", "policy.train_global_batch_size=32",
             "policy.train_micro_batch_size=32", "grpo.val_at_start=false", "grpo.val_period=0",
-            "checkpointing.enabled=false", f"logger.log_dir=logs/{tag}", *QUIET]
+            "checkpointing.save_period=1000", f"checkpointing.checkpoint_dir=ck/{tag}",
+            f"logger.log_dir=logs/{tag}", *QUIET]
+
+
+def _start(runner: Runner, args: list[str], tag: str) -> subprocess.Popen:
+    """`lora-rl run` in a process group of its own (as a terminal's foreground job), output to
+    files (a pipe left unread could fill up and stall the run)."""
+    out = (runner.workdir / f"{tag}.out").open("w")
+    err = (runner.workdir / f"{tag}.err").open("w")
+    return subprocess.Popen(runner.command("run", *args), cwd=runner.workdir, env=runner.env,
+                            stdout=out, stderr=err, text=True, start_new_session=True)
+
+
+def _output(runner: Runner, tag: str) -> tuple[str, str]:
+    return ((runner.workdir / f"{tag}.out").read_text(),
+            (runner.workdir / f"{tag}.err").read_text())
+
+
+def _rows(runner: Runner, tag: str) -> list[dict]:
+    path = runner.workdir / f"logs/{tag}/metrics.jsonl"
+    if not path.exists():
+        return []
+    return [r for r in runner.metrics(f"logs/{tag}") if "reward" in r]
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -92,25 +120,37 @@ def _alive(procs: list[psutil.Process]) -> list[int]:
 
 @pytest.fixture(scope="module")
 def tp_run(vllm_cache, hd64_model, hd64_adapter, tmp_path_factory):
-    """(mode, tp) -> (metrics rows, stdout + stderr, the run's processes still alive after
-    it), each run once per module."""
-    runs: dict[tuple[str, int], tuple[list[dict], str, list[int]]] = {}
+    """(mode, tp) -> (metrics rows, stdout, stderr, exit code, the run's processes still alive
+    after it), each run once per module. The split TP 2 run is stopped as a terminal's Ctrl-C
+    stops it (SIGINT to its whole process group, vLLM workers included) once STEPS steps are
+    logged; the others run their STEPS steps to the end."""
+    runs: dict[tuple[str, int], tuple] = {}
 
     def run(mode: str, tp: int):
         if (mode, tp) not in runs:
+            interrupt = (mode, tp) == ("split", 2)
             runner = Runner(tmp_path_factory.mktemp(f"grpo-{mode}-tp{tp}"), vllm_cache)
             tag = f"grpo-{mode}-tp{tp}"
-            proc = runner.popen("run", *_args(hd64_model, hd64_adapter, mode, tp, STEPS, tag))
+            args = _args(hd64_model, hd64_adapter, mode, tp, 50 if interrupt else STEPS, tag)
+            proc = _start(runner, args, tag)
             family: list[psutil.Process] = []
             deadline = time.monotonic() + 600
-            while proc.poll() is None and time.monotonic() < deadline:
-                family += [p for p in _descendants(proc.pid) if p not in family]
-                time.sleep(0.5)
-            stdout, stderr = proc.communicate(timeout=60)
-            assert proc.returncode == 0, (stdout + stderr)[-3000:]
+            try:
+                while proc.poll() is None and time.monotonic() < deadline:
+                    family += [p for p in _descendants(proc.pid) if p not in family]
+                    if interrupt and len(_rows(runner, tag)) >= STEPS:
+                        os.killpg(proc.pid, signal.SIGINT)
+                        interrupt = False
+                    time.sleep(0.2)
+                proc.wait(timeout=120)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
             time.sleep(1)
-            rows = [r for r in runner.metrics(f"logs/{tag}") if "reward" in r]
-            runs[mode, tp] = rows, stdout + stderr, _alive(family)
+            stdout, stderr = _output(runner, tag)
+            stopped = runner.workdir / "ck" / tag
+            runs[mode, tp] = (_rows(runner, tag), stdout, stderr, proc.returncode,
+                              _alive(family), stopped)
         return runs[mode, tp]
 
     return run
@@ -118,15 +158,28 @@ def tp_run(vllm_cache, hd64_model, hd64_adapter, tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["merge", "split"])
 def test_grpo_with_a_tp2_engine(mode, tp_run):
-    rows, output, left = tp_run(mode, 2)
-    assert "Traceback" not in output, output[-3000:]
-    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    rows, stdout, stderr, code, left, _ = tp_run(mode, 2)
+    expected = 0 if mode == "merge" else EXIT_PREEMPTED
+    assert code == expected, (stdout + stderr)[-3000:]
+    assert "Traceback" not in stdout + stderr, stderr[-3000:]
+    assert [r["step"] for r in rows[:STEPS]] == list(range(1, STEPS + 1))
     for row in rows:
         # The engine loaded the base from disk; the adapter reaches it only through the sync.
         # Without it (or with one shard left stale) step 1's gen_kl_error would be ~4 (the
-        # start adapter is large); step 2 samples after an optimizer step.
+        # start adapter is large); later steps sample after optimizer steps.
         assert abs(row["gen_kl_error"]) <= GEN_KL_BOUND[mode], row
         assert row["weight_sync_time_s"] > 0 and row["kl_to_reference"] > 0, row
+    assert left == [], f"processes left behind: {left}"
+
+
+def test_ctrl_c_checkpoints_with_the_tp_engine_and_leaves_no_process(tp_run):
+    """SIGINT reaches the vLLM workers too (same process group); they ignore it, so the run
+    finishes its step with them, checkpoints it, then closes the engine."""
+    rows, stdout, stderr, code, left, checkpoints = tp_run("split", 2)
+    assert code == EXIT_PREEMPTED, (stdout + stderr)[-3000:]
+    last = rows[-1]["step"]
+    assert f"stopped by SIGINT after step {last}" in stdout, stdout[-2000:]
+    assert (checkpoints / f"step_{last}").is_dir()
     assert left == [], f"processes left behind: {left}"
 
 
@@ -136,8 +189,8 @@ def test_tp2_step1_rollouts_equal_the_tp1_engine(mode, tp_run):
     (split-weight too: the unmerged adapter gives the same samples here). The trainer's
     numbers at step 1 are computed on those tokens, so equal tokens make them equal to the
     last bit (measured: bitwise equal), and a different sampled token would move them."""
-    tp2, _, _ = tp_run(mode, 2)
-    tp1, _, _ = tp_run("merge", 1)
+    tp2 = tp_run(mode, 2)[0]
+    tp1 = tp_run("merge", 1)[0]
     for key in ("reward", "response_length", "kl_to_reference", "loss", "grad_norm"):
         assert tp2[0][key] == pytest.approx(tp1[0][key], rel=1e-9, abs=1e-12), key
 
@@ -146,12 +199,11 @@ def test_tp2_step1_rollouts_equal_the_tp1_engine(mode, tp_run):
 def test_a_killed_worker_stops_the_run_and_is_named(vllm_cache, hd64_model, hd64_adapter,
                                                    tmp_path_factory):
     runner = Runner(tmp_path_factory.mktemp("grpo-tp2-kill"), vllm_cache)
-    proc = runner.popen("run", *_args(hd64_model, hd64_adapter, "merge", 2, 50, "kill"))
+    proc = _start(runner, _args(hd64_model, hd64_adapter, "merge", 2, 50, "kill"), "kill")
     try:
-        metrics = runner.workdir / "logs/kill/metrics.jsonl"
         deadline = time.monotonic() + 600
-        while not (metrics.exists() and metrics.read_text().count('"reward"') >= 1):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        while not _rows(runner, "kill"):
+            assert proc.poll() is None and time.monotonic() < deadline, _output(runner, "kill")
             time.sleep(0.2)
         family = _descendants(proc.pid)
         # vLLM retitles its workers "VLLM::Worker_TP<rank>".
@@ -159,10 +211,11 @@ def test_a_killed_worker_stops_the_run_and_is_named(vllm_cache, hd64_model, hd64
         assert len(workers) == 2, [p.cmdline() for p in family]
         victim = workers[-1]
         victim.send_signal(signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
+    _, stderr = _output(runner, "kill")
     assert proc.returncode == 1, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     assert f"(pid {victim.pid}) was killed by SIGKILL" in stderr, stderr[-3000:]
