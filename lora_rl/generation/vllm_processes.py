@@ -6,8 +6,9 @@ With `vllm_cfg.tensor_parallel_size > 1` the engine core still runs inside the t
 processes that vLLM's multiprocess executor starts (`distributed_executor_backend="mp"`), one
 per TP rank, each holding its shard. Their lifetime is the engine's:
 
-- started by the engine, stopped by `VllmEngine.close()` (vLLM's executor shutdown: the death
-  pipe is closed, then SIGTERM, then SIGKILL);
+- started by the engine, stopped by `VllmEngine.close()` (vLLM's executor shutdown closes the
+  death pipe; a worker still running after VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS gets SIGTERM,
+  which ours ignore, and SIGKILL 4 s later);
 - a rank that dies without closing (SIGKILL, a crash) takes them along twice over: each worker
   gets a parent-death SIGKILL (set here, in the worker), and vLLM's death pipe reaches EOF;
 - stop signals sent to the whole process group (Ctrl-C in a terminal, where a single-process
