@@ -429,6 +429,17 @@ def _vllm_in_process(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       f"spanning several training ranks are not implemented",
                       "set vllm_cfg.tensor_parallel_size: 1 (each training rank then runs its "
                       "own engine as a vLLM data-parallel rank), or train in one process")
+    if tp != 1 and ctx.model is not None:
+        # vLLM splits the query heads over the workers, and the KV heads too (or replicates
+        # them when there are fewer than workers, which then must be a multiple of them).
+        heads, kv = ctx.model.num_attention_heads, ctx.model.num_key_value_heads
+        bad = [f"{heads} attention heads"] if heads % tp else []
+        if kv and (kv % tp if kv >= tp else tp % kv):
+            bad.append(f"{kv} key/value heads")
+        if bad:
+            yield Finding(f"{GEN}.vllm_cfg.tensor_parallel_size", f"vLLM tensor_parallel_size "
+                          f"{tp} does not split the model's {' and '.join(bad)} evenly",
+                          "choose a tensor_parallel_size that divides the attention heads")
     lora = cfg.policy.active_lora
     if lora is not None and gen.lora_weight_sync == "split" and lora.dim > VLLM_MAX_LORA_RANK:
         yield Finding(f"{GEN}.lora_weight_sync", f"split-weight sync serves the adapter with "
