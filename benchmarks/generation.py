@@ -6,8 +6,11 @@ Where vLLM imports (the tools/vllm_tier.sh venv), a `vllm` section adds, per wei
 vLLM vs torch-engine tokens/s on the same policy, the sync time, and the parity of vLLM's token
 log-probs with the trainer's (max abs difference, and gen_kl_error as GRPO defines it but summed
 in float64), and weight sync as a share of real GRPO steps of the tiny recipe (target <= 5 %).
-`python -m benchmarks.generation --vllm [--quick] [--tiny]` runs only that section (saved as
-generation_vllm.json), `--tiny` on the embedded tiny Llama instead of the benchmark shape."""
+`python -m benchmarks.generation --vllm [--quick] [--tiny] [--tp N] [--engines-only]` runs only
+that section (saved as generation_vllm.json, or generation_vllm_tpN.json), `--tiny` on the
+embedded tiny Llama instead of the benchmark shape, `--tp N` with a tensor-parallel engine (N
+worker processes; the quick shape's 4 heads of 64 split for N = 2), `--engines-only` without
+the GRPO runs (the TP section never has them)."""
 
 from __future__ import annotations
 
@@ -92,7 +95,8 @@ def _vllm_policy(spec: dict):
             "dtensor_cfg": {"enabled": True, "_v2": True, "lora_cfg": {
                 "enabled": True, "dim": 16, "alpha": 32, "use_triton": False}},
             "generation": {"backend": "vllm", "lora_weight_sync": spec["mode"],
-                           "max_new_tokens": spec["new_tokens"]}},
+                           "max_new_tokens": spec["new_tokens"],
+                           "vllm_cfg": {"tensor_parallel_size": spec.get("tp", 1)}}},
         "data": {"dataset_name": "tiny-arithmetic"},
         "env": {"reward": "exact_match"}})
     backend = build_backend(cfg, Runtime(0, 1, 0, torch.device("cpu")))
@@ -154,7 +158,7 @@ def _vllm_worker(spec: dict) -> dict:
     }
 
 
-def run_vllm(quick: bool, tiny: bool = False) -> dict:
+def run_vllm(quick: bool, tiny: bool = False, tp: int = 1, grpo_share: bool = True) -> dict:
     if tiny:
         from lora_rl.model_source import cache_root
         from lora_rl.tiny import ensure_tiny_model
@@ -167,12 +171,15 @@ def run_vllm(quick: bool, tiny: bool = False) -> dict:
         model, vocab = bench_model(quick), SHAPES[quick]["vocab"]
     spec = {"engine": "vllm", "model": str(model), "threads": THREADS, "vocab": vocab,
             "prompts": 8 if quick or tiny else 32, "new_tokens": 32 if quick or tiny else 64,
-            "repeats": 3}
+            "repeats": 3, "tp": tp}
     out = {mode: run_worker("benchmarks.generation", {**spec, "mode": mode})
            for mode in ("merge", "split")}
-    return {"model": "tiny-llama" if tiny else f"bench-{'quick' if quick else 'full'}",
-            "prompts": spec["prompts"], "new_tokens": spec["new_tokens"], **out,
-            "grpo_sync_share": grpo_sync_share(steps=4 if quick or tiny else 10)}
+    result = {"model": "tiny-llama" if tiny else f"bench-{'quick' if quick else 'full'}",
+              "tensor_parallel_size": tp, "prompts": spec["prompts"],
+              "new_tokens": spec["new_tokens"], **out}
+    if tp == 1 and grpo_share:  # real runs of the tiny recipe, with the in-process engine
+        result["grpo_sync_share"] = grpo_sync_share(steps=4 if quick or tiny else 10)
+    return result
 
 
 SYNC_SHARE_TARGET = 0.05
@@ -235,8 +242,14 @@ if __name__ == "__main__":
         print(json.dumps(worker(worker_spec)))
     elif "--vllm" in sys.argv:
         # Run from the vLLM venv (tools/vllm_tier.sh); saved apart from the torch-only results.
-        vllm_result = run_vllm("--quick" in sys.argv, tiny="--tiny" in sys.argv)
-        save("generation_vllm", vllm_result, "--quick" in sys.argv)
+        # --tp N: a tensor-parallel engine (its N workers in their own processes).
+        tp = int(sys.argv[sys.argv.index("--tp") + 1]) if "--tp" in sys.argv else 1
+        # --engines-only: no GRPO runs (the sync share), e.g. to compare --tp 1 and 2 quickly.
+        share = "--engines-only" not in sys.argv
+        vllm_result = run_vllm("--quick" in sys.argv, tiny="--tiny" in sys.argv, tp=tp,
+                               grpo_share=share)
+        name = "generation_vllm" if tp == 1 else f"generation_vllm_tp{tp}"
+        save(name if share else f"{name}_engines", vllm_result, "--quick" in sys.argv)
         print(json.dumps(vllm_result, indent=2))
     else:
         print(json.dumps(run("--quick" in sys.argv), indent=2))

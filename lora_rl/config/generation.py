@@ -12,9 +12,11 @@ class VllmConfig(Section):
     """vLLM engine settings (NeMo RL names). Used when `generation.backend: vllm`."""
 
     tensor_parallel_size: PositiveInt = 1
-    """vLLM tensor-parallel degree."""
+    """vLLM tensor-parallel degree. 1: the engine runs inside each training process (no extra
+    processes; fastest for models that fit one device). More: the model is sharded over that
+    many vLLM worker processes beside the (single) training process (rule LR308)."""
     pipeline_parallel_size: PositiveInt = 1
-    """vLLM pipeline-parallel degree."""
+    """vLLM pipeline-parallel degree (only 1 is implemented, rule LR308)."""
     expert_parallel_size: PositiveInt = compat(1)
     """vLLM expert parallelism."""
     gpu_memory_utilization: float = Field(0.6, gt=0, le=1)

