@@ -88,9 +88,10 @@ EXPECTED_COMPAT = {
         | {"policy.megatron_cfg.bias_activation_fusion"},
 }
 
-# The one thing these NeMo RL recipes ask for that lora-rl does not build: a vLLM engine split
-# over several GPUs. lora-rl runs one whole engine inside each training process (LR308), so they
-# are refused for exactly that, and validate with no errors once it is 1.
+# The one thing these NeMo RL recipes ask for that lora-rl does not build: a tensor-parallel vLLM
+# engine beside several training ranks (they train on 16-64). lora-rl runs a TP engine only next
+# to a single training process (LR308), so they are refused for exactly that, and validate with
+# no errors once the engine's TP is 1.
 ONE_ENGINE_PER_RANK = "policy.generation.vllm_cfg.tensor_parallel_size=1"
 KNOWN_GAPS = {name: [("LR308", "policy.generation.vllm_cfg.tensor_parallel_size")]
               for name in ("grpo_math_70B_megatron.yaml", "grpo_math_qwen30ba3b_megatron.yaml",
