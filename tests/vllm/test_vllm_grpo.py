@@ -18,17 +18,14 @@ CANONICAL = ",".join(["linear_q", "linear_k", "linear_v", "linear_proj", "linear
 """Megatron targets that hold the DTensor/PEFT adapter as it is (one A per projection)."""
 
 
-@pytest.fixture(scope="module")
-def start_adapter(vllm_cache, tmp_path_factory):
-    """A PEFT adapter with non-zero B for the recipe's LoRA shape (dim 8, alpha 16, all
-    linear): with B = 0 the policy equals the reference, every reward of the untrained tiny
-    model is 0, and the run would push no gradient -- the sync would never be exercised."""
+def write_start_adapter(model_dir, target):
+    """A PEFT adapter at `target` for `model_dir` with the recipe's LoRA shape (dim 8, alpha 16,
+    all linear) and non-zero B (seeded)."""
+
     from lora_rl.config.lora import DTensorLoraConfig
     from lora_rl.generation.vllm_engine import write_peft_adapter
     from lora_rl.lora import apply_lora, iter_lora_layers
-    from lora_rl.model_source import require_local_model_dir
 
-    model_dir = require_local_model_dir("lora-rl/tiny-llama")
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     apply_lora(model, DTensorLoraConfig(enabled=True, dim=8, alpha=16, use_triton=False))
     generator = torch.Generator().manual_seed(5)
@@ -36,9 +33,19 @@ def start_adapter(vllm_cache, tmp_path_factory):
         for _, layer in iter_lora_layers(model):
             layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape,
                                                   generator=generator) * 0.1)
-    target = tmp_path_factory.mktemp("start-adapter") / "adapter"
     write_peft_adapter(model, target, base_model=str(model_dir))
     return target
+
+
+@pytest.fixture(scope="module")
+def start_adapter(vllm_cache, tmp_path_factory):
+    """A PEFT adapter with non-zero B for the recipe's LoRA shape: with B = 0 the policy equals
+    the reference, every reward of the untrained tiny model is 0, and the run would push no
+    gradient -- the sync would never be exercised."""
+    from lora_rl.model_source import require_local_model_dir
+
+    return write_start_adapter(require_local_model_dir("lora-rl/tiny-llama"),
+                               tmp_path_factory.mktemp("start-adapter") / "adapter")
 
 
 @pytest.fixture(scope="module")

@@ -57,22 +57,9 @@ def hd64_model(vllm_cache, tmp_path_factory) -> Path:
 def hd64_adapter(hd64_model, tmp_path_factory) -> Path:
     """A PEFT adapter with non-zero B (the recipe's LoRA shape): the policy then differs from
     the reference and every step pushes a gradient, so each sync carries new weights."""
-    from transformers import AutoModelForCausalLM
+    from tests.vllm.test_vllm_grpo import write_start_adapter
 
-    from lora_rl.config.lora import DTensorLoraConfig
-    from lora_rl.generation.vllm_engine import write_peft_adapter
-    from lora_rl.lora import apply_lora, iter_lora_layers
-
-    model = AutoModelForCausalLM.from_pretrained(hd64_model)
-    apply_lora(model, DTensorLoraConfig(enabled=True, dim=8, alpha=16, use_triton=False))
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for _, layer in iter_lora_layers(model):
-            layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape,
-                                                  generator=generator) * 0.1)
-    target = tmp_path_factory.mktemp("hd64-adapter") / "adapter"
-    write_peft_adapter(model, target, base_model=str(hd64_model))
-    return target
+    return write_start_adapter(hd64_model, tmp_path_factory.mktemp("hd64-adapter") / "adapter")
 
 
 def _args(model: Path, adapter: Path, mode: str, tp: int, steps: int, tag: str) -> list[str]:
