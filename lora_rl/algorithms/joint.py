@@ -17,8 +17,13 @@ On a CPU the matmuls are compute-bound, so a batched base matmul would save no t
 
 Each adapter's run ends on its own: its last step or epoch, a stop request (every adapter
 checkpoints), or a failure (a non-finite loss, bad data: any expected `LoraRlError`), which is
-reported with the adapter's name while the others go on. Single process, DTensor backend, SFT
-and DPO (rule LR702 refuses the rest at validate time).
+reported with the adapter's name while the others go on. Single process, DTensor backend, SFT,
+DPO and GRPO (rule LR702 refuses the rest at validate time).
+
+GRPO: the torch generator samples from the model the backend trains, so the shared base is the
+one generation engine and the adapters are its LoRA slots. A GRPO adapter samples in its own
+turn, with its adapter installed (merged in fp32 and restored bit for bit, or split) and its
+own seed (`seed_step(seed, step, 0)`): its rollouts are its solo run's, whatever the others did.
 """
 
 from __future__ import annotations
