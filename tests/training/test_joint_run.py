@@ -258,3 +258,26 @@ def test_sigterm_and_sigkill_then_resume_match_the_solo_runs_for_every_adapter(r
     assert "[sft] resuming from" in again.stdout and f"[{name}] resuming from" in again.stdout
     _assert_same(_rows(runner, "logs/sft"), reference["sft"])
     _assert_same(_rows(runner, f"logs/{name}"), reference[name])
+
+
+@pytest.mark.slow  # ~3 min (6 on a busy machine): two ranks for each of 4 runs
+def test_tensor_parallel_joint_run_matches_the_solo_tp2_runs_and_resumes_exactly(runner):
+    """tp=2 on two gloo ranks: the shared base is sharded once, each adapter's A and B as its
+    solo tp=2 run shards them; every adapter's metrics equal its solo tp=2 run's."""
+    tp2 = {"policy.dtensor_cfg.tensor_parallel_size": 2, "cluster.gpus_per_node": 2,
+           "policy.dtensor_cfg.lora_cfg.use_triton": False}
+    sft, dpo = _recipes(runner, {"sft.max_num_steps": 4, **tp2},
+                        {"dpo.max_num_steps": 3, **tp2})
+    solo = {"sft": _solo(runner, sft, "sft"), "dpo": _solo(runner, dpo, "dpo")}
+    done = runner.run("run", sft, dpo, *QUIET)
+    assert "[sft] finished sft at step 4" in done.stdout
+    assert "[dpo] finished dpo at step 3" in done.stdout
+    _assert_same(_rows(runner, "logs/sft"), solo["sft"])
+    _assert_same(_rows(runner, "logs/dpo"), solo["dpo"])
+    ck = runner.workdir / "ck"
+    _drop(ck / "sft" / "step_4", ck / "dpo" / "step_3")
+    again = runner.run("run", sft, dpo, *QUIET)
+    assert "[sft] resuming from ck/sft/step_2 (step 2)" in again.stdout
+    assert "[dpo] resuming from ck/dpo/step_2 (step 2)" in again.stdout
+    _assert_same(_rows(runner, "logs/sft"), solo["sft"])
+    _assert_same(_rows(runner, "logs/dpo"), solo["dpo"])
