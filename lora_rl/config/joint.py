@@ -181,7 +181,9 @@ def _not_built(result: ValidationResult) -> list[Diagnostic]:
         out.append(_diagnostic("LR702", result, "policy.generation.backend",
                                "GRPO adapters of a multi-adapter run generate with the torch "
                                "generator on the shared base (each with its own adapter "
-                               "active); one vLLM engine with several LoRA slots is not built"))
+                               "active); one vLLM engine with several LoRA slots "
+                               "(max_loras) is not built: set policy.generation.backend: "
+                               "torch to train it here"))
     lora = cfg.policy.active_lora
     init = getattr(lora, "init_lora_weights", True)
     if init is not True:
