@@ -83,11 +83,11 @@ def run_joint_command(recipes: Sequence[Path], overrides: Sequence[str], force: 
             if moved is not None:
                 console().print(f"[{name}] --fresh: earlier checkpoints moved to {moved}",
                                 markup=False)
+    from lora_rl.launcher import launch_joint
     from lora_rl.run_lock import RunLockError, hold_run_directories
-    from lora_rl.worker import run_joint_rank
 
     with reported(EXIT_USAGE, RunLockError), contextlib.ExitStack() as locks:
         for cfg in cfgs:
             locks.enter_context(hold_run_directories(cfg))
-        code = run_joint_rank(cfgs, names)
+        code = launch_joint(cfgs, names)
     raise typer.Exit(code)

@@ -65,11 +65,35 @@ def launch(cfg: RecipeConfig) -> int:
     return _spawn(cfg, world)
 
 
-def _spawn(cfg: RecipeConfig, world: int) -> int:
+def launch_joint(cfgs: list[RecipeConfig], names: list[str]) -> int:
+    """A multi-adapter run (`lora-rl run A.yaml B.yaml`): in this process, as this rank under
+    torchrun, or on `cluster` worth of ranks started here (LR700: the recipes share it)."""
+    from lora_rl.worker import run_joint_rank
+
+    world = cfgs[0].cluster.world_size
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        if int(os.environ["WORLD_SIZE"]) != world:
+            print(f"error: torchrun started {os.environ['WORLD_SIZE']} ranks but the recipes' "
+                  f"cluster is {world}; make them agree", file=sys.stderr)
+            return 2
+        return run_joint_rank(cfgs, names)
+    if world == 1:
+        return run_joint_rank(cfgs, names)
+    payload = {"names": list(names), "recipes": [_resolved(cfg) for cfg in cfgs]}
+    return _spawn(cfgs[0], world, payload, ["--joint"])
+
+
+def _resolved(cfg: RecipeConfig) -> dict:
+    return cfg.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def _spawn(cfg: RecipeConfig, world: int, payload: dict | None = None,
+           flags: list[str] | None = None) -> int:
+    """`world` ranks of `cfg`'s run (its grace period and env vars), each given `payload` (by
+    default `cfg` resolved) after `flags`."""
     with tempfile.TemporaryDirectory(prefix="lora-rl-") as tmp:
         resolved = Path(tmp) / "recipe.json"
-        resolved.write_text(json.dumps(cfg.model_dump(mode="json", by_alias=True,
-                                                      exclude_unset=True)))
+        resolved.write_text(json.dumps(payload if payload is not None else _resolved(cfg)))
         port = _free_port()
         threads = max(1, (os.cpu_count() or 1) // world)
         group = RankGroup(cfg.checkpointing.preemption_grace_s, Path(tmp) / "stop-signal")
@@ -81,12 +105,8 @@ def _spawn(cfg: RecipeConfig, world: int) -> int:
                        "LORA_RL_THREADS": os.environ.get("LORA_RL_THREADS", str(threads)),
                        "LORA_RL_LAUNCHER_PID": str(os.getpid()),
                        **_env_vars(cfg)}
-                group.start(_rank_command(resolved), env)
+                group.start([*worker_command(), *(flags or []), str(resolved)], env)
             return group.watch()
-
-
-def _rank_command(resolved: Path) -> list[str]:
-    return [*worker_command(), str(resolved)]
 
 
 def worker_command() -> list[str]:

@@ -33,8 +33,13 @@ if TYPE_CHECKING:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "--joint":
+        # A multi-adapter run: {"names": [...], "recipes": [resolved recipe, ...]}.
+        joint = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
+        return run_joint_rank([RecipeConfig.model_validate(r) for r in joint["recipes"]],
+                              joint["names"])
     if len(argv) != 1:
-        print("usage: python -m lora_rl.worker RESOLVED_RECIPE.json", file=sys.stderr)
+        print("usage: python -m lora_rl.worker [--joint] RESOLVED_RECIPE.json", file=sys.stderr)
         return 2
     cfg = RecipeConfig.model_validate(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
     return run_rank(cfg)
@@ -52,8 +57,8 @@ def run_rank(cfg: RecipeConfig) -> int:
 
 
 def run_joint_rank(cfgs: Sequence[RecipeConfig], names: Sequence[str]) -> int:
-    """A multi-adapter run (`algorithms.joint`, one process): exit code 1 when any adapter
-    failed, each failure reported with the adapter's name."""
+    """A multi-adapter run (`algorithms.joint`; this process or one rank of it): exit code 1
+    when any adapter failed, each failure reported with the adapter's name."""
     from lora_rl.algorithms.joint import run_joint
 
     return _guarded(cfgs, lambda runtime: run_joint(cfgs, names, runtime))

@@ -17,8 +17,15 @@ On a CPU the matmuls are compute-bound, so a batched base matmul would save no t
 
 Each adapter's run ends on its own: its last step or epoch, a stop request (every adapter
 checkpoints), or a failure (a non-finite loss, bad data: any expected `LoraRlError`), which is
-reported with the adapter's name while the others go on. Single process, DTensor backend, SFT
-and DPO (rule LR702 refuses the rest at validate time).
+reported with the adapter's name while the others go on. DTensor backend: SFT, DPO and GRPO
+in one process; SFT and DPO also tensor-parallel, every rank running the same adapters in the
+same order on a base sharded once (`adapter_slots.shard_installed`). Rule LR702 refuses the
+rest at validate time.
+
+GRPO: the torch generator samples from the model the backend trains, so the shared base is the
+one generation engine and the adapters are its LoRA slots. A GRPO adapter samples in its own
+turn, with its adapter installed (merged in fp32 and restored bit for bit, or split) and its
+own seed (`seed_step(seed, step, 0)`): its rollouts are its solo run's, whatever the others did.
 """
 
 from __future__ import annotations
@@ -30,9 +37,9 @@ from dataclasses import dataclass
 
 from lora_rl.algorithms import algorithm_class
 from lora_rl.algorithms.base import Algorithm
-from lora_rl.backends.dtensor.adapter_slots import AdapterSlots
+from lora_rl.backends.dtensor.adapter_slots import AdapterSlots, shard_installed
 from lora_rl.config.recipe import RecipeConfig
-from lora_rl.errors import LoraRlError
+from lora_rl.errors import LoraRlError, SetupError
 from lora_rl.training.runtime import Runtime
 
 
@@ -71,15 +78,33 @@ class JointRun:
         model_dir = require_local_model_dir(policy.model_name)
         model = load_hf_model(model_dir, policy.precision, policy.trust_remote_code)
         self.slots = AdapterSlots(model)
+        reports = {member.name: self.slots.add(member.name, cfg.policy, cfg.algorithm_config.seed)
+                   for member, cfg in zip(self.members, self.cfgs, strict=True)}
+        mesh = self._mesh()
         for member, cfg in zip(self.members, self.cfgs, strict=True):
-            report = self.slots.add(member.name, cfg.policy, cfg.algorithm_config.seed)
             with self.slots.installed(member.name):
-                backend = DTensorBackend(cfg, self.runtime, BuiltPolicy(model, model_dir, report))
+                if mesh is not None:
+                    shard_installed(model, mesh["tp"])
+                built = BuiltPolicy(model, model_dir, reports[member.name], mesh)
+                backend = DTensorBackend(cfg, self.runtime, built)
                 member.algorithm = algorithm_class(cfg)(cfg, backend, self.runtime)
                 member.algorithm.session.label = member.name
         if policy.dtensor_cfg.activation_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def _mesh(self):
+        """The (dp, tp) mesh of a tensor-parallel joint run (dp = 1: rule LR702); None in one
+        process."""
+        if self.runtime.world_size == 1:
+            return None
+        from torch.distributed.device_mesh import init_device_mesh
+
+        tp = self.cfgs[0].policy.dtensor_cfg.tensor_parallel_size
+        if tp != self.runtime.world_size:
+            raise SetupError("a multi-adapter run is tensor-parallel only: "
+                             f"{self.runtime.world_size} ranks for tensor_parallel_size {tp}")
+        return init_device_mesh(self.runtime.device.type, (1, tp), mesh_dim_names=("dp", "tp"))
 
     # ---- train ----------------------------------------------------------------------------
 

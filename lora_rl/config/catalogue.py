@@ -31,7 +31,8 @@ JOINT_RULES: dict[str, str] = {
     "LR700": "Recipes of one multi-adapter run must agree on base model, backend, precision "
              "and parallel layout",
     "LR701": "Recipes of one multi-adapter run need their own checkpoint and log directories",
-    "LR702": "Multi-adapter runs train LoRA SFT/DPO on DTensor in one process",
+    "LR702": "Multi-adapter runs: LoRA on DTensor, tensor-parallel at most, GRPO with the "
+             "torch generator in one process",
 }
 """Checks across the recipes of one multi-adapter run (`lora_rl.config.joint`)."""
 

@@ -6,9 +6,9 @@ what does not fit *together*, located in that recipe's own file and naming the o
 location:
 - LR700: what the shared base is loaded and laid out with must agree (`SHARED_KEYS`);
 - LR701: no two recipes write the same checkpoint or log directory;
-- LR702: what multi-adapter runs are not built for (Megatron, several processes, GRPO, full
-  fine-tuning) is refused rather than half-run.
-Everything else may differ: algorithm (SFT and DPO together), LoRA rank, alpha, targets,
+- LR702: what multi-adapter runs are not built for (Megatron, data parallelism, GRPO in several
+  processes or with vLLM generation, full fine-tuning) is refused rather than half-run.
+Everything else may differ: algorithm (SFT, DPO and GRPO together), LoRA rank, alpha, targets,
 optimizer, schedule, data, seeds, steps, checkpointing and logging.
 """
 
@@ -50,7 +50,9 @@ FIXES: dict[str, str] = {
              "recipe's line), or run the recipes separately",
     "LR701": "give each recipe its own checkpointing.checkpoint_dir and logger.log_dir",
     "LR702": "run this recipe on its own (`lora-rl run RECIPE`); multi-adapter runs train LoRA "
-             "SFT and DPO adapters on the DTensor backend in one process",
+             "SFT, DPO and GRPO adapters on the DTensor backend: SFT and DPO in one process or "
+             "tensor-parallel (ranks = tensor_parallel_size), GRPO in one process with the "
+             "torch generator",
 }
 
 
@@ -162,15 +164,26 @@ def _not_built(result: ValidationResult) -> list[Diagnostic]:
         out.append(_diagnostic("LR702", result, "policy.megatron_cfg.enabled",
                                "multi-adapter runs are built for the DTensor backend only, "
                                "not Megatron"))
-    if cfg.cluster.world_size > 1:
+    world, tp = cfg.cluster.world_size, cfg.policy.dtensor_cfg.tensor_parallel_size
+    if world > 1 and world != tp and not cfg.policy.megatron_cfg.enabled:
         out.append(_diagnostic("LR702", result, "cluster.gpus_per_node",
-                               f"multi-adapter runs run in one process; this recipe asks for "
-                               f"{cfg.cluster.world_size} (data or tensor parallelism is not "
-                               "built for them)"))
-    if cfg.algorithm == "grpo":
-        out.append(_diagnostic("LR702", result, "grpo",
-                               "multi-adapter runs train SFT and DPO adapters; GRPO (one "
-                               "generation engine with several LoRA slots) is not built"))
+                               f"multi-adapter runs are tensor-parallel only: this recipe asks "
+                               f"for {world} processes with tensor_parallel_size {tp} (data "
+                               "parallelism, FSDP over the shared base, is not built for them)"))
+    if world > 1 and cfg.algorithm == "grpo":
+        out.append(_diagnostic("LR702", result, "cluster.gpus_per_node",
+                               f"GRPO adapters of a multi-adapter run generate in one process; "
+                               f"this recipe asks for {world} (a tensor-parallel run would "
+                               "give each GRPO adapter its own unsharded copy of the base to "
+                               "sample from, not the shared one)"))
+    generation = cfg.policy.generation
+    if cfg.algorithm == "grpo" and generation is not None and generation.backend == "vllm":
+        out.append(_diagnostic("LR702", result, "policy.generation.backend",
+                               "GRPO adapters of a multi-adapter run generate with the torch "
+                               "generator on the shared base (each with its own adapter "
+                               "active); one vLLM engine with several LoRA slots "
+                               "(max_loras) is not built: set policy.generation.backend: "
+                               "torch to train it here"))
     lora = cfg.policy.active_lora
     init = getattr(lora, "init_lora_weights", True)
     if init is not True:

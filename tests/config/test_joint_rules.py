@@ -14,6 +14,9 @@ from lora_rl.config import catalogue
 from lora_rl.config.joint import check_joint
 from lora_rl.config.validate import validate_recipe
 
+TP2 = {"policy.dtensor_cfg.tensor_parallel_size": 2, "cluster.gpus_per_node": 2,
+       "policy.dtensor_cfg.lora_cfg.use_triton": False}
+
 
 def _own_dirs(name: str) -> dict[str, Any]:
     return {"logger.log_dir": f"logs/{name}", "checkpointing.checkpoint_dir": f"ck/{name}"}
@@ -79,7 +82,8 @@ def test_a_shared_checkpoint_or_log_directory_is_refused(recipe_dir):
 @pytest.mark.parametrize("changes, kind, path", [
     ({"cluster.gpus_per_node": 2, "policy.train_global_batch_size": 4}, "sft",
      "cluster.gpus_per_node"),
-    ({}, "grpo", "grpo"),
+    ({"policy.generation.backend": "vllm"}, "grpo", "policy.generation.backend"),
+    ({**TP2, "policy.train_global_batch_size": 4}, "grpo", "cluster.gpus_per_node"),
     ({"policy.dtensor_cfg.lora_cfg.enabled": False}, "sft", "policy.dtensor_cfg.lora_cfg.enabled"),
     ({}, "megatron", "policy.megatron_cfg.enabled"),
     ({"policy.dtensor_cfg.lora_cfg.init_lora_weights": "pissa"}, "sft",
@@ -92,6 +96,20 @@ def test_what_multi_adapter_runs_do_not_build_is_refused(recipe_dir, changes, ki
     assert results[1].ok, results[1].errors
     check_joint(results)
     assert path in [d.dotted_path for d in _joint(results[1]) if d.rule == "LR702"]
+
+
+def test_tensor_parallel_adapters_may_join(recipe_dir):
+    a, b = _pair(recipe_dir, TP2, {**TP2, "sft.seed": 3})
+    assert _joint(a) == [] and _joint(b) == []
+
+
+def test_grpo_with_the_torch_generator_may_join(recipe_dir):
+    pa = recipe_dir.write(_own_dirs("a"), name="a.yaml")
+    pb = recipe_dir.write({**_own_dirs("b"), "policy.generation.backend": "torch"}, name="b.yaml",
+                          kind="grpo")
+    results = [validate_recipe(pa), validate_recipe(pb)]
+    check_joint(results)
+    assert _joint(results[0]) == [] and _joint(results[1]) == []
 
 
 def test_every_joint_rule_has_a_case_here() -> None:

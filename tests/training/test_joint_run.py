@@ -1,10 +1,13 @@
-"""Multi-adapter runs (`lora-rl run A.yaml B.yaml`): an SFT and a DPO adapter, of different
+"""Multi-adapter runs (`lora-rl run A.yaml B.yaml`): SFT, DPO and GRPO adapters, of different
 ranks, learning rates, seeds and lengths, trained in turns on one loaded tiny base. Each
-adapter's per-step metrics equal its solo run's; each resumes from its own checkpoints; one
-adapter failing or finishing early does not stop the other."""
+adapter's per-step metrics (and a GRPO adapter's sampled responses) equal its solo run's; each
+resumes from its own checkpoints; one adapter failing or finishing early does not stop the
+other."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -15,7 +18,10 @@ import yaml
 from lora_rl.training.preemption import EXIT_PREEMPTED
 from tests.training.conftest import QUIET, Runner
 
-TIMING = {"step_time_s", "tokens_per_s"}
+
+def _timing(key: str) -> bool:
+    """Wall-clock metrics (step, generation, weight sync, training times; tokens/s)."""
+    return key.endswith("_time_s") or key == "tokens_per_s"
 
 
 def _write(runner, source: str, name: str, changes: dict) -> str:
@@ -46,17 +52,52 @@ def _recipes(runner, sft_changes: dict | None = None,
     return sft, dpo
 
 
+REWARD = '''"""A reward that varies over random responses (distinct characters per character),
+so the tiny untrained adapters get non-zero advantages; each call's responses go to `log`."""
+import json
+
+
+def varied(prompts, responses, answers, log):
+    with open(log, "a") as out:
+        out.write(json.dumps(responses) + "\\n")
+    return [len(set(r)) / (1 + len(r)) for r in responses]
+'''
+
+
+def _grpo(runner, name: str, changes: dict) -> str:
+    """A small GRPO recipe from the untrained adapter, its reward `joint_reward:varied` logging
+    the sampled responses to `responses-NAME.jsonl` (an override moves it for the solo run)."""
+    (runner.workdir / "joint_reward.py").write_text(REWARD)
+    runner.env["PYTHONPATH"] = os.pathsep.join(
+        [str(runner.workdir), *filter(None, [runner.env.get("PYTHONPATH")])])
+    return _write(runner, "grpo-tiny-dtensor-lora.yaml", f"{name}.yaml", {
+        "grpo.num_prompts_per_step": 4, "grpo.num_generations_per_prompt": 4,
+        "grpo.max_num_steps": 4, "grpo.val_period": 2, "grpo.max_val_samples": 4,
+        "grpo.val_at_start": False, "policy.init_adapter_path": None,
+        "policy.train_global_batch_size": 16, "policy.train_micro_batch_size": 8,
+        "env.reward": "joint_reward:varied",
+        "env.reward_kwargs": {"log": f"responses-{name}.jsonl"},
+        "checkpointing.save_period": 2, "checkpointing.keep_top_k": None,
+        "checkpointing.checkpoint_dir": f"ck/{name}", "logger.log_dir": f"logs/{name}",
+        **changes})
+
+
+def _responses(runner, name: str) -> list[list[str]]:
+    path = runner.workdir / f"responses-{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def _rows(runner, log_dir: str) -> dict[int, dict]:
     rows: dict[int, dict] = {}
     for row in runner.metrics(log_dir):
         rows.setdefault(row["step"], {}).update(
-            {k: v for k, v in row.items() if k not in TIMING and k != "step"})
+            {k: v for k, v in row.items() if not _timing(k) and k != "step"})
     return rows
 
 
-def _solo(runner, recipe: str, name: str) -> dict[int, dict]:
+def _solo(runner, recipe: str, name: str, *overrides: str) -> dict[int, dict]:
     runner.run("run", recipe, f"logger.log_dir=logs/solo-{name}",
-               f"checkpointing.checkpoint_dir=ck/solo-{name}", *QUIET)
+               f"checkpointing.checkpoint_dir=ck/solo-{name}", *overrides, *QUIET)
     return _rows(runner, f"logs/solo-{name}")
 
 
@@ -105,14 +146,48 @@ def test_each_adapter_of_a_joint_run_matches_its_solo_run_and_resumes_exactly(ru
 
 
 def _exports_its_own_adapter(runner, ranks: dict[str, int]) -> None:
-    import json
-
     from lora_rl.interop.export import export_checkpoint
 
     for name, rank in ranks.items():
         out = export_checkpoint(runner.workdir / "ck" / name, "peft",
                                 runner.workdir / f"export-{name}", None, False)
         assert json.loads((out / "adapter_config.json").read_text())["r"] == rank
+
+
+@pytest.mark.slow  # ~25 s with its solo runs
+def test_grpo_adapters_sample_and_train_as_their_solo_runs_and_resume_exactly(runner):
+    """Two GRPO adapters (merge- and split-weight sync, different ranks, seeds, group sizes and
+    rewards' logs) and an SFT adapter: each GRPO adapter samples on the shared base with its own
+    adapter active, under its own seed, so its responses and metrics are its solo run's."""
+    merged = _grpo(runner, "gm", {"grpo.seed": 5})
+    split = _grpo(runner, "gs", {
+        "grpo.seed": 9, "grpo.num_prompts_per_step": 2, "grpo.max_num_steps": 3,
+        "grpo.val_period": 0, "policy.train_global_batch_size": 8,
+        "policy.train_micro_batch_size": 4, "policy.dtensor_cfg.lora_cfg.dim": 4,
+        "policy.dtensor_cfg.lora_cfg.alpha": 8, "policy.generation.lora_weight_sync": "split",
+        "policy.generation.max_new_tokens": 3})
+    sft, _ = _recipes(runner, {"sft.max_num_steps": 3})
+    solo = {name: _solo(runner, recipe, name, f"env.reward_kwargs.log=responses-solo-{name}.jsonl")
+            for name, recipe in (("gm", merged), ("gs", split))}
+    solo["sft"] = _solo(runner, sft, "sft")
+    done = runner.run("run", merged, split, sft, *QUIET)
+    assert "[gm] finished grpo at step 4" in done.stdout
+    assert "[gs] finished grpo at step 3" in done.stdout
+    for name in ("gm", "gs", "sft"):
+        _assert_same(_rows(runner, f"logs/{name}"), solo[name])
+    for name in ("gm", "gs"):
+        assert _responses(runner, name) == _responses(runner, f"solo-{name}")
+        assert any(row.get("loss", 0.0) != 0.0 for row in solo[name].values()), name
+    # Both back to step 2: the resumed steps sample and train as the solo runs did.
+    ck = runner.workdir / "ck"
+    _drop(ck / "gm" / "step_4", ck / "gs" / "step_3")
+    again = runner.run("run", merged, split, sft, *QUIET)
+    assert "[gm] resuming from ck/gm/step_2 (step 2)" in again.stdout
+    assert "[gs] resuming from ck/gs/step_2 (step 2)" in again.stdout
+    for name, steps in (("gm", 4), ("gs", 3)):
+        _assert_same(_rows(runner, f"logs/{name}"), solo[name])
+        resumed = _responses(runner, name)[steps:]  # the steps after 2, sampled again
+        assert resumed == _responses(runner, f"solo-{name}")[2:steps]
 
 
 def _drop(*dirs: Path) -> None:
@@ -146,27 +221,63 @@ def _wait_for_rows(runner, log_dir: str, rows: int, proc, timeout: float = 240) 
     raise AssertionError(f"{log_dir} did not reach {rows} rows")
 
 
+def _partner(runner, algorithm: str) -> tuple[str, str, tuple[str, ...]]:
+    """The adapter trained beside a 30-step SFT adapter in the signal test: its recipe, name
+    and the overrides of its solo run."""
+    if algorithm == "dpo":
+        _, dpo = _recipes(runner, dpo_changes={"dpo.max_num_steps": 24, "dpo.val_period": 0,
+                                               "checkpointing.save_period": 4})
+        return dpo, "dpo", ()
+    grpo = _grpo(runner, "grpo", {"grpo.max_num_steps": 16, "grpo.val_period": 0,
+                                  "checkpointing.save_period": 4})
+    return grpo, "grpo", ("env.reward_kwargs.log=responses-solo-grpo.jsonl",)
+
+
 @pytest.mark.slow
-def test_sigterm_and_sigkill_then_resume_match_the_solo_runs_for_every_adapter(runner):
-    sft, dpo = _recipes(runner, {"sft.max_num_steps": 30, "sft.val_period": 0,
-                                 "checkpointing.save_period": 3},
-                        {"dpo.max_num_steps": 24, "dpo.val_period": 0,
-                         "checkpointing.save_period": 4})
-    reference = {"sft": _solo(runner, sft, "sft"), "dpo": _solo(runner, dpo, "dpo")}
+@pytest.mark.parametrize("partner", ["dpo", "grpo"])
+def test_sigterm_and_sigkill_then_resume_match_the_solo_runs_for_every_adapter(runner, partner):
+    sft, _ = _recipes(runner, {"sft.max_num_steps": 30, "sft.val_period": 0,
+                               "checkpointing.save_period": 3})
+    other, name, solo_overrides = _partner(runner, partner)
+    reference = {"sft": _solo(runner, sft, "sft"),
+                 name: _solo(runner, other, name, *solo_overrides)}
     # SIGTERM: every adapter checkpoints its last completed step and the job exits 75.
-    proc = runner.popen("run", sft, dpo, *QUIET)
-    _wait_for_rows(runner, "logs/dpo", 5, proc)
+    proc = runner.popen("run", sft, other, *QUIET)
+    _wait_for_rows(runner, f"logs/{name}", 5, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, err
-    for name in ("sft", "dpo"):
-        assert f"[{name}] stopped by SIGTERM after step" in out, out
+    for adapter in ("sft", name):
+        assert f"[{adapter}] stopped by SIGTERM after step" in out, out
     # SIGKILL mid-run: nothing is written on the way out; each resumes its last checkpoint.
-    proc = runner.popen("run", sft, dpo, *QUIET)
-    _wait_for_rows(runner, "logs/dpo", 12, proc)
+    proc = runner.popen("run", sft, other, *QUIET)
+    _wait_for_rows(runner, f"logs/{name}", 12, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    again = runner.run("run", sft, dpo, *QUIET)
-    assert "[sft] resuming from" in again.stdout and "[dpo] resuming from" in again.stdout
+    again = runner.run("run", sft, other, *QUIET)
+    assert "[sft] resuming from" in again.stdout and f"[{name}] resuming from" in again.stdout
     _assert_same(_rows(runner, "logs/sft"), reference["sft"])
-    _assert_same(_rows(runner, "logs/dpo"), reference["dpo"])
+    _assert_same(_rows(runner, f"logs/{name}"), reference[name])
+
+
+@pytest.mark.slow  # ~3 min (6 on a busy machine): two ranks for each of 4 runs
+def test_tensor_parallel_joint_run_matches_the_solo_tp2_runs_and_resumes_exactly(runner):
+    """tp=2 on two gloo ranks: the shared base is sharded once, each adapter's A and B as its
+    solo tp=2 run shards them; every adapter's metrics equal its solo tp=2 run's."""
+    tp2 = {"policy.dtensor_cfg.tensor_parallel_size": 2, "cluster.gpus_per_node": 2,
+           "policy.dtensor_cfg.lora_cfg.use_triton": False}
+    sft, dpo = _recipes(runner, {"sft.max_num_steps": 4, **tp2},
+                        {"dpo.max_num_steps": 3, **tp2})
+    solo = {"sft": _solo(runner, sft, "sft"), "dpo": _solo(runner, dpo, "dpo")}
+    done = runner.run("run", sft, dpo, *QUIET)
+    assert "[sft] finished sft at step 4" in done.stdout
+    assert "[dpo] finished dpo at step 3" in done.stdout
+    _assert_same(_rows(runner, "logs/sft"), solo["sft"])
+    _assert_same(_rows(runner, "logs/dpo"), solo["dpo"])
+    ck = runner.workdir / "ck"
+    _drop(ck / "sft" / "step_4", ck / "dpo" / "step_3")
+    again = runner.run("run", sft, dpo, *QUIET)
+    assert "[sft] resuming from ck/sft/step_2 (step 2)" in again.stdout
+    assert "[dpo] resuming from ck/dpo/step_2 (step 2)" in again.stdout
+    _assert_same(_rows(runner, "logs/sft"), solo["sft"])
+    _assert_same(_rows(runner, "logs/dpo"), solo["dpo"])

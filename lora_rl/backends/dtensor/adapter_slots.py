@@ -78,3 +78,28 @@ class AdapterSlots:
         parent_path, _, child = path.rpartition(".")
         parent = self.model.get_submodule(parent_path) if parent_path else self.model
         setattr(parent, child, module)
+
+
+def shard_installed(model: nn.Module, tp_mesh) -> None:
+    """Tensor-parallel sharding for a multi-adapter run, called once per adapter with that
+    adapter installed: the layout a solo run's `apply_tensor_parallel` gives, for the modules
+    not yet sharded. The first call shards the shared base (a linear an adapter wraps sits at
+    `<path>.base`, one it does not wrap at `<path>`: the same module, the same style); each call
+    shards its adapter's A and B as a solo run shards them. Parallel hooks live on the base and
+    LoRA modules, not on the wrappers, so swapping wrappers between turns keeps them. No FSDP:
+    a joint run is tensor-parallel only (dp = 1, where FSDP would only wrap)."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    from lora_rl.backends.dtensor.sharding import decoder_layers
+    from lora_rl.backends.dtensor.tensor_parallel import _replicate_rest, layer_plans
+
+    def sharded(module: nn.Module) -> bool:
+        return any(isinstance(p, DTensor) for p in module.parameters(recurse=False))
+
+    for layer, plan in zip(decoder_layers(model), layer_plans(model), strict=True):
+        todo = {path: style for path, style in plan.items()
+                if not sharded(layer.get_submodule(path))}
+        if todo:
+            parallelize_module(layer, tp_mesh, todo)
+    _replicate_rest(model, tp_mesh)

@@ -15,6 +15,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
+from torch.distributed.fsdp import FSDPModule
 
 from lora_rl.backends.base import (
     FrozenReference,
@@ -60,8 +61,8 @@ class DTensorBackend:
         self.model = self.built.model
         tp = policy.dtensor_cfg.tensor_parallel_size
         self.dp_size = runtime.world_size // tp
-        self.mesh = shard_model(self.model, runtime, tp=tp, dp=self.dp_size,
-                                lora=self.built.lora_report is not None)
+        self.mesh = self.built.mesh if self.built.mesh is not None else shard_model(
+            self.model, runtime, tp=tp, dp=self.dp_size, lora=self.built.lora_report is not None)
         self.dp_rank = self.mesh.get_local_rank("dp") if self.mesh is not None else 0
         self.optimizer = build_optimizer(self.model.parameters(), policy.optimizer,
                                          **lora_plus_groups(self.model, policy))
@@ -85,7 +86,7 @@ class DTensorBackend:
         self.model.train()
         totals: dict[str, float] = {}
         for index, batch in enumerate(micro_batches):
-            if self.mesh is not None:
+            if isinstance(self.model, FSDPModule):
                 # Reduce-scatter gradients once, after the last micro-batch.
                 self.model.set_requires_gradient_sync(index == len(micro_batches) - 1)
             loss, metrics = loss_fn(self.token_logprobs(batch), batch)

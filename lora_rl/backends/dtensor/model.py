@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,6 +19,9 @@ class BuiltPolicy:
     model: torch.nn.Module
     model_dir: Path
     lora_report: LoraReport | None
+    mesh: Any = None
+    """The device mesh the model is already sharded on (a multi-adapter run shards its shared
+    base itself, `adapter_slots.shard_installed`); None: the backend shards it."""
 
     def report(self) -> dict[str, int | float | str]:
         total = sum(p.numel() for p in self.model.parameters())
