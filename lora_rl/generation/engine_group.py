@@ -24,6 +24,8 @@ from typing import Any
 
 import torch.distributed as dist
 
+from lora_rl.errors import LoraRlError
+
 Request = tuple[int, list[int]]
 """(index of the request in the step, prompt token ids)."""
 
@@ -32,7 +34,7 @@ class EngineGroup:
     def __init__(self, tp: int, world: int, rank: int, local_rank: int | None = None,
                  local_world: int | None = None) -> None:
         """Collective when `world > 1`: every rank creates every group's gloo group, in order.
-        `world % tp == 0` is validated up front (rule LR308)."""
+        `tp` dividing the ranks per node is validated up front (rule LR308)."""
         self.tp = tp
         self.owner = rank - rank % tp if world > 1 else rank
         self.is_owner = rank == self.owner
@@ -83,18 +85,31 @@ class EngineGroup:
                generate: Callable[[list[Request]], list[Any]]) -> list[Any]:
         """Results of this rank's `requests`, one per request, in order. Collective over the
         group: the owner runs `generate` once on every member's requests (member order) and
-        returns each member its part; alone, this rank's engine serves it directly."""
+        returns each member its part; alone, this rank's engine serves it directly. A
+        LoraRlError from the owner's `generate` is raised on every member."""
         if self._pg is None:
             return generate(requests)
         gathered: list | None = [None] * self.tp if self.is_owner else None
         dist.gather_object(requests, gathered, dst=self.owner, group=self._pg)
-        parts = None
+        parts: list | None = None
+        failure: LoraRlError | None = None
         if gathered is not None:
-            results = generate([request for member in gathered for request in member])
-            parts, start = [], 0
-            for member in gathered:
-                parts.append(results[start:start + len(member)])
-                start += len(member)
+            try:
+                results = generate([request for member in gathered for request in member])
+            except LoraRlError as exc:
+                # An expected failure (a dead vLLM worker): every member raises it too, so the
+                # whole group stops as one, with one error line, instead of the others
+                # stopping later as ranks that lost a peer.
+                failure, parts = exc, [exc] * self.tp
+            else:
+                parts, start = [], 0
+                for member in gathered:
+                    parts.append(results[start:start + len(member)])
+                    start += len(member)
         mine: list = [None]
         dist.scatter_object_list(mine, parts, src=self.owner, group=self._pg)
+        if failure is not None:
+            raise failure
+        if isinstance(mine[0], LoraRlError):
+            raise mine[0]
         return mine[0]

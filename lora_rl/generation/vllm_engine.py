@@ -154,8 +154,8 @@ class VllmEngine:
     def __init__(self, cfg: RecipeConfig, backend: TrainingBackend, tokenizer) -> None:
         gen = cfg.policy.generation
         vcfg = gen.vllm_cfg
-        # pp = 1, a world that is a multiple of tp, and a split-servable rank are validated up
-        # front (rule LR308).
+        # pp = 1, tp dividing the training ranks per node, and a split-servable rank are
+        # validated up front (rule LR308).
         lora = cfg.policy.active_lora
         self.split = lora is not None and gen.lora_weight_sync == "split"
         self.backend = backend
@@ -292,15 +292,21 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
 
         started = time.perf_counter()
+        failure: LoraRlError | None = None
         # Collective: every rank gathers the policy (generation_model); a group's owner
         # pushes it into the engine they share.
-        with self._workers_watched("weight sync"), self.backend.eval_mode(), \
-                self.backend.generation_model() as model:
-            if self.llm is not None:
-                if self.split:
-                    self._sync_split(model)
-                else:
-                    self._sync_merged(model)
+        try:
+            with self._workers_watched("weight sync"), self.backend.eval_mode(), \
+                    self.backend.generation_model() as model:
+                if self.llm is not None:
+                    if self.split:
+                        self._sync_split(model)
+                    else:
+                        self._sync_merged(model)
+        except LoraRlError as exc:
+            if self.group is None:
+                raise
+            failure = exc  # raised on every member of the group, below
         sync_s = time.perf_counter() - started
         started = time.perf_counter()
         # This rank's share of the prompts: a stride, so that every rank gets as many
@@ -309,6 +315,8 @@ class VllmEngine:
         seed = generator.initial_seed()
 
         def generate(batch: list[Request]) -> list:
+            if failure is not None:
+                raise failure
             with self._workers_watched("generation"):
                 outputs = self.llm.generate(
                     [TokensPrompt(prompt_token_ids=list(ids)) for _, ids in batch],
