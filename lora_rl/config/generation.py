@@ -14,7 +14,9 @@ class VllmConfig(Section):
     tensor_parallel_size: PositiveInt = 1
     """vLLM tensor-parallel degree. 1: the engine runs inside each training process (no extra
     processes; fastest for models that fit one device). More: the model is sharded over that
-    many vLLM worker processes beside the (single) training process (rule LR308)."""
+    many vLLM worker processes; with several training ranks, each `tensor_parallel_size`
+    consecutive ranks share one such engine, owned by the first (rule LR308: it must divide
+    `cluster.gpus_per_node`)."""
     pipeline_parallel_size: PositiveInt = 1
     """vLLM pipeline-parallel degree (only 1 is implemented, rule LR308)."""
     expert_parallel_size: PositiveInt = compat(1)

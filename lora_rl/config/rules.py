@@ -405,30 +405,30 @@ def _reference_copy(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       "base as the reference (no copy), or keep full fine-tuning knowingly")
 
 
-@rule("LR308", "error", "vLLM rollouts: TP engine only with one training process, no PP, "
+@rule("LR308", "error", "vLLM rollouts: TP engines of tp consecutive ranks of one node, no PP, "
       "split rank <= 512")
 def _vllm_in_process(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     gen = cfg.policy.generation
     if cfg.grpo is None or gen is None or gen.backend != "vllm":
         return
     # tp = 1: every training process runs a whole engine in-process (a vLLM data-parallel
-    # rank). tp > 1: the single training process drives one engine whose TP workers are
-    # processes of their own. Built: not several training processes each owning a TP engine
-    # (on a GPU node that is one engine per tp GPUs across ranks), nor pipeline parallelism.
+    # rank). tp > 1: each tp consecutive training ranks share one engine whose TP workers are
+    # processes of their own, started beside the group's first rank (generation.engine_group).
+    # Not built: pipeline parallelism.
     tp, pp = gen.vllm_cfg.tensor_parallel_size, gen.vllm_cfg.pipeline_parallel_size
     if pp != 1:
         yield Finding(f"{GEN}.vllm_cfg.pipeline_parallel_size", f"vLLM pipeline parallelism is "
                       f"not implemented (pipeline_parallel_size {pp})",
                       "set vllm_cfg.pipeline_parallel_size: 1 (use tensor_parallel_size to "
                       "shard the engine)")
-    world = cfg.cluster.world_size
-    if tp != 1 and world > 1:
-        yield Finding(f"{GEN}.vllm_cfg.tensor_parallel_size", f"a tensor-parallel vLLM engine "
-                      f"(tensor_parallel_size {tp}) runs only beside one training process; "
-                      f"this run has {world} (cluster.num_nodes x gpus_per_node), and engines "
-                      f"spanning several training ranks are not implemented",
-                      "set vllm_cfg.tensor_parallel_size: 1 (each training rank then runs its "
-                      "own engine as a vLLM data-parallel rank), or train in one process")
+    world, per_node = cfg.cluster.world_size, cfg.cluster.gpus_per_node
+    if tp != 1 and world > 1 and per_node % tp:
+        yield Finding(f"{GEN}.vllm_cfg.tensor_parallel_size", f"each vLLM engine serves "
+                      f"tensor_parallel_size ({tp}) consecutive training ranks of one node, "
+                      f"but cluster.gpus_per_node ({per_node}, {world} ranks in all) is not a "
+                      f"multiple of {tp}",
+                      "choose a tensor_parallel_size that divides cluster.gpus_per_node (1 "
+                      "gives every training rank its own engine)")
     if tp != 1 and ctx.model is not None:
         # vLLM splits the query heads over the workers, and the KV heads too (or replicates
         # them when there are fewer than workers, which then must be a multiple of them).

@@ -9,12 +9,15 @@ current weights, per `policy.generation.lora_weight_sync`:
 - split: the adapter is written in PEFT layout and loaded under a fresh LoRA id; vLLM runs base +
   adapter unmerged, like the trainer, so base weights are never touched.
 
-Tensor parallel (`vllm_cfg.tensor_parallel_size > 1`, one training process): the engine core
-stays in this process, the model runs sharded in vLLM worker processes
-(lora_rl.generation.vllm_processes). Merge-weight sync sends the same full HF-named tensors to
-every worker and each one's weight loaders keep its shard; split-weight sync loads the adapter
-file in every worker, which shards A/B the same way. TP = 1 keeps the faster in-process executor
-(no worker processes, weights handed over by reference).
+Tensor parallel (`vllm_cfg.tensor_parallel_size > 1`): the engine core stays in a training
+process, the model runs sharded in vLLM worker processes (lora_rl.generation.vllm_processes).
+Merge-weight sync sends the same full HF-named tensors to every worker and each one's weight
+loaders keep its shard; split-weight sync loads the adapter file in every worker, which shards
+A/B the same way. With several training ranks, each `tensor_parallel_size` consecutive ranks
+share one such engine, owned by the first of them (lora_rl.generation.engine_group): every rank
+gathers the policy as it would for its own engine, only the owner pushes it, and the others
+hand the owner their share of the prompts. TP = 1 keeps the faster in-process executor (no
+worker processes, weights handed over by reference).
 
 Several training processes: every rank starts its own engine as one data-parallel rank of a
 vLLM "external launcher" group over the trainer's process group (vLLM adds its groups to it; the
@@ -46,6 +49,7 @@ from torch import nn
 from lora_rl.backends.base import TrainingBackend
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.errors import LoraRlError
+from lora_rl.generation.engine_group import EngineGroup, Request
 from lora_rl.generation.torch_generator import Generated, SamplingParams
 from lora_rl.generation.vllm_processes import (
     BIND_ENV,
@@ -150,16 +154,40 @@ class VllmEngine:
     def __init__(self, cfg: RecipeConfig, backend: TrainingBackend, tokenizer) -> None:
         gen = cfg.policy.generation
         vcfg = gen.vllm_cfg
-        # pp = 1, tp > 1 only with one training process, and a split-servable rank are
+        # pp = 1, tp dividing the training ranks per node, and a split-servable rank are
         # validated up front (rule LR308).
         lora = cfg.policy.active_lora
         self.split = lora is not None and gen.lora_weight_sync == "split"
         self.backend = backend
         self.tokenizer = tokenizer
         self.model_dir = Path(backend.model_dir)
-        vllm = _import_vllm()
+        self.world = torch.distributed.get_world_size() \
+            if torch.distributed.is_initialized() else 1
+        self.rank = torch.distributed.get_rank() if self.world > 1 else 0
+        self.tensor_parallel_size = vcfg.tensor_parallel_size
+        # tp > 1: one engine per tp consecutive training ranks, started by the first of them
+        # (engine_group); the other members hand it their requests.
+        self.group = EngineGroup(self.tensor_parallel_size, self.world, self.rank,
+                                 int(os.environ.get("LOCAL_RANK", self.rank)),
+                                 int(os.environ.get("LOCAL_WORLD_SIZE", self.world))) \
+            if self.tensor_parallel_size > 1 else None
+        self.llm = None
+        self.start_time_s = 0.0
+        self.worker_pids: list[int] = []
+        self._watch: WorkerWatch | None = None
+        self._closer: weakref.finalize | None = None
+        self._packed: dict[str, list[str]] = {}
+        self._adapters = tempfile.TemporaryDirectory(prefix="lora-rl-vllm-")
+        self._lora_id = 0
+        self._lora_request = None
+        if self.group is None or self.group.is_owner:
+            self._start(cfg, _import_vllm())
+
+    def _start(self, cfg: RecipeConfig, vllm) -> None:
         from vllm.platforms import current_platform
 
+        vcfg = cfg.policy.generation.vllm_cfg
+        lora = cfg.policy.active_lora
         on_cpu = current_platform.is_cpu()
         dtype = vcfg.precision or cfg.policy.precision
         max_model_len = vcfg.max_model_len or cfg.policy.max_total_sequence_length
@@ -171,14 +199,15 @@ class VllmEngine:
         if self.split:
             options = {"enable_lora": True, "max_loras": 2, "max_cpu_loras": 2,
                        "max_lora_rank": next(r for r in _LORA_RANKS if r >= lora.dim)}
-        self.world = torch.distributed.get_world_size() \
-            if torch.distributed.is_initialized() else 1
-        self.rank = torch.distributed.get_rank() if self.world > 1 else 0
-        self.tensor_parallel_size = vcfg.tensor_parallel_size
-        if self.tensor_parallel_size > 1:
-            # The model in its own worker processes, one per TP rank (vllm_processes).
+        placed = contextlib.nullcontext()
+        if self.group is not None:
+            # The model in its own worker processes, one per TP rank (vllm_processes), on the
+            # group's share of the machine.
             if on_cpu:
-                os.environ.setdefault(BIND_ENV, cpu_thread_binding(self.tensor_parallel_size))
+                os.environ.setdefault(BIND_ENV, cpu_thread_binding(
+                    self.tensor_parallel_size, self.group.cpus(os.sched_getaffinity(0))))
+            else:
+                placed = self.group.visible_devices()
             options.update(distributed_executor_backend="mp",
                            tensor_parallel_size=self.tensor_parallel_size)
         elif self.world > 1:
@@ -189,7 +218,7 @@ class VllmEngine:
         else:
             options.update(distributed_executor_backend="uni")
         started = time.perf_counter()
-        with _process_state_kept():
+        with _process_state_kept(), placed:
             self.llm = vllm.LLM(
                 model=str(self.model_dir), dtype=dtype, max_model_len=max_model_len,
                 enforce_eager=vcfg.enforce_eager or on_cpu,
@@ -203,21 +232,18 @@ class VllmEngine:
         # group specified". Ours is created later, so it runs first (finalizers run in reverse
         # creation order) -- or earlier, when the engine is dropped or close() is called.
         self._closer = weakref.finalize(self, _shutdown, self.llm.llm_engine.engine_core)
-        self.worker_pids: list[int] = []
-        self._watch: WorkerWatch | None = None
-        if self.tensor_parallel_size > 1:
+        if self.group is not None:
             self._watch = WorkerWatch(worker_processes(self.llm))
             self.worker_pids = self.llm.collective_rpc(attach_to_trainer)
             self.llm.collective_rpc(quiet_logs, args=(_ExpectedReloadNoise(), _RELOAD_LOGGERS))
-        self._packed = {} if self.split else self.llm.collective_rpc(_packed_modules)[0]
-        self._adapters = tempfile.TemporaryDirectory(prefix="lora-rl-vllm-")
-        self._lora_id = 0
-        self._lora_request = None
+        if not self.split:
+            self._packed = self.llm.collective_rpc(_packed_modules)[0]
 
     def close(self) -> None:
         """Shut the vLLM engine down and release its process groups (idempotent). Call it
         before the trainer destroys torch.distributed."""
-        self._closer()
+        if self._closer is not None:
+            self._closer()
         self._adapters.cleanup()
 
     # ---- weight sync ----------------------------------------------------------------------
@@ -247,7 +273,8 @@ class VllmEngine:
 
     # ---- sampling -------------------------------------------------------------------------
 
-    def _sampling_params(self, params: SamplingParams, seed: int, indices: range) -> list:
+    def _sampling_params(self, params: SamplingParams, seed: int,
+                         indices: list[int]) -> list:
         from vllm import SamplingParams as VllmSamplingParams
 
         # One seed per request, from its index in the whole step: requests with the same seed
@@ -265,23 +292,39 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
 
         started = time.perf_counter()
-        with self._workers_watched("weight sync"), self.backend.eval_mode(), \
-                self.backend.generation_model() as model:
-            if self.split:
-                self._sync_split(model)
-            else:
-                self._sync_merged(model)
+        failure: LoraRlError | None = None
+        # Collective: every rank gathers the policy (generation_model); a group's owner
+        # pushes it into the engine they share.
+        try:
+            with self._workers_watched("weight sync"), self.backend.eval_mode(), \
+                    self.backend.generation_model() as model:
+                if self.llm is not None:
+                    if self.split:
+                        self._sync_split(model)
+                    else:
+                        self._sync_merged(model)
+        except LoraRlError as exc:
+            if self.group is None:
+                raise
+            failure = exc  # raised on every member of the group, below
         sync_s = time.perf_counter() - started
         started = time.perf_counter()
         # This rank's share of the prompts: a stride, so that every rank gets as many
         # (prompt groups are contiguous, and a stride spreads their lengths evenly too).
-        share = range(self.rank, len(prompts), self.world)
-        with self._workers_watched("generation"):
-            outputs = self.llm.generate(
-                [TokensPrompt(prompt_token_ids=list(prompts[i])) for i in share],
-                self._sampling_params(params, generator.initial_seed(), share),
-                lora_request=self._lora_request, use_tqdm=False)
-        local = [_completion(output) for output in outputs]
+        requests = [(i, prompts[i]) for i in range(self.rank, len(prompts), self.world)]
+        seed = generator.initial_seed()
+
+        def generate(batch: list[Request]) -> list:
+            if failure is not None:
+                raise failure
+            with self._workers_watched("generation"):
+                outputs = self.llm.generate(
+                    [TokensPrompt(prompt_token_ids=list(ids)) for _, ids in batch],
+                    self._sampling_params(params, seed, [i for i, _ in batch]),
+                    lora_request=self._lora_request, use_tqdm=False)
+            return [_completion(output) for output in outputs]
+
+        local = self.group.served(requests, generate) if self.group else generate(requests)
         gen_s = time.perf_counter() - started
         results = local if self.world == 1 else self._gathered(local, len(prompts))
         tokens, logprobs, stopped = (list(column) for column in zip(*results, strict=True)) \
@@ -296,7 +339,7 @@ class VllmEngine:
         try:
             yield
         except Exception as exc:
-            if self.tensor_parallel_size > 1:
+            if self.group is not None and self.llm is not None:
                 check_workers(self.llm, doing, exc, self._watch)
             raise
 

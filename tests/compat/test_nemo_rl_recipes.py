@@ -88,15 +88,12 @@ EXPECTED_COMPAT = {
         | {"policy.megatron_cfg.bias_activation_fusion"},
 }
 
-# The one thing these NeMo RL recipes ask for that lora-rl does not build: a tensor-parallel vLLM
-# engine beside several training ranks (they train on 16-64). lora-rl runs a TP engine only next
-# to a single training process (LR308), so they are refused for exactly that, and validate with
-# no errors once the engine's TP is 1.
-ONE_ENGINE_PER_RANK = "policy.generation.vllm_cfg.tensor_parallel_size=1"
-KNOWN_GAPS = {name: [("LR308", "policy.generation.vllm_cfg.tensor_parallel_size")]
-              for name in ("grpo_math_70B_megatron.yaml", "grpo_math_qwen30ba3b_megatron.yaml",
-                           f"{LLM}/grpo-nanov3-30BA3B-2n8g-fsdp2-lora.yaml",
-                           f"{LLM}/grpo-nanov3-30BA3B-2n8g-megatron-lora.yaml")}
+# NeMo RL's recipes that split one vLLM engine over several GPUs (tensor_parallel_size 4 or 8)
+# while training on 16-64 ranks: each tp consecutive training ranks share one TP engine
+# (lora_rl.generation.engine_group), so they validate with no errors as written.
+VLLM_TP_RECIPES = ("grpo_math_70B_megatron.yaml", "grpo_math_qwen30ba3b_megatron.yaml",
+                   f"{LLM}/grpo-nanov3-30BA3B-2n8g-fsdp2-lora.yaml",
+                   f"{LLM}/grpo-nanov3-30BA3B-2n8g-megatron-lora.yaml")
 
 # Warnings other than LR901 a stock recipe may draw: hub model/data ids that are not files here
 # (LR610/LR501), vLLM not installed (LR304), the full-FT reference copy (LR307), packing on
@@ -117,8 +114,7 @@ def _validate(name: str) -> ValidationResult:
 def _errors(result: ValidationResult) -> list[str]:
     # generation.backend: vllm is NeMo RL's default; whether the optional vllm extra is
     # installed here is an environment fact (LR304: a warning unless --check-env), so the
-    # verdict is the same with and without it. (Most of NeMo RL's GRPO recipes run vLLM with
-    # one engine per training rank, as lora-rl does; KNOWN_GAPS lists those that do not.)
+    # verdict is the same with and without it.
     return [f"{d.rule} {d.message}" for d in result.errors]
 
 
@@ -129,7 +125,7 @@ def _error_keys(result: ValidationResult) -> list[tuple[str, str]]:
 def test_every_fixture_is_listed() -> None:
     found = {str(p.relative_to(FIXTURES)) for p in FIXTURES.rglob("*.yaml")}
     assert found == set(EXPECTED_COMPAT)
-    assert set(KNOWN_GAPS) < found
+    assert set(VLLM_TP_RECIPES) < found
 
 
 def test_every_nemo_rl_lora_recipe_is_here() -> None:
@@ -142,13 +138,19 @@ def test_every_nemo_rl_lora_recipe_is_here() -> None:
 def test_validates_without_errors(name: str) -> None:
     result = _validate(name)
     assert result.config is not None
-    assert _error_keys(result) == KNOWN_GAPS.get(name, []), _errors(result)
+    assert _errors(result) == []
 
 
-@pytest.mark.parametrize("name", sorted(KNOWN_GAPS))
-def test_split_vllm_engine_is_the_only_gap(name: str) -> None:
-    result = validate_recipe(FIXTURES / name, [ONE_ENGINE_PER_RANK])
+@pytest.mark.parametrize("name", VLLM_TP_RECIPES)
+def test_vllm_tp_recipes_share_one_engine_per_tp_ranks(name: str) -> None:
+    """Their vLLM TP is kept: one engine per tp training ranks of a node. A node whose rank
+    count is not a multiple of tp could not be split into engines, and LR308 says so."""
+    result = _validate(name)
     assert result.config is not None and _errors(result) == []
+    tp = result.config.policy.generation.vllm_cfg.tensor_parallel_size
+    assert tp > 1 and result.config.cluster.world_size > tp
+    odd = validate_recipe(FIXTURES / name, [f"cluster.gpus_per_node={tp + 2}"])
+    assert ("LR308", "policy.generation.vllm_cfg.tensor_parallel_size") in _error_keys(odd)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_COMPAT))
@@ -279,12 +281,10 @@ def test_router_replay_is_accepted_and_a_typo_is_not() -> None:
     """grpo_math_qwen30ba3b_megatron.yaml's `policy.router_replay` (MoE routing replay, which
     lora-rl does not do): accepted, LR901 when switched on; a misspelling is still LR001."""
     name = "grpo_math_qwen30ba3b_megatron.yaml"
-    on = validate_recipe(FIXTURES / name, [ONE_ENGINE_PER_RANK,
-                                           "policy.router_replay.enabled=true"])
+    on = validate_recipe(FIXTURES / name, ["policy.router_replay.enabled=true"])
     assert _errors(on) == []
     assert "policy.router_replay" in {d.dotted_path for d in on.warnings if d.rule == "LR901"}
-    typo = validate_recipe(FIXTURES / name, [ONE_ENGINE_PER_RANK,
-                                             "++policy.router_replays.enabled=true"])
+    typo = validate_recipe(FIXTURES / name, ["++policy.router_replays.enabled=true"])
     assert ("LR001", "policy.router_replays") in _error_keys(typo)
 
 
@@ -339,7 +339,7 @@ main()
 
 def _cli_without_extras(*args: str) -> list[subprocess.CompletedProcess]:
     """`lora-rl validate` on every fixture (the guide's overrides where it gives some)."""
-    overrides = {**GUIDE_OVERRIDES, **{n: [ONE_ENGINE_PER_RANK] for n in KNOWN_GAPS}}
+    overrides = GUIDE_OVERRIDES
     plain = [str(FIXTURES / n) for n in sorted(EXPECTED_COMPAT) if n not in overrides]
     runs = [plain] + [[str(FIXTURES / n), *(f"--set={o}" for o in overrides[n])]
                       for n in sorted(overrides)]
@@ -374,7 +374,7 @@ def test_valid_with_every_extra(name: str, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: importlib.machinery.ModuleSpec(
         n, None) if n == "vllm" else real(n, *a))
     result = _validate(name)
-    assert _error_keys(result) == KNOWN_GAPS.get(name, [])
+    assert _errors(result) == []
     assert "LR304" not in {d.rule for d in result.diagnostics}
 
 

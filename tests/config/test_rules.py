@@ -181,11 +181,13 @@ RULE_CASES: list[Case] = [
     Case("LR307", "grpo-kl-without-lora", {f"{LORA}.enabled": False},
          {f"{LORA}.enabled": False, "loss_fn": {"reference_policy_kl_penalty": 0.0}},
          f"{LORA}.enabled", kind="grpo"),
-    # A TP engine beside several training processes is refused; beside one it runs.
-    Case("LR308", "vllm-tp2-two-ranks",
+    # A TP engine serves tp consecutive training ranks of one node: 3 ranks cannot be split
+    # into engines of 2; 2 ranks share one.
+    Case("LR308", "vllm-tp2-three-ranks",
+         {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg.tensor_parallel_size": 2,
+          "cluster.gpus_per_node": 3, "policy.train_micro_batch_size": 2},
          {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg.tensor_parallel_size": 2,
           "cluster.gpus_per_node": 2, "policy.train_micro_batch_size": 2},
-         {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg.tensor_parallel_size": 2},
          f"{GEN}.vllm_cfg.tensor_parallel_size", kind="grpo", vllm=True),
     Case("LR308", "vllm-tp-vs-heads",
          {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg.tensor_parallel_size": 4},
