@@ -30,7 +30,8 @@ def _family_on_backend(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]
                           "any Hugging Face decoder) or a supported family: "
                           + ", ".join(supported_families("megatron")))
         return
-    problem = arch.unsupported(backend)  # type: ignore[arg-type]
+    tp = cfg.policy.megatron_cfg.tensor_model_parallel_size if backend == "megatron" else 1
+    problem = arch.unsupported(backend, tensor_parallel=tp)  # type: ignore[arg-type]
     if problem:
         other = "dtensor" if backend == "megatron" else "megatron"
         yield Finding(_MODEL, problem, f"train this model with the {other} backend "
