@@ -246,7 +246,14 @@ class Architecture:
                 for p in self.expert_params()]
 
     def group_of(self, name: str) -> Group | Literal["output"]:
-        """Which module group a full HF name belongs to (explain's summary)."""
+        """Which module group a full HF or Megatron name belongs to (explain's summary)."""
+        if name.startswith("decoder.layers."):
+            rest = name.split(".", 3)[3]
+            if rest.startswith("mlp.experts."):
+                return "experts"
+            if rest.startswith("mlp.router"):
+                return "router"
+            return "attention" if rest.startswith("self_attention.") else "mlp"
         if not name.startswith("model.layers."):
             return "output"
         return _group(name.split(".", 3)[3])
@@ -262,11 +269,26 @@ class Architecture:
                   "gate_up_proj": (d.hidden, 2 * d.intermediate),
                   "down_proj": (d.intermediate, d.hidden), "lm_head": (d.hidden, d.vocab)}
         short = name.rpartition(".")[2]
+        if name.startswith("decoder.") or name == "output_layer":
+            return rank * sum(self._megatron_shape(name, short))
         if ".experts." in name:
             expert = {"gate_up_proj": (d.hidden, 2 * d.expert_intermediate),
                       "down_proj": (d.expert_intermediate, d.hidden)}.get(short, (0, 0))
             return rank * d.experts * sum(expert)
         return rank * sum(shapes.get(short, (0, 0)))
+
+    def _megatron_shape(self, name: str, short: str) -> tuple[int, int]:
+        """(in, out) of a Megatron linear (or a canonical projection inside linear_qkv /
+        linear_fc1); an expert's linears are one expert's, not the fused parameter's."""
+        d = self.dims
+        attn, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
+        ffn = d.expert_intermediate if f".{MEGATRON_EXPERT_PREFIX}." in name else d.intermediate
+        return {"linear_qkv": (d.hidden, attn + 2 * kv), "linear_proj": (attn, d.hidden),
+                "linear_q": (d.hidden, attn), "linear_k": (d.hidden, kv),
+                "linear_v": (d.hidden, kv), "linear_fc1": (d.hidden, 2 * ffn),
+                "linear_fc1_gate": (d.hidden, ffn), "linear_fc1_up": (d.hidden, ffn),
+                "linear_fc2": (ffn, d.hidden),
+                "output_layer": (d.hidden, d.vocab)}.get(short, (0, 0))
 
     def hf_linear_names(self) -> list[str]:
         names = [f"model.layers.{i}.{m.path}" for i in range(self.num_layers)

@@ -123,8 +123,9 @@ class MegatronConfig(Section):
     """Context-parallel degree; lora-rl implements only 1."""
     expert_tensor_parallel_size: PositiveInt = compat(1)
     """MoE expert tensor parallelism."""
-    expert_model_parallel_size: PositiveInt = compat(1)
-    """MoE expert parallelism."""
+    expert_model_parallel_size: PositiveInt = 1
+    """MoE expert parallelism; lora-rl runs 1 (every rank holds all experts), larger values are
+    refused (LR414)."""
     sequence_parallel: bool = compat(False)
     """Megatron sequence parallelism."""
     activation_checkpointing: bool = False

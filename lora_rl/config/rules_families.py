@@ -93,3 +93,16 @@ def _expert_dropout(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       "(PEFT refuses it too)", "set dropout: 0, or leave the experts out "
                       "(match_all_linear: false, target_modules: [q_proj, k_proj, v_proj, "
                       "o_proj])")
+
+
+@rule("LR414", "error", "Megatron expert parallelism (expert_model_parallel_size > 1) is not "
+      "implemented")
+def _no_expert_parallel(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    ep = cfg.policy.megatron_cfg.expert_model_parallel_size
+    if ep <= 1 or not cfg.policy.megatron_cfg.enabled:
+        return
+    yield Finding("policy.megatron_cfg.expert_model_parallel_size",
+                  f"expert_model_parallel_size is {ep}; lora-rl's Megatron backend runs MoE "
+                  "layers with every expert on every rank (1): its gradient reduction, clipping "
+                  "and checkpoint gathering do not handle expert-parallel parameters yet",
+                  "set expert_model_parallel_size: 1 and scale with data parallelism")

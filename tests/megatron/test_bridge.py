@@ -256,3 +256,15 @@ def test_moe_linear_names_list_every_expert_with_global_indices():
 def test_unmapped_moe_variants_are_refused_by_name(changes, expected):
     with pytest.raises(UnsupportedModelError, match=expected):
         LlamaShape.from_hf(_moe_config("qwen3_moe", **changes))
+
+
+def test_canonical_lora_leaves_expert_fc1_whole():
+    """An expert's linear_fc1 is one PEFT parameter (experts.gate_up_proj): canonical targets
+    never split it; linear_fc2 still reaches every expert."""
+    names = LlamaShape.from_hf(_moe_config("mixtral")).linear_module_names()
+    cfg = MegatronPeftConfig(enabled=True, target_modules=["linear_q", "linear_fc1_gate",
+                                                           "linear_fc2"])
+    chosen = match_names(names, cfg)
+    assert not [n for n in chosen if ".experts." in n and "linear_fc1" in n]
+    assert len([n for n in chosen if n.endswith("local_experts.0.linear_fc2")]) == 2
+    assert "decoder.layers.0.self_attention.linear_q" in chosen

@@ -162,6 +162,16 @@ def test_moe_expert_lora_trains_like_hf_with_per_expert_adapters(layout, megatro
     real = fixed_batch(43).attention_mask[:, 1:].bool()
     assert (run["generation_logprobs"] - run["logprobs"])[real].abs().max() < 1e-5
     assert run["resumed_losses"] == run["losses"][3:]
+    # `explain --model` (torch-free, from config.json) predicts the adapters the run built.
+    from lora_rl.config.model_facts import read_model_facts
+    from lora_rl.explain import adapted_group_rows
+    from tests.megatron._worker import recipe
+
+    rows = dict(adapted_group_rows(recipe(str(tiny_moe_dir), 1, 1, False, 1, []),
+                                   read_model_facts(tiny_moe_dir)))
+    assert rows["trainable (LoRA)"] == f"{run['report']['trainable_params']:,} parameters"
+    assert rows["adapted: experts"].startswith(f"{2 * 2 * experts} expert linear(s)")
+    assert rows["adapted: router"] == rows["adapted: mlp"] == "none"
 
 
 # Canonical LoRA, with k and up left out: their slices of the fused outputs get no update.
