@@ -83,19 +83,19 @@ def run_ranks(world: int, args: list[str], timeout: float = 300, worker: Path = 
 
 @pytest.fixture(scope="session")
 def megatron_run(tiny_llama_dir, tiny_moe_dir, tmp_path_factory):
-    """(tp, pp, world, recompute, targets, model) -> the worker's result.pt, each run once per
-    session; `targets` are `peft.target_modules` (default: the four fused modules); `model` is
-    "llama" (tiny_llama_dir) or "moe" (tiny_moe_dir)."""
+    """(tp, pp, world, recompute, targets, model, ep) -> the worker's result.pt, each run once
+    per session; `targets` are `peft.target_modules` (default: the four fused modules); `model`
+    is "llama" (tiny_llama_dir) or "moe" (tiny_moe_dir); `ep` expert parallelism."""
     cache: dict[tuple, dict] = {}
     models = {"llama": tiny_llama_dir, "moe": tiny_moe_dir}
 
     def run(tp: int, pp: int, world: int, recompute: bool = False,
-            targets: tuple[str, ...] = (), model: str = "llama") -> dict:
-        key = (tp, pp, world, recompute, targets, model)
+            targets: tuple[str, ...] = (), model: str = "llama", ep: int = 1) -> dict:
+        key = (tp, pp, world, recompute, targets, model, ep)
         if key not in cache:
-            out = tmp_path_factory.mktemp(f"megatron-{model}-tp{tp}-pp{pp}-w{world}")
+            out = tmp_path_factory.mktemp(f"megatron-{model}-tp{tp}-pp{pp}-ep{ep}-w{world}")
             run_ranks(world, [str(models[model]), str(tp), str(pp), str(int(recompute)),
-                              str(out), *([",".join(targets)] if targets else [])])
+                              str(out), ",".join(targets), str(ep)])
             cache[key] = torch.load(out / "result.pt")
         return cache[key]
 

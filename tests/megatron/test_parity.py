@@ -25,9 +25,10 @@ pytestmark = [pytest.mark.slow,
 # (tp, pp, processes, activation checkpointing)
 LAYOUTS = {"tp1": (1, 1, 1, False), "tp2": (2, 1, 2, False), "pp2": (1, 2, 2, False),
            "tp2-dp2": (2, 1, 4, False), "tp2-pp2-recompute": (2, 2, 4, True)}
-# The tiny Mixtral (MoE layers, SequentialMLP experts, LoRA on every expert): tp 1 only.
-MOE_LAYOUTS = {"moe-tp1": (1, 1, 1, False), "moe-dp2": (1, 1, 2, False),
-               "moe-pp2": (1, 2, 2, False)}
+# The tiny Mixtral (MoE layers, SequentialMLP experts, LoRA on every expert): tp 1 only;
+# (tp, pp, processes, activation checkpointing, expert parallelism).
+MOE_LAYOUTS = {"moe-tp1": (1, 1, 1, False, 1), "moe-dp2": (1, 1, 2, False, 1),
+               "moe-pp2": (1, 2, 2, False, 1), "moe-ep2": (1, 1, 2, False, 2)}
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
@@ -91,10 +92,15 @@ def hf_reference(tiny_llama_dir, megatron_run):
                              megatron_run(*LAYOUTS["tp1"])["adapter0"])
 
 
+def _moe_run(megatron_run, layout: str) -> dict:
+    *rest, ep = MOE_LAYOUTS[layout]
+    return megatron_run(*rest, model="moe", ep=ep)
+
+
 @pytest.fixture(scope="module")
 def hf_moe_reference(tiny_moe_dir, megatron_run):
     return _train_five_steps(_fused_lora(_hf_model(tiny_moe_dir)),
-                             megatron_run(*MOE_LAYOUTS["moe-tp1"], model="moe")["adapter0"])
+                             megatron_run(*MOE_LAYOUTS["moe-tp1"][:4], model="moe")["adapter0"])
 
 
 def _assert_same_training(run, reference):
@@ -109,7 +115,7 @@ def _assert_same_training(run, reference):
         assert (run["adapter5"][key] - value).abs().max() < 1e-3, key
 
 
-@pytest.mark.parametrize("layout", ["tp1", "tp2", "pp2", "moe-tp1"])
+@pytest.mark.parametrize("layout", ["tp1", "tp2", "pp2", "moe-tp1", "moe-ep2"])
 def test_imported_gptmodel_gives_the_hf_logits(layout, megatron_run, tiny_llama_dir,
                                                tiny_moe_dir):
     """Dense Llama, and Mixtral's MoE layers (router + per-expert linears sliced from the
@@ -120,7 +126,7 @@ def test_imported_gptmodel_gives_the_hf_logits(layout, megatron_run, tiny_llama_
     batch = fixed_batch(hf.config.vocab_size)
     with torch.no_grad():
         expected = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    got = (megatron_run(*MOE_LAYOUTS[layout], model="moe") if moe
+    got = (_moe_run(megatron_run, layout) if moe
            else megatron_run(*LAYOUTS[layout]))["logits"]
     real = batch.attention_mask.bool()  # HF and Megatron may differ on padding positions
     assert got.shape == expected.shape
@@ -148,7 +154,7 @@ def test_moe_expert_lora_trains_like_hf_with_per_expert_adapters(layout, megatro
     """LoRA on every expert's linear_fc1/linear_fc2 (and attention): the five losses, gradient
     norms and adapters of single-process HF with lora-rl's expert adapters (PEFT's
     target_parameters layout); the adapter comes back in that layout; the router is frozen."""
-    run = megatron_run(*MOE_LAYOUTS[layout], model="moe")
+    run = _moe_run(megatron_run, layout)
     _assert_same_training(run, hf_moe_reference)
     experts, rank, hidden, ffn = 4, 4, 64, 128
     a = run["adapter5"]["model.layers.1.mlp.experts.gate_up_proj.lora_A.weight"]

@@ -20,15 +20,20 @@ build, so none of them changes behaviour that worked before:
    module sees a `torch.cuda` whose streams are host no-ops (`Stream`, `current_stream`,
    `stream(...)`, `record_event().synchronize()`): on the CPU the sizes already are host
    tensors, so there is nothing to copy or wait for.
-6. MoE: `moe_utils.router_gating_linear` tests `te_general_gemm is not None`, a name that module
+6. MoE under expert parallelism: the dispatcher passes its token split sizes to
+   `all_to_all_single` after `maybe_move_tensor_to_cpu(..., as_numpy=True)`, which converts only
+   CUDA tensors; CPU tensors stay tensors, which the binding rejects ("all_to_all_single():
+   incompatible function arguments"). The dispatcher's copy of that function also converts host
+   tensors to numpy when asked, as it would have after a device-to-host copy.
+7. MoE: `moe_utils.router_gating_linear` tests `te_general_gemm is not None`, a name that module
    binds only when Transformer Engine imports; without it the router raises NameError. It is
    bound to None, the value Megatron means for "no Transformer Engine" (plain torch matmul).
 
 Two more CPU rules are not patches but conventions of this backend:
 
-7. An explicit attention mask is always passed: without one, Megatron builds its default causal
+8. An explicit attention mask is always passed: without one, Megatron builds its default causal
    mask with `device="cuda"`.
-8. No fused kernels: `CPU_CONFIG` switches off the fusions that need CUDA, Apex or Transformer
+9. No fused kernels: `CPU_CONFIG` switches off the fusions that need CUDA, Apex or Transformer
    Engine (softmax, bias+activation, bias+dropout, RoPE, gradient-accumulation, persistent norm;
    for MoE, `model.py` also turns off grouped GEMM and the permute/router fusions).
 """
@@ -77,6 +82,8 @@ def apply() -> None:
     streams = _host_stream_torch()
     for name in _CUDA_STREAM_MODULES:
         importlib.import_module(name).torch = streams
+    dispatcher = importlib.import_module("megatron.core.transformer.moe.token_dispatcher")
+    dispatcher.maybe_move_tensor_to_cpu = _host_numpy(dispatcher.maybe_move_tensor_to_cpu)
     moe_utils = importlib.import_module("megatron.core.transformer.moe.moe_utils")
     if not hasattr(moe_utils, "te_general_gemm"):
         moe_utils.te_general_gemm = None
@@ -107,6 +114,15 @@ def _cpu_torch() -> types.ModuleType:
     for name in _FACTORIES:
         setattr(proxy, name, _on_cpu(getattr(torch, name)))
     return proxy
+
+
+def _host_numpy(move: Callable[..., Any]) -> Callable[..., Any]:
+    def moved(tensor: Any, as_numpy: bool = False, record_stream: bool = False) -> Any:
+        if as_numpy and torch.is_tensor(tensor) and not tensor.is_cuda:
+            return tensor.numpy()
+        return move(tensor, as_numpy=as_numpy, record_stream=record_stream)
+
+    return moved
 
 
 class _HostStream:

@@ -52,6 +52,7 @@ def transformer_config(shape: LlamaShape, layout: Layout, dtype: torch.dtype):
         params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
+        expert_model_parallel_size=layout.ep,
         # Weights come from the HF checkpoint: skip Megatron's random init, build on the CPU.
         use_cpu_initialization=True, perform_initialization=False,
         # Micro-batches are padded per batch, so shapes differ; pipeline stages exchange them.
