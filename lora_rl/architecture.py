@@ -9,8 +9,9 @@ transformers keeps the plan on the config *class*, not in config.json, so it is 
 Derived from it:
 - the linear module names LoRA can adapt (validate's target checks, PEFT export names);
 - the DTensor tensor-parallel plan, and each adapter's sharding (`LORA_SHARDING`);
-- the Megatron layer mapping (HF modules behind each fused Megatron module), for the families
-  the Megatron backend maps;
+- the Megatron layer mapping (HF modules behind each fused Megatron module, and each MoE
+  expert's linears behind the fused 3-D expert parameters), for the families the Megatron
+  backend maps;
 - the module groups `explain` reports (attention, mlp, experts, router).
 """
 
@@ -60,6 +61,15 @@ _LLAMA_MEGATRON = {
 """Megatron module (under decoder.layers.N.) -> HF modules (under model.layers.N.)."""
 _QK_NORM_MEGATRON = {"self_attention.q_layernorm": ("self_attn.q_norm",),
                      "self_attention.k_layernorm": ("self_attn.k_norm",)}
+_MOE_MEGATRON_LAYER = {**{k: v for k, v in _LLAMA_MEGATRON.items() if not k.startswith("mlp.")},
+                       "mlp.router": ("mlp.gate",)}
+"""A MoE layer: attention as Llama's, the router's [experts, hidden] weight, and the experts
+(`MEGATRON_EXPERTS`)."""
+MEGATRON_EXPERTS = {"linear_fc1": "mlp.experts.gate_up_proj",
+                    "linear_fc2": "mlp.experts.down_proj"}
+"""Expert e's Megatron linear (`mlp.experts.local_experts.<e>.linear_fc1`, SequentialMLP) ->
+the HF fused 3-D parameter whose slice [e] it is. Both keep fc1 as [gate; up]."""
+MEGATRON_EXPERT_PREFIX = "mlp.experts.local_experts"
 
 
 @dataclass(frozen=True)
@@ -78,9 +88,14 @@ class Family:
     """Why DTensor tensor parallelism cannot shard it."""
     qkv_bias: bool = False
     """q/k/v projections always carry a bias (Qwen2), whatever `attention_bias` says."""
+    megatron_tensor_parallel: bool = True
+    """Whether the Megatron backend can shard it over tensor-parallel ranks."""
+    megatron_tp_note: str = ""
+    """Why Megatron tensor parallelism cannot shard it."""
 
 
-_MOE_MEGATRON = "lora-rl's Megatron mapping has no MoE experts yet"
+_MOE_MEGATRON_TP = ("lora-rl's Megatron MoE layers run tensor_model_parallel_size 1 (expert "
+                    "tensor parallelism is not mapped)")
 _MOE_TP = "lora-rl's DTensor tensor parallelism does not shard 3-D expert parameters yet"
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
@@ -104,10 +119,13 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                           "mlp.down_proj": "rowwise_split_input"}),
            frozenset({"dtensor"}),
            note="Phi-3's fused qkv_proj/gate_up_proj are not mapped to Megatron"),
-    Family("qwen3_moe", _plan(_ATTN, _QK_NORM, _EXPERTS, _MLP), frozenset({"dtensor"}),
-           tensor_parallel=False, note=_MOE_MEGATRON, tp_note=_MOE_TP),
-    Family("mixtral", _plan(_ATTN, _EXPERTS), frozenset({"dtensor"}), tensor_parallel=False,
-           note=_MOE_MEGATRON, tp_note=_MOE_TP),
+    Family("qwen3_moe", _plan(_ATTN, _QK_NORM, _EXPERTS, _MLP),
+           frozenset({"dtensor", "megatron"}),
+           {**_MOE_MEGATRON_LAYER, **_QK_NORM_MEGATRON}, tensor_parallel=False, tp_note=_MOE_TP,
+           megatron_tensor_parallel=False, megatron_tp_note=_MOE_MEGATRON_TP),
+    Family("mixtral", _plan(_ATTN, _EXPERTS), frozenset({"dtensor", "megatron"}),
+           _MOE_MEGATRON_LAYER, tensor_parallel=False, tp_note=_MOE_TP,
+           megatron_tensor_parallel=False, megatron_tp_note=_MOE_MEGATRON_TP),
 )}
 
 EXPERT_PARAMETERS = ("gate_up_proj", "down_proj")
@@ -228,7 +246,14 @@ class Architecture:
                 for p in self.expert_params()]
 
     def group_of(self, name: str) -> Group | Literal["output"]:
-        """Which module group a full HF name belongs to (explain's summary)."""
+        """Which module group a full HF or Megatron name belongs to (explain's summary)."""
+        if name.startswith("decoder.layers."):
+            rest = name.split(".", 3)[3]
+            if rest.startswith("mlp.experts."):
+                return "experts"
+            if rest.startswith("mlp.router"):
+                return "router"
+            return "attention" if rest.startswith("self_attention.") else "mlp"
         if not name.startswith("model.layers."):
             return "output"
         return _group(name.split(".", 3)[3])
@@ -244,11 +269,26 @@ class Architecture:
                   "gate_up_proj": (d.hidden, 2 * d.intermediate),
                   "down_proj": (d.intermediate, d.hidden), "lm_head": (d.hidden, d.vocab)}
         short = name.rpartition(".")[2]
+        if name.startswith("decoder.") or name == "output_layer":
+            return rank * sum(self._megatron_shape(name, short))
         if ".experts." in name:
             expert = {"gate_up_proj": (d.hidden, 2 * d.expert_intermediate),
                       "down_proj": (d.expert_intermediate, d.hidden)}.get(short, (0, 0))
             return rank * d.experts * sum(expert)
         return rank * sum(shapes.get(short, (0, 0)))
+
+    def _megatron_shape(self, name: str, short: str) -> tuple[int, int]:
+        """(in, out) of a Megatron linear (or a canonical projection inside linear_qkv /
+        linear_fc1); an expert's linears are one expert's, not the fused parameter's."""
+        d = self.dims
+        attn, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
+        ffn = d.expert_intermediate if f".{MEGATRON_EXPERT_PREFIX}." in name else d.intermediate
+        return {"linear_qkv": (d.hidden, attn + 2 * kv), "linear_proj": (attn, d.hidden),
+                "linear_q": (d.hidden, attn), "linear_k": (d.hidden, kv),
+                "linear_v": (d.hidden, kv), "linear_fc1": (d.hidden, 2 * ffn),
+                "linear_fc1_gate": (d.hidden, ffn), "linear_fc1_up": (d.hidden, ffn),
+                "linear_fc2": (ffn, d.hidden),
+                "output_layer": (d.hidden, d.vocab)}.get(short, (0, 0))
 
     def hf_linear_names(self) -> list[str]:
         names = [f"model.layers.{i}.{m.path}" for i in range(self.num_layers)
@@ -256,8 +296,16 @@ class Architecture:
         return [*names, "lm_head"]
 
     def megatron_linear_names(self) -> list[str]:
-        names = [f"decoder.layers.{i}.{m}" for i in range(self.num_layers)
-                 for m in self.family.megatron_layer if m.rsplit(".", 1)[-1].startswith("linear")]
+        """Every linear module of the Megatron model, in model order: each MoE layer's experts
+        (`decoder.layers.N.mlp.experts.local_experts.E.linear_fc1`, global expert index) after
+        its attention."""
+        names = []
+        for i in range(self.num_layers):
+            names += [f"decoder.layers.{i}.{m}" for m in self.family.megatron_layer
+                      if m.rsplit(".", 1)[-1].startswith("linear")]
+            if i in self.moe_layers:
+                names += [f"decoder.layers.{i}.{MEGATRON_EXPERT_PREFIX}.{e}.{m}"
+                          for e in range(self.dims.experts) for m in MEGATRON_EXPERTS]
         return [*names, "output_layer"]
 
     def linear_names(self, backend: Backend) -> list[str]:
@@ -268,11 +316,17 @@ class Architecture:
         return [*self.hf_linear_names(), *self.expert_names()]
 
     def unsupported(self, backend: Backend, tensor_parallel: int = 1) -> str | None:
-        """Why lora-rl cannot run this family on `backend`, or None."""
+        """Why lora-rl cannot run this family on `backend` (with this tensor-parallel size),
+        or None."""
         if backend not in self.family.backends:
             return (f"model_type {self.model_type!r} is not supported on the {backend} backend "
                     f"({self.family.note}); {backend} supports: "
                     f"{', '.join(supported_families(backend))}")
+        if backend == "megatron" and tensor_parallel > 1 \
+                and not self.family.megatron_tensor_parallel:
+            return (f"model_type {self.model_type!r} cannot use Megatron tensor parallelism "
+                    f"({self.family.megatron_tp_note}); tensor_model_parallel_size > 1 supports: "
+                    f"{', '.join(supported_families('megatron', tensor_parallel=True))}")
         if backend == "dtensor" and tensor_parallel > 1 and not self.family.tensor_parallel:
             return (f"model_type {self.model_type!r} cannot use DTensor tensor parallelism "
                     f"({self.family.tp_note}); tensor_parallel_size > 1 supports: "
@@ -281,8 +335,11 @@ class Architecture:
 
 
 def supported_families(backend: Backend, tensor_parallel: bool = False) -> list[str]:
+    def shards(f: Family) -> bool:
+        return f.tensor_parallel if backend == "dtensor" else f.megatron_tensor_parallel
+
     return sorted(t for t, f in FAMILIES.items()
-                  if backend in f.backends and (f.tensor_parallel or not tensor_parallel))
+                  if backend in f.backends and (shards(f) or not tensor_parallel))
 
 
 def _moe_layers(raw: Mapping[str, Any], layers: int) -> tuple[int, ...]:

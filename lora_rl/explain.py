@@ -75,22 +75,22 @@ def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
 
 
 def adapted_group_rows(cfg: RecipeConfig, model: ModelFacts | None) -> list[tuple[str, str]]:
-    """Per module group (attention, mlp, experts, router, output): how many modules (or MoE
-    expert parameters) get an adapter and their trainable parameters. DTensor only, and only
-    when the model's config.json is known."""
+    """Per module group (attention, mlp, experts, router, output): how many modules (MoE
+    expert parameters on DTensor, expert linears on Megatron) get an adapter and their
+    trainable parameters; only when the model's config.json is known."""
     lora = cfg.policy.active_lora
-    if model is None or model.architecture is None or lora is None \
-            or cfg.policy.backend != "dtensor":
+    if model is None or model.architecture is None or lora is None:
         return []
     import warnings
 
     from lora_rl.lora.matching import LoraMatchError, match_names
 
     arch = model.architecture
+    backend = cfg.policy.backend
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            chosen = match_names(arch.linear_names("dtensor"), lora)
+            chosen = match_names(arch.linear_names(backend), lora)
     except LoraMatchError:
         return []
     groups: dict[str, list[int]] = {}
@@ -101,7 +101,10 @@ def adapted_group_rows(cfg: RecipeConfig, model: ModelFacts | None) -> list[tupl
     rows = []
     for group in ("attention", "mlp", "experts", "router", "output"):
         count, params = groups.get(group, (0, 0))
-        unit = "expert parameter(s), one adapter per expert" if group == "experts" else "module(s)"
+        unit = "module(s)"
+        if group == "experts":
+            unit = "expert linear(s) (linear_fc1 / linear_fc2 of each expert)" \
+                if backend == "megatron" else "expert parameter(s), one adapter per expert"
         rows.append((f"adapted: {group}", f"{count} {unit}, {params:,} trainable parameters"
                      if count else "none"))
     total = sum(p for _, p in groups.values())

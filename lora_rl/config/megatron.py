@@ -123,8 +123,10 @@ class MegatronConfig(Section):
     """Context-parallel degree; lora-rl implements only 1."""
     expert_tensor_parallel_size: PositiveInt = compat(1)
     """MoE expert tensor parallelism."""
-    expert_model_parallel_size: PositiveInt = compat(1)
-    """MoE expert parallelism."""
+    expert_model_parallel_size: PositiveInt = 1
+    """MoE expert parallelism: each group of this many data-parallel ranks splits every MoE
+    layer's experts among its ranks (tokens move by all-to-all); must divide the experts and the
+    data-parallel size (LR414)."""
     sequence_parallel: bool = compat(False)
     """Megatron sequence parallelism."""
     activation_checkpointing: bool = False

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from lora_rl.architecture import supported_families
 from lora_rl.config.recipe import RecipeConfig
-from lora_rl.config.rules import Finding, RuleContext, rule
+from lora_rl.config.rules import Finding, RuleContext, layout, rule
 
 _MODEL = "policy.model_name"
 _TP = "policy.dtensor_cfg.tensor_parallel_size"
@@ -30,7 +30,8 @@ def _family_on_backend(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]
                           "any Hugging Face decoder) or a supported family: "
                           + ", ".join(supported_families("megatron")))
         return
-    problem = arch.unsupported(backend)  # type: ignore[arg-type]
+    tp = cfg.policy.megatron_cfg.tensor_model_parallel_size if backend == "megatron" else 1
+    problem = arch.unsupported(backend, tensor_parallel=tp)  # type: ignore[arg-type]
     if problem:
         other = "dtensor" if backend == "megatron" else "megatron"
         yield Finding(_MODEL, problem, f"train this model with the {other} backend "
@@ -92,3 +93,27 @@ def _expert_dropout(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       "(PEFT refuses it too)", "set dropout: 0, or leave the experts out "
                       "(match_all_linear: false, target_modules: [q_proj, k_proj, v_proj, "
                       "o_proj])")
+
+
+@rule("LR414", "error", "Megatron expert parallelism needs a MoE model whose experts and "
+      "data-parallel ranks it divides")
+def _expert_parallel(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    ep = cfg.policy.megatron_cfg.expert_model_parallel_size
+    if ep <= 1 or not cfg.policy.megatron_cfg.enabled:
+        return
+    key = "policy.megatron_cfg.expert_model_parallel_size"
+    lay = layout(cfg)
+    if lay.world % lay.model_parallel == 0 and lay.dp % ep:
+        yield Finding(key, f"expert_model_parallel_size {ep} does not divide the data-parallel "
+                      f"size {lay.dp} (world {lay.world} / tp x pp {lay.model_parallel}): each "
+                      "expert-parallel group is made of data-parallel ranks",
+                      "pick an expert_model_parallel_size that divides the data-parallel size")
+    arch = ctx.model.architecture if ctx.model is not None else None
+    if arch is None:
+        return
+    if not arch.is_moe:
+        yield Finding(key, f"expert_model_parallel_size is {ep}, but model_type "
+                      f"{arch.model_type!r} has no MoE layers", "set it to 1")
+    elif arch.dims.experts % ep:
+        yield Finding(key, f"expert_model_parallel_size {ep} does not divide the model's "
+                      f"{arch.dims.experts} experts per layer", "pick a divisor of the experts")

@@ -71,11 +71,13 @@ def names_fused_module(pattern: str) -> bool:
 
 
 def canonical_units(names: Sequence[str]) -> list[str]:
-    """Megatron module names with each fused module replaced by its projections, in order."""
+    """Megatron module names with each fused module replaced by its projections, in order.
+    A MoE expert's `linear_fc1` stays whole: its HF and PEFT counterpart is one fused
+    parameter (`experts.gate_up_proj`) with one adapter, so gate and up cannot be split."""
     out = []
     for name in names:
         parent, _, short = name.rpartition(".")
-        parts = CANONICAL_PARTS.get(short)
+        parts = None if ".experts." in f".{name}" else CANONICAL_PARTS.get(short)
         out += [f"{parent}.{p}" if parent else p for p in parts] if parts else [name]
     return out
 

@@ -48,8 +48,8 @@ MEGATRON_CKPT = {"policy.megatron_cfg.checkpoint.async_save",
                  "policy.megatron_cfg.checkpoint.ckpt_assume_constant_structure"}
 WEIGHT_DECAY_RAMP = {"policy.megatron_cfg.scheduler.start_weight_decay",
                      "policy.megatron_cfg.scheduler.end_weight_decay"}
-MOE_PARALLEL = {"policy.megatron_cfg.expert_model_parallel_size",
-                "policy.megatron_cfg.sequence_parallel"}
+# expert_model_parallel_size is acted on (Megatron MoE, LR414), sequence parallelism is not.
+MOE_PARALLEL = {"policy.megatron_cfg.sequence_parallel"}
 GRPO_MEGATRON = GRPO_GEN | GRPO_PACKING | MOE_ROUTER | MEGATRON_CKPT | WEIGHT_DECAY_RAMP
 GRPO_LORA = GRPO_GEN | LOGGER
 SFT_LLAMA_LORA = SFT_BASE | {"data.add_generation_prompt",

@@ -53,12 +53,15 @@ def test_unknown_family_names_the_supported_ones():
 def test_backend_support_is_explained():
     gemma = architecture_from_config({"model_type": "gemma2", "num_hidden_layers": 2})
     reason = gemma.unsupported("megatron")
-    assert "megatron supports: llama, mistral, qwen2, qwen3" in reason
+    assert "megatron supports: llama, mistral, mixtral, qwen2, qwen3, qwen3_moe" in reason
     assert gemma.unsupported("dtensor", tensor_parallel=2) is None
     moe = architecture_from_config({"model_type": "qwen3_moe", "num_hidden_layers": 2})
     assert moe.unsupported("dtensor") is None
     assert "tensor_parallel_size > 1 supports" in moe.unsupported("dtensor", tensor_parallel=2)
     assert "qwen3_moe" not in supported_families("dtensor", tensor_parallel=True)
+    assert moe.unsupported("megatron") is None
+    assert "tensor_model_parallel_size > 1 supports: llama, mistral, qwen2, qwen3" \
+        in moe.unsupported("megatron", tensor_parallel=2)
 
 
 def test_dense_layers_of_a_moe_model_keep_their_mlp():

@@ -1,12 +1,13 @@
 """The Megatron backend on every family it maps (Llama, Mistral, Qwen2 with q/k/v biases,
-Qwen3 with q/k norms), tp=2 on gloo: the first SFT loss (LoRA B starts at zero, so it is the
-base model's) equals the DTensor backend's within 1e-3, and training lowers the loss."""
+Qwen3 with q/k norms; tp=2 on gloo) and the MoE families (Mixtral, Qwen3-MoE; tp=1 x dp=2, LoRA
+on every expert): the first SFT loss (LoRA B starts at zero, so it is the base model's) equals
+the DTensor backend's within 1e-3, and training lowers the loss."""
 
 from __future__ import annotations
 
 import pytest
 
-from lora_rl.architecture import supported_families
+from lora_rl.architecture import FAMILIES, supported_families
 from tests.megatron.conftest import MEGATRON_MISSING, megatron_available
 from tests.training.conftest import QUIET, Runner
 
@@ -14,20 +15,27 @@ FIVE_STEPS = ["sft.max_num_steps=5", "sft.val_period=0", "sft.val_at_start=false
               "checkpointing.enabled=false", *QUIET]
 
 
-def _losses(runner: Runner, recipe: str, model_dir, tag: str) -> list[float]:
+def _losses(runner: Runner, recipe: str, model_dir, tag: str, *extra: str) -> list[float]:
     runner.run("run", f"recipes/{recipe}", *FIVE_STEPS, f"policy.model_name={model_dir}",
-               f"logger.log_dir=logs/{tag}")
+               f"logger.log_dir=logs/{tag}", *extra)
     return [r["loss"] for r in runner.metrics(f"logs/{tag}") if "loss" in r]
+
+
+def _megatron_tp(family: str) -> int:
+    """The recipe's tp=2 where the family shards over Megatron tensor parallelism; MoE layers
+    run tp=1 (the recipe's two processes are then two data-parallel ranks)."""
+    return 2 if FAMILIES[family].megatron_tensor_parallel else 1
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not megatron_available(), reason=MEGATRON_MISSING)
 @pytest.mark.parametrize("family", supported_families("megatron"))
-def test_megatron_tp2_first_loss_equals_dtensor(family, family_models, tiny_cache, tmp_path):
+def test_megatron_first_loss_equals_dtensor(family, family_models, tiny_cache, tmp_path):
     runner = Runner(tmp_path, tiny_cache)
     model_dir = family_models[family]
     dtensor = _losses(runner, "sft-tiny-dtensor-lora.yaml", model_dir, "dtensor")
-    megatron = _losses(runner, "sft-tiny-megatron-lora.yaml", model_dir, "megatron")
+    megatron = _losses(runner, "sft-tiny-megatron-lora.yaml", model_dir, "megatron",
+                       f"policy.megatron_cfg.tensor_model_parallel_size={_megatron_tp(family)}")
     assert len(megatron) == 5
     assert abs(megatron[0] - dtensor[0]) < 1e-3, (dtensor, megatron)
     assert min(megatron[1:]) < megatron[0]
@@ -41,3 +49,13 @@ def test_unsupported_family_is_refused_before_any_process_starts(family_models, 
     assert done.returncode != 0
     assert "LR410" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_moe_on_megatron_tensor_parallel_is_refused_before_any_process_starts(
+        family_models, tiny_cache, tmp_path):
+    runner = Runner(tmp_path, tiny_cache)
+    done = runner.run("validate", "recipes/sft-tiny-megatron-lora.yaml",
+                      "--set", f"policy.model_name={family_models['mixtral']}", check=False)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "LR410" in out and "Traceback" not in out
+    assert "tensor_model_parallel_size 1" in out

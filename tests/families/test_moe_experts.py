@@ -11,6 +11,7 @@ import torch
 
 from lora_rl.config.lora import DTensorLoraConfig
 from lora_rl.lora import apply_lora, iter_lora_layers
+from tests.megatron.conftest import MEGATRON_MISSING, megatron_available
 from tests.training.conftest import QUIET, Runner
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -95,17 +96,33 @@ def test_merge_and_disable_cover_experts(family_models):
         assert torch.equal(model(tokens).logits, adapted)
 
 
-def test_sft_trains_experts_and_the_peft_export_loads(family_models, tiny_cache, tmp_path):
+BACKENDS = {
+    "dtensor": [],
+    # MoE layers run tp=1 on Megatron: the recipe's two processes are two data-parallel ranks.
+    "megatron": ["policy.megatron_cfg.tensor_model_parallel_size=1"],
+}
+
+
+@pytest.mark.parametrize("backend", [
+    "dtensor",
+    pytest.param("megatron", marks=[
+        pytest.mark.slow, pytest.mark.skipif(not megatron_available(), reason=MEGATRON_MISSING)]),
+])
+def test_sft_trains_experts_and_the_peft_export_loads(backend, family_models, tiny_cache,
+                                                      tmp_path):
+    """Both backends train expert adapters and export the same PEFT layout: PEFT loads it on
+    the HF MoE model with lora-rl's logits, and the merged export equals it within 1e-4."""
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     runner = Runner(tmp_path, tiny_cache)
     model_dir = family_models["qwen3_moe"]
-    runner.run("run", "recipes/sft-tiny-dtensor-lora.yaml", f"policy.model_name={model_dir}",
+    recipe = f"sft-tiny-{backend}-lora"
+    runner.run("run", f"recipes/{recipe}.yaml", f"policy.model_name={model_dir}",
                "sft.max_num_steps=4", "sft.val_period=0", "sft.val_at_start=false",
-               "checkpointing.save_period=4", *QUIET)
-    ckpt = runner.workdir / "results/sft-tiny-dtensor-lora/step_4"
+               "checkpointing.save_period=4", *BACKENDS[backend], *QUIET)
+    ckpt = runner.workdir / f"results/{recipe}/step_4"
     adapter = load_file(str(ckpt / "adapter.safetensors"))
     assert adapter["model.layers.1.mlp.experts.down_proj.lora_B.weight"].abs().max() > 0
     runner.run("export", "--checkpoint", str(ckpt), "--format", "peft", "--out", "out/peft")

@@ -1,9 +1,9 @@
 """One rank of a Megatron backend check, started by `conftest.run_ranks` (torchrun-style env).
 
-    python tests/megatron/_worker.py MODEL_DIR TP PP RECOMPUTE OUT_DIR [TARGETS]
+    python tests/megatron/_worker.py MODEL_DIR TP PP RECOMPUTE OUT_DIR [TARGETS [EP]]
 
 RECOMPUTE (0/1) turns on activation checkpointing; TARGETS, comma-separated `peft.target_modules`
-(default: none given, i.e. the four fused modules).
+(default: empty, i.e. the four fused modules); EP, `expert_model_parallel_size` (default 1).
 
 Builds the backend with LoRA on a fixed batch and writes, from one rank, `result.pt`:
 - `logits`: whole-vocabulary logits before training (LoRA B starts at zero, so = base model);
@@ -42,7 +42,7 @@ def fixed_batch(vocab: int) -> TokenBatch:
 
 
 def recipe(model_dir: str, tp: int, pp: int, recompute: bool, world: int,
-           targets: list[str]) -> RecipeConfig:
+           targets: list[str], ep: int = 1) -> RecipeConfig:
     return RecipeConfig.model_validate({
         "sft": {"max_num_steps": 5, "seed": 7},
         "policy": {
@@ -52,6 +52,7 @@ def recipe(model_dir: str, tp: int, pp: int, recompute: bool, world: int,
             "megatron_cfg": {
                 "enabled": True, "tensor_model_parallel_size": tp,
                 "pipeline_model_parallel_size": pp, "activation_checkpointing": recompute,
+                "expert_model_parallel_size": ep,
                 "optimizer": {"lr": 1e-2, "weight_decay": 0.01, "clip_grad": 1.0},
                 "peft": {"enabled": True, "dim": 4, "alpha": 8, "target_modules": targets},
             },
@@ -104,12 +105,12 @@ def train_steps(backend, batch: TokenBatch, steps: int) -> tuple[list[float], li
 
 
 def main(model_dir: str, tp: int, pp: int, recompute: bool, out_dir: str,
-         targets: list[str]) -> None:
+         targets: list[str], ep: int) -> None:
     runtime = start_runtime()
     from lora_rl.backends.megatron import MegatronBackend
 
-    backend = MegatronBackend(recipe(model_dir, tp, pp, recompute, runtime.world_size, targets),
-                              runtime)
+    backend = MegatronBackend(recipe(model_dir, tp, pp, recompute, runtime.world_size, targets,
+                                     ep), runtime)
     batch = fixed_batch(backend.shape.vocab_size)
     result = {"logits": whole_logits(backend, batch),
               "adapter0": backend.checkpoint_tensors()["adapter"],
@@ -137,4 +138,5 @@ def main(model_dir: str, tp: int, pp: int, recompute: bool, out_dir: str,
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5],
-         sys.argv[6].split(",") if len(sys.argv) > 6 else [])
+         sys.argv[6].split(",") if len(sys.argv) > 6 and sys.argv[6] else [],
+         int(sys.argv[7]) if len(sys.argv) > 7 else 1)

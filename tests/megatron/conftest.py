@@ -40,6 +40,14 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session")
+def tiny_moe_dir(tmp_path_factory) -> Path:
+    """A tiny random Mixtral (2 MoE layers of 4 experts, top-2; lora_rl.tiny.families)."""
+    from lora_rl.tiny.families import build_family_model
+
+    return build_family_model("mixtral", tmp_path_factory.mktemp("tiny-moe") / "mixtral")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -74,18 +82,20 @@ def run_ranks(world: int, args: list[str], timeout: float = 300, worker: Path = 
 
 
 @pytest.fixture(scope="session")
-def megatron_run(tiny_llama_dir, tmp_path_factory):
-    """(tp, pp, world, recompute, targets) -> the worker's result.pt, each run once per
-    session; `targets` are `peft.target_modules` (default: the four fused modules)."""
+def megatron_run(tiny_llama_dir, tiny_moe_dir, tmp_path_factory):
+    """(tp, pp, world, recompute, targets, model, ep) -> the worker's result.pt, each run once
+    per session; `targets` are `peft.target_modules` (default: the four fused modules); `model`
+    is "llama" (tiny_llama_dir) or "moe" (tiny_moe_dir); `ep` expert parallelism."""
     cache: dict[tuple, dict] = {}
+    models = {"llama": tiny_llama_dir, "moe": tiny_moe_dir}
 
     def run(tp: int, pp: int, world: int, recompute: bool = False,
-            targets: tuple[str, ...] = ()) -> dict:
-        key = (tp, pp, world, recompute, targets)
+            targets: tuple[str, ...] = (), model: str = "llama", ep: int = 1) -> dict:
+        key = (tp, pp, world, recompute, targets, model, ep)
         if key not in cache:
-            out = tmp_path_factory.mktemp(f"megatron-tp{tp}-pp{pp}-w{world}")
-            run_ranks(world, [str(tiny_llama_dir), str(tp), str(pp), str(int(recompute)),
-                              str(out), *([",".join(targets)] if targets else [])])
+            out = tmp_path_factory.mktemp(f"megatron-{model}-tp{tp}-pp{pp}-ep{ep}-w{world}")
+            run_ranks(world, [str(models[model]), str(tp), str(pp), str(int(recompute)),
+                              str(out), ",".join(targets), str(ep)])
             cache[key] = torch.load(out / "result.pt")
         return cache[key]
 

@@ -166,3 +166,105 @@ def test_gather_returns_copies_not_live_views():
     copy = _sharder(0, 1).gather("decoder.final_layernorm.weight", param)
     param.add_(1)
     assert torch.equal(copy, torch.ones(3))
+
+
+def _moe_config(family: str, **changes):
+    from lora_rl.tiny.families import family_config
+
+    return family_config(family, 40, {}, hidden_size=32, intermediate_size=48, **changes)
+
+
+def _moe_megatron_names(shape: LlamaShape) -> list[str]:
+    names = ["embedding.word_embeddings.weight", "decoder.final_layernorm.weight",
+             "output_layer.weight"]
+    for i in range(shape.num_layers):
+        layer = f"decoder.layers.{i}"
+        names += [f"{layer}.{m}.weight" for m in (
+            "input_layernorm", "self_attention.linear_qkv", "self_attention.linear_proj",
+            "pre_mlp_layernorm", "mlp.router")]
+        if shape.qk_norm:
+            names += [f"{layer}.self_attention.{n}_layernorm.weight" for n in "qk"]
+        names += [f"{layer}.mlp.experts.local_experts.{e}.{m}.weight"
+                  for e in range(shape.num_experts) for m in ("linear_fc1", "linear_fc2")]
+    return names
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
+def test_moe_weights_round_trip_exactly_through_per_expert_linears(family):
+    from transformers import AutoModelForCausalLM
+
+    config = _moe_config(family)
+    torch.manual_seed(0)
+    hf_state = AutoModelForCausalLM.from_config(config).state_dict()
+    shape = LlamaShape.from_hf(config)
+    assert shape.num_experts == 4 and shape.moe_topk == 2
+    # Qwen3-MoE's norm_topk_prob false: softmax over all experts, then top-k
+    assert shape.moe_pre_softmax == (family == "qwen3_moe")
+    megatron = hf_to_megatron(hf_state, _moe_megatron_names(shape), shape)
+    fc1 = megatron["decoder.layers.1.mlp.experts.local_experts.2.linear_fc1.weight"]
+    assert torch.equal(fc1, hf_state["model.layers.1.mlp.experts.gate_up_proj"][2])
+    assert torch.equal(megatron["decoder.layers.0.mlp.router.weight"],
+                       hf_state["model.layers.0.mlp.gate.weight"])
+    back = megatron_to_hf(megatron, shape)
+    assert back.keys() == hf_state.keys()
+    assert all(torch.equal(back[k], hf_state[k]) for k in hf_state)
+
+
+def test_expert_adapters_map_to_peft_target_parameters_layout():
+    """Expert e's A is rows e*r.. of the fused A, its B columns e, E+e, ... of the fused B (PEFT
+    reshapes B to [out, r, E]): the fused delta's slice e is scale * B_e @ A_e."""
+    from lora_rl.lora.experts import ExpertAdapter
+    from lora_rl.lora.spec import LoraSpec
+
+    shape = LlamaShape.from_hf(_moe_config("mixtral"))
+    rank, experts = 3, shape.num_experts
+    base = "decoder.layers.0.mlp.experts.local_experts"
+    ours = {}
+    for e in range(experts):
+        ours[f"{base}.{e}.linear_fc2.lora_A.weight"] = torch.randn(rank, 48)
+        ours[f"{base}.{e}.linear_fc2.lora_B.weight"] = torch.randn(32, rank)
+    hf = megatron_to_hf(ours, shape)
+    assert set(hf) == {"model.layers.0.mlp.experts.down_proj.lora_A.weight",
+                       "model.layers.0.mlp.experts.down_proj.lora_B.weight"}
+    adapter = ExpertAdapter(torch.zeros(experts, 32, 48), LoraSpec(rank=rank, alpha=2 * rank))
+    adapter.lora_A.weight.data.copy_(hf["model.layers.0.mlp.experts.down_proj.lora_A.weight"])
+    adapter.lora_B.weight.data.copy_(hf["model.layers.0.mlp.experts.down_proj.lora_B.weight"])
+    delta = adapter.delta_weight()
+    for e in range(experts):
+        expected = 2 * ours[f"{base}.{e}.linear_fc2.lora_B.weight"] \
+            @ ours[f"{base}.{e}.linear_fc2.lora_A.weight"]
+        assert torch.allclose(delta[e], expected, atol=1e-5)
+    again = hf_to_megatron(hf, list(ours), shape)
+    assert all(torch.equal(again[k], v) for k, v in ours.items())
+
+
+def test_moe_linear_names_list_every_expert_with_global_indices():
+    shape = LlamaShape.from_hf(_moe_config("mixtral"))
+    names = shape.linear_module_names()
+    experts = [n for n in names if ".local_experts." in n]
+    assert len(experts) == 2 * 4 * 2
+    assert "decoder.layers.1.mlp.experts.local_experts.3.linear_fc2" in names
+    assert not any("router" in n for n in names)  # the router is not a LoRA target
+    chosen = match_names(names, MegatronPeftConfig(enabled=True))  # the default four names
+    assert set(experts) <= set(chosen) and "output_layer" not in chosen
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"mlp_only_layers": [0]}, "every layer must be a MoE layer"),
+    ({"output_router_logits": True}, "load-balancing loss"),
+])
+def test_unmapped_moe_variants_are_refused_by_name(changes, expected):
+    with pytest.raises(UnsupportedModelError, match=expected):
+        LlamaShape.from_hf(_moe_config("qwen3_moe", **changes))
+
+
+def test_canonical_lora_leaves_expert_fc1_whole():
+    """An expert's linear_fc1 is one PEFT parameter (experts.gate_up_proj): canonical targets
+    never split it; linear_fc2 still reaches every expert."""
+    names = LlamaShape.from_hf(_moe_config("mixtral")).linear_module_names()
+    cfg = MegatronPeftConfig(enabled=True, target_modules=["linear_q", "linear_fc1_gate",
+                                                           "linear_fc2"])
+    chosen = match_names(names, cfg)
+    assert not [n for n in chosen if ".experts." in n and "linear_fc1" in n]
+    assert len([n for n in chosen if n.endswith("local_experts.0.linear_fc2")]) == 2
+    assert "decoder.layers.0.self_attention.linear_q" in chosen

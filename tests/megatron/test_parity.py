@@ -25,6 +25,10 @@ pytestmark = [pytest.mark.slow,
 # (tp, pp, processes, activation checkpointing)
 LAYOUTS = {"tp1": (1, 1, 1, False), "tp2": (2, 1, 2, False), "pp2": (1, 2, 2, False),
            "tp2-dp2": (2, 1, 4, False), "tp2-pp2-recompute": (2, 2, 4, True)}
+# The tiny Mixtral (MoE layers, SequentialMLP experts, LoRA on every expert): tp 1 only;
+# (tp, pp, processes, activation checkpointing, expert parallelism).
+MOE_LAYOUTS = {"moe-tp1": (1, 1, 1, False, 1), "moe-dp2": (1, 1, 2, False, 1),
+               "moe-pp2": (1, 2, 2, False, 1), "moe-ep2": (1, 1, 2, False, 2)}
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
@@ -41,16 +45,25 @@ def _logprobs(model, batch):
 
 
 def _fused_lora(model):
-    """LoRA on every decoder linear, with one A module shared by q/k/v and by gate/up."""
+    """LoRA on every decoder linear, with one A module shared by q/k/v and by gate/up; on a
+    MoE model, lora-rl's per-expert adapters on the fused expert parameters (PEFT's layout,
+    whose gate_up_proj adapter has one A for gate and up, as Megatron's expert linear_fc1)."""
     spec = lora_spec_from_config(MegatronPeftConfig(enabled=True, dim=4, alpha=8))
+    moe = hasattr(model.model.layers[0].mlp, "experts")
     model.requires_grad_(False)
+    if moe:
+        apply_lora(model, DTensorLoraConfig(enabled=True, match_all_linear=False, dim=4, alpha=8,
+                                            target_modules=["*.mlp.experts.*"]))
     for layer in model.model.layers:
-        for block, names in ((layer.self_attn, ATTENTION), (layer.mlp, MLP)):
+        blocks = ((layer.self_attn, ATTENTION),) if moe \
+            else ((layer.self_attn, ATTENTION), (layer.mlp, MLP))
+        for block, names in blocks:
             for name in names:
                 setattr(block, name, LoraLinear(getattr(block, name), spec))
-        attention, mlp = layer.self_attn, layer.mlp
+        attention = layer.self_attn
         attention.k_proj.lora_A = attention.v_proj.lora_A = attention.q_proj.lora_A
-        mlp.up_proj.lora_A = mlp.gate_proj.lora_A
+        if not moe:
+            layer.mlp.up_proj.lora_A = layer.mlp.gate_proj.lora_A
     return model
 
 
@@ -79,6 +92,17 @@ def hf_reference(tiny_llama_dir, megatron_run):
                              megatron_run(*LAYOUTS["tp1"])["adapter0"])
 
 
+def _moe_run(megatron_run, layout: str) -> dict:
+    *rest, ep = MOE_LAYOUTS[layout]
+    return megatron_run(*rest, model="moe", ep=ep)
+
+
+@pytest.fixture(scope="module")
+def hf_moe_reference(tiny_moe_dir, megatron_run):
+    return _train_five_steps(_fused_lora(_hf_model(tiny_moe_dir)),
+                             megatron_run(*MOE_LAYOUTS["moe-tp1"][:4], model="moe")["adapter0"])
+
+
 def _assert_same_training(run, reference):
     losses, expected = torch.tensor(run["losses"]), torch.tensor(reference["losses"])
     assert (losses - expected).abs().max() < 1e-4
@@ -91,13 +115,19 @@ def _assert_same_training(run, reference):
         assert (run["adapter5"][key] - value).abs().max() < 1e-3, key
 
 
-@pytest.mark.parametrize("layout", ["tp1", "tp2", "pp2"])
-def test_imported_gptmodel_gives_the_hf_logits(layout, megatron_run, tiny_llama_dir):
-    batch = fixed_batch(128)
+@pytest.mark.parametrize("layout", ["tp1", "tp2", "pp2", "moe-tp1", "moe-ep2"])
+def test_imported_gptmodel_gives_the_hf_logits(layout, megatron_run, tiny_llama_dir,
+                                               tiny_moe_dir):
+    """Dense Llama, and Mixtral's MoE layers (router + per-expert linears sliced from the
+    fused 3-D expert parameters): the Megatron forward is HF's."""
+    moe = layout.startswith("moe")
+    model_dir = tiny_moe_dir if moe else tiny_llama_dir
+    hf = _hf_model(model_dir)
+    batch = fixed_batch(hf.config.vocab_size)
     with torch.no_grad():
-        expected = _hf_model(tiny_llama_dir)(input_ids=batch.input_ids,
-                                             attention_mask=batch.attention_mask).logits
-    got = megatron_run(*LAYOUTS[layout])["logits"]
+        expected = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    got = (_moe_run(megatron_run, layout) if moe
+           else megatron_run(*LAYOUTS[layout]))["logits"]
     real = batch.attention_mask.bool()  # HF and Megatron may differ on padding positions
     assert got.shape == expected.shape
     assert (got - expected)[real].abs().max() < 1e-5
@@ -116,6 +146,40 @@ def test_initial_adapter_does_not_depend_on_the_layout(megatron_run):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_first_five_sft_losses_match_single_process_hf_lora(layout, megatron_run, hf_reference):
     _assert_same_training(megatron_run(*LAYOUTS[layout]), hf_reference)
+
+
+@pytest.mark.parametrize("layout", list(MOE_LAYOUTS))
+def test_moe_expert_lora_trains_like_hf_with_per_expert_adapters(layout, megatron_run,
+                                                                 hf_moe_reference, tiny_moe_dir):
+    """LoRA on every expert's linear_fc1/linear_fc2 (and attention): the five losses, gradient
+    norms and adapters of single-process HF with lora-rl's expert adapters (PEFT's
+    target_parameters layout); the adapter comes back in that layout; the router is frozen."""
+    run = _moe_run(megatron_run, layout)
+    _assert_same_training(run, hf_moe_reference)
+    one_rank = _moe_run(megatron_run, "moe-tp1")["losses"]
+    assert max(abs(a - b) for a, b in zip(run["losses"], one_rank, strict=True)) < 1e-4
+    experts, rank, hidden, ffn = 4, 4, 64, 128
+    a = run["adapter5"]["model.layers.1.mlp.experts.gate_up_proj.lora_A.weight"]
+    b = run["adapter5"]["model.layers.1.mlp.experts.gate_up_proj.lora_B.weight"]
+    assert a.shape == (experts * rank, hidden) and b.shape == (2 * ffn, rank * experts)
+    assert not any(".mlp.gate." in k for k in run["adapter5"])  # the router has no adapter
+    per_layer = (rank * hidden + (hidden + 2 * 32) * rank + rank * hidden + hidden * rank
+                 + experts * (rank * hidden + 2 * ffn * rank + rank * ffn + hidden * rank))
+    assert run["report"]["trainable_params"] == 2 * per_layer
+    assert run["report"]["lora_modules"] == 2 * (2 + 2 * experts)
+    real = fixed_batch(43).attention_mask[:, 1:].bool()
+    assert (run["generation_logprobs"] - run["logprobs"])[real].abs().max() < 1e-5
+    assert run["resumed_losses"] == run["losses"][3:]
+    # `explain --model` (torch-free, from config.json) predicts the adapters the run built.
+    from lora_rl.config.model_facts import read_model_facts
+    from lora_rl.explain import adapted_group_rows
+    from tests.megatron._worker import recipe
+
+    rows = dict(adapted_group_rows(recipe(str(tiny_moe_dir), 1, 1, False, 1, []),
+                                   read_model_facts(tiny_moe_dir)))
+    assert rows["trainable (LoRA)"] == f"{run['report']['trainable_params']:,} parameters"
+    assert rows["adapted: experts"].startswith(f"{2 * 2 * experts} expert linear(s)")
+    assert rows["adapted: router"] == rows["adapted: mlp"] == "none"
 
 
 # Canonical LoRA, with k and up left out: their slices of the fused outputs get no update.

@@ -41,7 +41,11 @@ from lora_rl.backends.megatron.optim import (
     counted_once,
     sum_gradients_over_data_parallel,
 )
-from lora_rl.backends.megatron.parallel import all_reduce_sum, init_model_parallel
+from lora_rl.backends.megatron.parallel import (
+    all_reduce_sum,
+    init_model_parallel,
+    is_expert_parameter,
+)
 from lora_rl.backends.megatron.sharding import Sharder, kind_of
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.errors import SetupError
@@ -61,7 +65,8 @@ class MegatronBackend:
         self.cfg = cfg
         self.runtime = runtime
         self.layout = init_model_parallel(runtime, mg.tensor_model_parallel_size,
-                                          mg.pipeline_model_parallel_size, seed)
+                                          mg.pipeline_model_parallel_size, seed,
+                                          mg.expert_model_parallel_size)
         self.dp_rank, self.dp_size = self.layout.dp_rank, self.layout.dp
         self.model_dir = require_local_model_dir(policy.model_name)
         self.shape = load_shape(self.model_dir, policy.trust_remote_code)
@@ -129,6 +134,13 @@ class MegatronBackend:
         params = [(n, p) for n, p in named_parameters(self.model) if counted_once(n, self.layout)]
         counts = torch.tensor([sum(real(n, p) for n, p in params if p.requires_grad),
                                sum(real(n, p) for n, p in params)], dtype=torch.int64)
+        if self.layout.ep > 1:  # each expert-parallel rank holds different experts
+            experts = [(n, p) for n, p in params if is_expert_parameter(n)]
+            mine = torch.tensor([sum(p.numel() for _, p in experts if p.requires_grad),
+                                 sum(p.numel() for _, p in experts)], dtype=torch.int64)
+            everyone = mine.clone()
+            dist.all_reduce(everyone, group=self.layout.ep_group)
+            counts += everyone - mine
         if self.layout.tp * self.layout.pp > 1:
             dist.all_reduce(counts, group=self.layout.model_parallel_group)
         report: dict[str, int | float | str] = {"trainable_params": int(counts[0]),
@@ -166,7 +178,7 @@ class MegatronBackend:
 
     def optimizer_step(self) -> StepStats:
         self.main.take_grads()
-        sum_gradients_over_data_parallel(self.main.params, self.layout)
+        sum_gradients_over_data_parallel(self.trainable_names, self.main.params, self.layout)
         norm = clip_gradients(self.trainable_names, self.main.params, self.max_grad_norm,
                               self.layout)
         finite = math.isfinite(norm)

@@ -1,5 +1,8 @@
 """This rank's pipeline stage of a Megatron Core GPTModel, filled with a HF decoder's weights
-(the families `bridge.LlamaShape` maps: Llama, Mistral, Qwen2, Qwen3).
+(the families `bridge.LlamaShape` maps: Llama, Mistral, Qwen2, Qwen3, and the MoE families
+Mixtral and Qwen3-MoE with Megatron's MoE layer: SequentialMLP local experts, no grouped GEMM,
+the alltoall token dispatcher, no load-balancing loss; the router is frozen like every base
+weight).
 
 The model uses Megatron's local layer spec (torch modules, no Transformer Engine). Parameter
 names inside a stage count layers from 0; lora-rl names them by *global* layer index everywhere
@@ -22,8 +25,10 @@ from lora_rl.backends.megatron import cpu_shim
 from lora_rl.backends.megatron.bridge import LlamaShape, hf_to_megatron
 from lora_rl.backends.megatron.parallel import Layout
 from lora_rl.backends.megatron.sharding import Sharder, padded_vocab_size
+from lora_rl.errors import SetupError
 
 _LOCAL_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
+_LOCAL_EXPERT = re.compile(r"^mlp\.experts\.local_experts\.(\d+)\.")
 
 
 def load_shape(model_dir: Path, trust_remote_code: bool) -> LlamaShape:
@@ -47,15 +52,17 @@ def transformer_config(shape: LlamaShape, layout: Layout, dtype: torch.dtype):
         params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
+        expert_model_parallel_size=layout.ep,
         # Weights come from the HF checkpoint: skip Megatron's random init, build on the CPU.
         use_cpu_initialization=True, perform_initialization=False,
         # Micro-batches are padded per batch, so shapes differ; pipeline stages exchange them.
         variable_seq_lengths=True,
         # Losses arrive normalised for the global batch: the schedule must not rescale them.
         calculate_per_token_loss=True,
-        # Dense model, no MoE: the dispatcher is unused, but the default ("allgather") rejects
-        # variable_seq_lengths at config time.
+        # The default dispatcher ("allgather") rejects variable_seq_lengths at config time (a
+        # dense model does not use it at all).
         moe_token_dispatcher_type="alltoall",
+        **_moe_fields(shape),
         **(cpu_shim.CPU_CONFIG if cpu_shim.needed() else {}),
     )
     with warnings.catch_warnings():
@@ -64,12 +71,32 @@ def transformer_config(shape: LlamaShape, layout: Layout, dtype: torch.dtype):
         return TransformerConfig(**fields)
 
 
+def _moe_fields(shape: LlamaShape) -> dict:
+    if not shape.num_experts:
+        return {}
+    return dict(
+        num_moe_experts=shape.num_experts, moe_ffn_hidden_size=shape.moe_ffn_hidden_size,
+        moe_router_topk=shape.moe_topk, moe_router_pre_softmax=shape.moe_pre_softmax,
+        # HF computes no auxiliary loss unless output_router_logits (refused by the bridge).
+        moe_router_load_balancing_type="none", moe_aux_loss_coeff=0.0,
+        # SequentialMLP: one ColumnParallelLinear/RowParallelLinear pair per local expert, the
+        # linears LoRA wraps; the fused kernels need Transformer Engine.
+        moe_grouped_gemm=False, moe_permute_fusion=False, moe_router_fusion=False,
+    )
+
+
 def build_stage(shape: LlamaShape, layout: Layout, dtype: torch.dtype,
                 activation_checkpointing: bool) -> torch.nn.Module:
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=shape.qk_norm)
+    if shape.num_experts and layout.tp > 1:
+        # validate refuses it first (LR410); this guards callers that skipped validation.
+        raise SetupError(f"model_type {shape.model_type!r}: lora-rl's Megatron MoE layers run "
+                         "tensor_model_parallel_size 1 (expert tensor parallelism is not mapped)")
+    spec = get_gpt_layer_local_spec(num_experts=shape.num_experts or None,
+                                    moe_grouped_gemm=False, normalization="RMSNorm",
+                                    qk_layernorm=shape.qk_norm)
     model = GPTModel(
         transformer_config(shape, layout, dtype), spec,
         vocab_size=padded_vocab_size(shape.vocab_size, layout.tp),
@@ -91,7 +118,13 @@ def global_name(model: torch.nn.Module, local: str) -> str:
     if match is None:
         return local
     layer = model.decoder.layers[int(match[1])]
-    return f"decoder.layers.{layer.layer_number - 1}.{local[match.end():]}"
+    rest = local[match.end():]
+    expert = _LOCAL_EXPERT.match(rest)
+    if expert is not None:
+        # Under expert parallelism each rank numbers its own experts from 0.
+        index = layer.mlp.local_expert_indices[int(expert[1])]
+        rest = f"mlp.experts.local_experts.{index}.{rest[expert.end():]}"
+    return f"decoder.layers.{layer.layer_number - 1}.{rest}"
 
 
 def named_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter]]:

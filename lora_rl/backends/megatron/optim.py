@@ -13,7 +13,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from lora_rl.backends.megatron.parallel import Layout
+from lora_rl.backends.megatron.parallel import Layout, is_expert_parameter
 from lora_rl.backends.megatron.sharding import kind_of
 from lora_rl.config.megatron import MegatronOptimizerConfig, MegatronSchedulerConfig
 from lora_rl.errors import SetupError
@@ -94,14 +94,27 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: MegatronOptimizerCo
     return torch.optim.lr_scheduler.LambdaLR(optimizer, MegatronLR(optim, sched, total_steps))
 
 
-def sum_gradients_over_data_parallel(params: list[torch.nn.Parameter], layout: Layout) -> None:
+def sum_gradients_over_data_parallel(names: list[str], params: list[torch.nn.Parameter],
+                                     layout: Layout) -> None:
     """Each replica's loss is already a share of the global-batch mean: sum, do not average.
-    One flat buffer per step (gloo is latency-bound on many small tensors)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if layout.dp == 1 or not grads:
+    One flat buffer per group per step (gloo is latency-bound on many small tensors). Under
+    expert parallelism an expert's gradient already holds every data-parallel rank's tokens
+    (the token all-to-all's backward): it is summed only over the ranks holding that expert."""
+    dense = [p.grad for n, p in zip(names, params, strict=True)
+             if p.grad is not None and not (layout.ep > 1 and is_expert_parameter(n))]
+    experts = [p.grad for n, p in zip(names, params, strict=True)
+               if p.grad is not None and layout.ep > 1 and is_expert_parameter(n)]
+    if layout.dp > 1:
+        _all_reduce_flat(dense, layout.dp_group)
+    if layout.expert_dp > 1:
+        _all_reduce_flat(experts, layout.expert_dp_group)
+
+
+def _all_reduce_flat(grads: list[torch.Tensor], group: dist.ProcessGroup) -> None:
+    if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, group=layout.dp_group)
+    dist.all_reduce(flat, group=group)
     offset = 0
     for grad in grads:
         grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
@@ -120,9 +133,18 @@ def clip_gradients(names: list[str], params: list[torch.nn.Parameter], max_norm:
     as a single process would compute it; scales gradients down to `max_norm`."""
     grads = [(n, p.grad) for n, p in zip(names, params, strict=True) if p.grad is not None]
     squares = torch.zeros((), dtype=torch.float64)
+    expert_squares = torch.zeros((), dtype=torch.float64)
     for name, grad in grads:
         if counted_once(name, layout):
-            squares += torch.linalg.vector_norm(grad, 2).double() ** 2
+            norm2 = torch.linalg.vector_norm(grad, 2).double() ** 2
+            if layout.ep > 1 and is_expert_parameter(name):
+                expert_squares += norm2
+            else:
+                squares += norm2
+    if layout.ep > 1:
+        # Each expert-parallel rank holds different experts of this stage.
+        dist.all_reduce(expert_squares, group=layout.ep_group)
+    squares += expert_squares
     if layout.tp * layout.pp > 1:
         dist.all_reduce(squares, group=layout.model_parallel_group)
     total = float(squares.sqrt())

@@ -26,6 +26,9 @@ class Layout:
     tp_rank: int
     pp_rank: int
     dp_rank: int
+    ep: int = 1
+    """MoE expert parallelism: each of `ep` ranks of a data-parallel group holds 1/ep of every
+    MoE layer's experts (`is_expert_parameter`); the other parameters are replicated."""
 
     @property
     def first_stage(self) -> bool:
@@ -54,6 +57,23 @@ class Layout:
         return parallel_state.get_data_parallel_group()
 
     @property
+    def ep_group(self) -> dist.ProcessGroup:
+        from megatron.core import parallel_state
+
+        return parallel_state.get_expert_model_parallel_group()
+
+    @property
+    def expert_dp_group(self) -> dist.ProcessGroup:
+        """The ranks holding the same experts (Megatron's expert data-parallel group)."""
+        from megatron.core import parallel_state
+
+        return parallel_state.get_expert_data_parallel_group()
+
+    @property
+    def expert_dp(self) -> int:
+        return self.dp * self.tp // self.ep
+
+    @property
     def model_parallel_group(self) -> dist.ProcessGroup:
         from megatron.core import parallel_state
 
@@ -66,7 +86,12 @@ class Layout:
         return parallel_state.get_pipeline_model_parallel_last_rank()
 
 
-def init_model_parallel(runtime: Runtime, tp: int, pp: int, seed: int) -> Layout:
+def is_expert_parameter(name: str) -> bool:
+    """A MoE expert's parameter (global name), held by one expert-parallel rank only."""
+    return ".mlp.experts.local_experts." in name
+
+
+def init_model_parallel(runtime: Runtime, tp: int, pp: int, seed: int, ep: int = 1) -> Layout:
     """Create Megatron's tp/pp/dp groups (collective). A one-process run gets a one-rank group:
     Megatron's layers call collectives even when they have nobody to talk to."""
     from megatron.core import parallel_state
@@ -81,6 +106,7 @@ def init_model_parallel(runtime: Runtime, tp: int, pp: int, seed: int) -> Layout
     # The default group is gloo already on CPU; Megatron's extra gloo copies would only cost time.
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp,
                                              pipeline_model_parallel_size=pp,
+                                             expert_model_parallel_size=ep,
                                              create_gloo_process_groups=False)
     if not cpu_shim.needed():
         from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
@@ -89,7 +115,7 @@ def init_model_parallel(runtime: Runtime, tp: int, pp: int, seed: int) -> Layout
     return Layout(tp=tp, pp=pp, dp=parallel_state.get_data_parallel_world_size(),
                   tp_rank=parallel_state.get_tensor_model_parallel_rank(),
                   pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
-                  dp_rank=parallel_state.get_data_parallel_rank())
+                  dp_rank=parallel_state.get_data_parallel_rank(), ep=ep)
 
 
 def from_last_stage(value: Any, layout: Layout) -> Any:

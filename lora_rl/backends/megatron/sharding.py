@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-from lora_rl.backends.megatron.parallel import Layout
+from lora_rl.backends.megatron.parallel import Layout, is_expert_parameter
 
 Kind = Literal["rows", "vocab_rows", "cols", "gated_rows", "replicated"]
 STATE_SEPARATOR = "::"
@@ -105,6 +105,12 @@ class Sharder:
         `local` is keyed by global names; each stage contributes its own layers. Every rank of
         a tensor-parallel group must pass the same keys in the same order."""
         whole = {key: self.gather(key, t) for key, t in local.items()}
+        if self.layout.ep > 1:
+            # Expert-parallel ranks hold different experts: each contributes its own.
+            ranks: list[dict[str, torch.Tensor] | None] = [None] * self.layout.ep
+            mine = {k: t for k, t in whole.items() if is_expert_parameter(k)}
+            dist.all_gather_object(ranks, mine, group=self.layout.ep_group)
+            whole.update({k: t for part in ranks for k, t in (part or {}).items()})
         if self.layout.pp == 1:
             return whole
         stages: list[dict[str, torch.Tensor] | None] = [None] * self.layout.pp
