@@ -44,9 +44,10 @@ _PLAIN = (torch.Tensor, nn.Parameter)
 def _features(base: nn.Module) -> tuple[int, int]:
     # Megatron parallel linears keep [out_per_rank, in_per_rank] like nn.Linear.
     weight = base.weight
-    if not weight.is_floating_point() and hasattr(base, "in_features"):
-        # A quantized base (bitsandbytes 4-bit packs its weight as [n / 2, 1] bytes): the
-        # module's own sizes.
+    packed = not weight.is_floating_point() or getattr(weight, "quant_state", None) is not None
+    if packed and hasattr(base, "in_features"):
+        # A quantized base (bitsandbytes 4-bit packs its weight as [n / 2, 1] bytes, in uint8 or
+        # in a float `bnb_4bit_quant_storage`): the module's own sizes.
         return int(base.in_features), int(base.out_features)
     return int(weight.shape[1]), int(weight.shape[0])
 
