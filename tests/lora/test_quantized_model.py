@@ -35,10 +35,13 @@ def base_dir(tmp_path_factory, request):
 def _peft_model(directory, quant: QuantizationConfig):
     from transformers import AutoModelForCausalLM
 
-    from lora_rl.backends.dtensor.model import bnb_config
+    from lora_rl.backends.dtensor.model import bnb_config, keep_fp_compute
 
     model = AutoModelForCausalLM.from_pretrained(
         directory, dtype=torch.float32, quantization_config=bnb_config(quant, "float32"))
+    # bitsandbytes' kernel choice, as lora-rl makes it: from_pretrained returns an eval-mode
+    # model, and the first layer's input needs no grad, which would pick its bf16 CPU kernel.
+    keep_fp_compute(model)
     return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
 
 
@@ -87,3 +90,15 @@ def test_the_quantized_base_differs_from_the_full_precision_one(base_dir, tiny_l
     with torch.no_grad():
         gap = (quantized(tokens).logits - tiny_llama_base(tokens).logits).abs().max()
     assert 1e-4 < gap < 1.0
+
+
+def test_inference_computes_what_training_computes(base_dir):
+    """bitsandbytes' bf16 CPU inference kernel stays off (`keep_fp_compute`): eval-mode,
+    no-grad logits (log-probs, the reference policy) equal the training forward's."""
+    tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(2))
+    model = load_hf_model(base_dir, "float32", False, QuantizationConfig(load_in_4bit=True))
+    apply_lora(model, DTensorLoraConfig(enabled=True, dim=4, alpha=8, lora_dtype="float32"))
+    train_logits = model(tokens).logits
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, train_logits)

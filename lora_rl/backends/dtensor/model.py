@@ -45,7 +45,20 @@ def load_hf_model(model_dir: Path, precision: str, trust_remote_code: bool,
         attn_implementation="sdpa", **extra,
     )
     model.config.use_cache = False
+    if quantization is not None:
+        keep_fp_compute(model)
     return model
+
+
+def keep_fp_compute(model: torch.nn.Module) -> None:
+    """bitsandbytes (0.50) repacks a 4-bit weight for an AVX512-BF16 kernel the first time a
+    layer runs in eval mode without grad on such a CPU: from then on inference (log-probs, the
+    reference policy, generation) computes in bf16 while training steps dequantize to the
+    compute dtype, ~1e-3 apart on a layer's output. Training and inference must compute one
+    function, so that path is switched off."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 def bnb_config(quantization: QuantizationConfig, precision: str):
