@@ -8,7 +8,8 @@ PEFT's LoRA on the same base. Only that is built: the DTensor backend in one pro
 LoRA. So the rules refuse the rest: several processes (FSDP2 and tensor parallelism shard
 plain parameters, not bitsandbytes' packed `Params4bit` / `Int8Params`), the Megatron backend
 (its own layers, no quantized loader), vLLM generation (the engine holds a full-precision
-base, so neither split- nor merge-weight sync reproduces the quantized model trained),
+base, so neither split- nor merge-weight sync reproduces the quantized model trained), the
+torch generator's merge-weight sync (packed weights cannot hold the merged adapter),
 full fine-tuning (quantized weights have no gradient), DoRA and PiSSA/OLoRA (they read or
 rewrite the base weight as floats), and quantization methods other than bitsandbytes.
 LR109 (lora_dtype must be set) lives with the other LoRA rules in `rules`.
@@ -93,6 +94,18 @@ def _no_vllm(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       "base (split-weight sync) or from merged weights the trainer never "
                       "computed (merge-weight sync), not from the quantized model being trained",
                       f"set {GEN}.backend: torch (it samples from the training model itself)")
+
+
+@rule("LR168", "error", "A quantized base generates with split weights only")
+def _split(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    what = _dtensor_quantized(cfg, ctx)
+    gen = cfg.policy.generation
+    if what and cfg.grpo is not None and (gen is None or gen.lora_weight_sync == "merge") \
+            and (gen is None or gen.backend == "torch"):
+        yield Finding(f"{GEN}.lora_weight_sync", f"{what}; merge-weight sync folds the adapter "
+                      "into the base weights before sampling, and packed 4-/8-bit weights "
+                      "cannot hold it", f"set {GEN}.lora_weight_sync: split (the torch "
+                      "generator then runs base + adapter unmerged, as training does)")
 
 
 @rule("LR165", "error", "DoRA and PiSSA/OLoRA need a full-precision base")
