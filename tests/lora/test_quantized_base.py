@@ -1,7 +1,7 @@
 """LoRA on a frozen quantized base (bitsandbytes 8-bit / NF4, torchao int8 weight-only) on
 CPU: forward and backward run, the adapter's gradient flows, and the layer equals the quantized
-base plus the low-rank update. DoRA refuses quantized bases. Needs the `quant` extra; skipped
-where it is not installed."""
+base plus the low-rank update. DoRA refuses quantized bases. bitsandbytes cases need the
+`quant` extra, torchao cases the `torchao` extra; each is skipped where it is not installed."""
 
 import pytest
 import torch
