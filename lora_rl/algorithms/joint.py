@@ -76,7 +76,8 @@ class JointRun:
             preflight(cfg)
         policy = self.cfgs[0].policy  # LR700: every recipe loads the same base the same way
         model_dir = require_local_model_dir(policy.model_name)
-        model = load_hf_model(model_dir, policy.precision, policy.trust_remote_code)
+        model = load_hf_model(model_dir, policy.precision, policy.trust_remote_code,
+                              policy.quantization)
         self.slots = AdapterSlots(model)
         reports = {member.name: self.slots.add(member.name, cfg.policy, cfg.algorithm_config.seed)
                    for member, cfg in zip(self.members, self.cfgs, strict=True)}

@@ -29,6 +29,7 @@ SHARED_KEYS: tuple[str, ...] = (
     "policy.model_name",
     "policy.precision",
     "policy.trust_remote_code",
+    "policy.quantization",
     "policy.dtensor_cfg.enabled",
     "policy.megatron_cfg.enabled",
     "policy.dtensor_cfg.tensor_parallel_size",
@@ -123,7 +124,9 @@ def _disagreements(results: Sequence[ValidationResult],
 
 
 def _shown(value: Any) -> str:
-    """A value as YAML/JSON writes it (`true`, `"float32"`, `2`)."""
+    """A value as YAML/JSON writes it (`true`, `"float32"`, `2`, a section as a mapping)."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
     return json.dumps(value)
 
 

@@ -61,6 +61,9 @@ class DTensorLoraConfig(Section):
     still the base model and exports convert to a plain LoRA of rank 2 * dim. Not with DoRA,
     tensor parallelism, split-weight vLLM sync, `init_adapter_path` or the Megatron backend
     (`lora-rl validate` says why). PEFT's fast-SVD `pissa_niter_N` is not offered."""
+    lora_dtype: DType | None = None
+    """Adapter weight dtype (NeMo Automodel's `lora_dtype`); null follows the base layer.
+    Required when the base is quantized (`policy.quantization`, or a quantized checkpoint)."""
     lora_plus_lr_ratio: float | None = Field(None, gt=0)
     """LoRA+ (PEFT's `create_loraplus_optimizer`): the B matrices train with the optimizer's
     learning rate times this ratio (A keeps the base rate); null trains both at one rate. The

@@ -10,6 +10,7 @@ from lora_rl.config.base import DType, PositiveInt, Section, compat, section_def
 from lora_rl.config.generation import GenerationConfig
 from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
 from lora_rl.config.megatron import EnvVars, MegatronConfig
+from lora_rl.config.quantization import QuantizationConfig
 
 
 class TokenizerConfig(Section):
@@ -169,6 +170,9 @@ class PolicyConfig(Section):
     """Tokenizer settings."""
     precision: DType = "bfloat16"
     """Dtype of the base weights and compute. Use float32 on CPU."""
+    quantization: QuantizationConfig | None = None
+    """Load the frozen base quantized to 4 or 8 bits with bitsandbytes (QLoRA: LoRA trains on
+    top in `lora_cfg.lora_dtype`); null loads it in `precision`. DTensor LoRA, one process."""
     trust_remote_code: bool = False
     """Run the model repository's own Python code when loading it. Only for sources you trust."""
     allow_pickle_weights: bool = False

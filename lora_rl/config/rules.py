@@ -180,17 +180,17 @@ def _b_zero(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 
 @rule("LR109", "error", "lora_dtype must be set when the base weights are quantized")
 def _quantized_dtype(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    # Late import: rules_quantized registers its own rules from this module's `rule`.
+    from lora_rl.config.rules_quantized import quantized_base
+
     lora = cfg.policy.active_lora
-    if ctx.model and ctx.model.quantized and lora is not None:
-        if cfg.policy.megatron_cfg.enabled and cfg.policy.megatron_cfg.peft.lora_dtype is None:
-            yield Finding(f"{PEFT}.lora_dtype", f"the model's weights are quantized "
-                          f"({ctx.model.quantized}); adapters cannot follow their dtype",
-                          f"set {PEFT}.lora_dtype: bfloat16 (or float32)")
-        elif not cfg.policy.megatron_cfg.enabled:
-            yield Finding(f"{LORA}.enabled", f"the model's weights are quantized "
-                          f"({ctx.model.quantized}); DTensor LoRA adapters follow the base dtype",
-                          "use a non-quantized checkpoint, or the Megatron backend with "
-                          "peft.lora_dtype set")
+    what = quantized_base(cfg, ctx)
+    if not what or lora is None or lora.lora_dtype is not None:
+        return
+    key = PEFT if cfg.policy.megatron_cfg.enabled else LORA
+    yield Finding(f"{key}.lora_dtype", f"{what}; adapters cannot follow the base weights' "
+                  "dtype (packed integers)",
+                  f"set {key}.lora_dtype: float32 (or bfloat16, as the compute dtype)")
 
 
 @rule("LR110", "warning", "A LoRA block is enabled on the backend that is disabled")
@@ -633,6 +633,7 @@ from lora_rl.config import (  # noqa: E402,F401
     rules_families,
     rules_inputs,
     rules_loggers,
+    rules_quantized,
     rules_security,
     rules_variants,
 )

@@ -66,6 +66,8 @@ class CheckpointAdapter:
     adapter: dict[str, torch.Tensor]
     tokenizer: dict | None
     """How training encoded text (state.json's `tokenizer`), for the exported tokenizer."""
+    quantization: dict | None = None
+    """The run's `policy.quantization` (QLoRA): the base the adapter trained on was quantized."""
 
 
 def checkpoint_adapter(checkpoint: Path, base: str | None = None) -> CheckpointAdapter:
@@ -94,8 +96,9 @@ def checkpoint_adapter(checkpoint: Path, base: str | None = None) -> CheckpointA
     if backend == "megatron":
         adapter = _megatron_adapter_in_hf_names(adapter, base_model, ckpt.path)
     _check_adapter(adapter, lora.dim, base_model, ckpt.path)
+    quantization = (state.recipe or {}).get("fixed", {}).get("policy.quantization")
     return CheckpointAdapter(ckpt.path, ckpt.step, backend, lora, base_model, adapter,
-                             state.tokenizer)
+                             state.tokenizer, quantization)
 
 
 def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str | None,
@@ -115,7 +118,7 @@ def export_checkpoint(checkpoint: Path, fmt: ExportFormat, out: Path, base: str 
             if fmt == "peft":
                 _write_peft(tmp, adapter, lora, base_model)
             else:
-                _write_merged(tmp, adapter, lora, base_model)
+                _write_merged(tmp, adapter, lora, base_model, found.quantization)
             _write_tokenizer(found.tokenizer, base_model, tmp)
         except AdapterFormatError as exc:
             raise ExportError(f"{found.path}: {exc}") from None
@@ -207,7 +210,8 @@ def peft_base(base_model: str) -> str:
 
 
 def _write_merged(target: Path, adapter: dict[str, torch.Tensor],
-                  lora: DTensorLoraConfig | MegatronPeftConfig, base_model: str) -> None:
+                  lora: DTensorLoraConfig | MegatronPeftConfig, base_model: str,
+                  quantization: dict | None = None) -> None:
     from transformers import AutoModelForCausalLM
 
     from lora_rl.lora import (
@@ -220,6 +224,16 @@ def _write_merged(target: Path, adapter: dict[str, torch.Tensor],
 
     directory = require_local_model_dir(base_model)
     check_weights(directory, allow_pickle=False)  # safetensors only (LR804)
+    if quantization is not None and isinstance(lora, DTensorLoraConfig):
+        # QLoRA: the dequantized base it trained on, not the original weights (rules LR16x
+        # keep quantization to DTensor LoRA).
+        from lora_rl.config.quantization import QuantizationConfig
+        from lora_rl.interop.quantized_export import dequantized_merged_model
+
+        model = dequantized_merged_model(directory, adapter, lora,
+                                         QuantizationConfig.model_validate(quantization))
+        model.save_pretrained(target, safe_serialization=True)
+        return
     model = AutoModelForCausalLM.from_pretrained(directory)
     if isinstance(lora, MegatronPeftConfig):
         # The recipe's targets are Megatron module names; the adapter names the HF modules.

@@ -67,17 +67,28 @@ def load_trained_policy(cfg: RecipeConfig, checkpoint: Path | None,
     from lora_rl.model_source import require_local_model_dir
 
     tokenizer = load_tokenizer(cfg)
-    model = AutoModelForCausalLM.from_pretrained(require_local_model_dir(cfg.policy.model_name),
-                                                 dtype=torch.float32)
+    model_dir = require_local_model_dir(cfg.policy.model_name)
+    quantization = cfg.policy.quantization
+    if quantization is not None:
+        # QLoRA: the adapter is evaluated on the quantized base it trained on.
+        from lora_rl.backends.dtensor.model import load_hf_model
+
+        model = load_hf_model(model_dir, "float32", cfg.policy.trust_remote_code, quantization)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     source = "base model only"
     if adapter:
         where = checkpoint or Path(cfg.checkpointing.checkpoint_dir)
-        source = _load_adapter(model, where)
+        source = _load_adapter(model, where, "float32" if quantization is not None else None)
     model.eval()
     return TrainedPolicy(model, tokenizer, renderer(cfg, tokenizer), source)
 
 
-def _load_adapter(model: torch.nn.Module, where: Path) -> str:
+def _load_adapter(model: torch.nn.Module, where: Path, dtype: str | None = None) -> str:
+    """`dtype`: the adapter's dtype where the adapter does not say (a quantized base's packed
+    integers are no dtype for it)."""
+    import dataclasses
+
     from lora_rl.interop.peft_format import (
         ADAPTER_CONFIG,
         AdapterFormatError,
@@ -104,6 +115,8 @@ def _load_adapter(model: torch.nn.Module, where: Path) -> str:
             # The LoRA the run trained (rank, scale, rsLoRA, DoRA), built as training built it.
             tensors, spec = found.adapter, lora_spec_from_config(found.lora)
             what = f"checkpoint {found.path}"
+        if spec.dtype is None and dtype is not None:
+            spec = dataclasses.replace(spec, dtype=dtype)
         wrap_adapter_modules(model, tensors, spec)
         load_lora_state_dict(model, tensors)
     except PolicyLoadError:

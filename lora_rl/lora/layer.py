@@ -41,12 +41,18 @@ from lora_rl.lora.spec import LoraSpec
 _PLAIN = (torch.Tensor, nn.Parameter)
 
 
+def _packed(weight: torch.Tensor) -> bool:
+    """A bitsandbytes-quantized weight: int8 / uint8 data, or 4-bit blocks in a float
+    `bnb_4bit_quant_storage` (recognised by their quant_state)."""
+    return not weight.is_floating_point() or getattr(weight, "quant_state", None) is not None
+
+
 def _features(base: nn.Module) -> tuple[int, int]:
     # Megatron parallel linears keep [out_per_rank, in_per_rank] like nn.Linear.
     weight = base.weight
-    if not weight.is_floating_point() and hasattr(base, "in_features"):
-        # A quantized base (bitsandbytes 4-bit packs its weight as [n / 2, 1] bytes): the
-        # module's own sizes.
+    if _packed(weight) and hasattr(base, "in_features"):
+        # A quantized base (bitsandbytes 4-bit packs its weight as [n / 2, 1] bytes, in uint8 or
+        # in a float `bnb_4bit_quant_storage`): the module's own sizes.
         return int(base.in_features), int(base.out_features)
     return int(weight.shape[1]), int(weight.shape[0])
 
@@ -304,6 +310,10 @@ class LoraLinear(AdapterLayer):
         if self.merged:
             raise RuntimeError("LoRA layer is already merged; unmerge it first")
         weight = self.base.weight
+        if _packed(weight):
+            raise RuntimeError(f"cannot merge LoRA into a quantized {type(self.base).__name__} "
+                               f"({type(weight).__name__} {weight.dtype} weight): run base + "
+                               "adapter unmerged (lora_weight_sync: split)")
         # Keep the exact original: unmerge must restore it bit for bit, which subtracting the
         # delta again cannot guarantee once the merged weight was rounded to a low precision.
         self._unmerged_weight = weight.detach().clone()

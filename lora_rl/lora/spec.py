@@ -93,10 +93,10 @@ def lora_spec_from_config(cfg: DTensorLoraConfig | MegatronPeftConfig) -> LoraSp
                         b_init=cfg.lora_B_init_method, dtype=cfg.lora_dtype, use_triton=False,
                         use_rslora=cfg.use_rslora)
     if isinstance(cfg, DTensorLoraConfig):
-        # Automodel always starts B at zero and keeps adapters in the base dtype.
+        # Automodel always starts B at zero; adapters follow the base dtype unless lora_dtype.
         return LoraSpec(rank=cfg.dim, alpha=cfg.alpha, dropout=cfg.dropout,
                         dropout_position=cfg.dropout_position, a_init=cfg.lora_A_init,
-                        b_init="zero", dtype=None,
+                        b_init="zero", dtype=cfg.lora_dtype,
                         use_triton=cfg.use_triton and not cfg.use_dora,  # validate refuses both
                         use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
                         # validate refuses a residual init with DoRA (LR157)

@@ -71,6 +71,8 @@ def recipe_record(cfg: RecipeConfig) -> dict[str, dict[str, Any]]:
                                 policy.optimizer.kwargs.model_dump(mode="json")))
         adjustable["policy.scheduler"] = (None if policy.scheduler is None else
                                           [s.model_dump(mode="json") for s in policy.scheduler])
+    if policy.quantization is not None:  # the base the adapter trains on (merged export)
+        fixed["policy.quantization"] = policy.quantization.model_dump(mode="json")
     lora, lora_key = policy.active_lora, policy.active_lora_key
     fixed.update(_flat(lora_key, lora.model_dump(mode="json")) if lora is not None
                  else {lora_key: None})

@@ -60,6 +60,12 @@ def test_each_shared_key_is_compared(recipe_dir, key, value):
     assert [d.dotted_path for d in _joint(b) if d.rule == "LR700"] == [key]
 
 
+def test_quantization_is_compared(recipe_dir):
+    dtype = {"policy.dtensor_cfg.lora_cfg.lora_dtype": "float32"}
+    a, b = _pair(recipe_dir, dtype, {**dtype, "policy.quantization.load_in_4bit": True})
+    assert [d.dotted_path for d in _joint(b) if d.rule == "LR700"] == ["policy.quantization"]
+
+
 def test_algorithm_rank_optimizer_data_and_seed_may_differ(recipe_dir):
     a, b = _pair(recipe_dir, {}, {
         "policy.dtensor_cfg.lora_cfg.dim": 4, "policy.dtensor_cfg.lora_cfg.alpha": 8,

@@ -38,8 +38,8 @@ CASES = [
      "'lora_A_init_method')"),
     ("megatron", PEFT, "lora_rank", 16, "did you mean 'dim'? ('lora_rank' is AReaL's name for "
      "the LoRA rank; here it is 'dim')"),
-    ("sft", LORA, "lora_dtype", "bfloat16", f"'lora_dtype' is a key of {PEFT}, not of {LORA}: "
-     "move it there, or remove it"),
+    ("sft", LORA, "a2a_experimental", False, f"'a2a_experimental' is a key of {PEFT}, not of "
+     f"{LORA}: move it there, or remove it"),
     ("megatron", PEFT, "use_triton", False, f"'use_triton' is a key of {LORA}, not of {PEFT}: "
      "move it there, or remove it"),
     ("sft", DT, "tensor_model_parallel_size", 1, "did you mean 'tensor_parallel_size'? "

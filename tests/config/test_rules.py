@@ -41,6 +41,8 @@ class Case:
     kind: str = "sft"
     model: dict[str, Any] | None = None
     """config.json of a model directory passed as model_dir (None: no model)."""
+    good_model: dict[str, Any] | None = None
+    """config.json for the passing case when it differs from `model`."""
     vllm: bool | None = None
     """Pretend vLLM is installed (True) or not (False); None: whatever is true here."""
     files: tuple[str, ...] = field(default_factory=tuple)
@@ -58,6 +60,7 @@ class Case:
         return f"{self.rule}-{self.name}"
 
 
+QUANT = "policy.quantization"
 QUANTIZED = {"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}
 LLAMA_6_HEADS = {"num_attention_heads": 6, "num_key_value_heads": 6, "hidden_size": 96,
                  "intermediate_size": 192}
@@ -113,8 +116,13 @@ RULE_CASES: list[Case] = [
     Case("LR109", "megatron-None-string", {f"{PEFT}.lora_dtype": "None"},
          {f"{PEFT}.lora_dtype": "torch.float32"}, f"{PEFT}.lora_dtype", kind="megatron",
          model=QUANTIZED),
-    Case("LR109", "dtensor-quantized", {}, {f"{LORA}.enabled": False}, f"{LORA}.enabled",
-         model=QUANTIZED),
+    Case("LR109", "dtensor-quantized", {f"{LORA}.lora_dtype": None},
+         {f"{LORA}.lora_dtype": "float32"},
+         f"{LORA}.lora_dtype", model=QUANTIZED),
+    Case("LR109", "dtensor-policy-quantization",
+         {f"{QUANT}.load_in_4bit": True, f"{LORA}.lora_dtype": "None"},
+         {f"{QUANT}.load_in_4bit": True, f"{LORA}.lora_dtype": "float32"},
+         f"{LORA}.lora_dtype"),
     Case("LR110", "dtensor-lora-on-megatron",
          {"policy.dtensor_cfg.enabled": False, "policy.megatron_cfg.enabled": True},
          {"policy.dtensor_cfg.enabled": False, f"{LORA}.enabled": False,
@@ -404,6 +412,56 @@ RULE_CASES: list[Case] = [
          f"{LORA}.init_lora_weights"),
     Case("LR159", "olora-on-megatron", {f"{LORA}.init_lora_weights": "olora"}, {},
          f"{LORA}.init_lora_weights", kind="megatron"),
+    Case("LR160", "quantization-no-width", {f"{QUANT}.bnb_4bit_quant_type": "nf4"},
+         {f"{QUANT}.load_in_4bit": True, f"{LORA}.lora_dtype": "float32"},
+         f"{QUANT}.load_in_4bit", anchor=QUANT, point="key"),
+    Case("LR160", "quantization-both-widths",
+         {f"{QUANT}.load_in_4bit": True, f"{QUANT}.load_in_8bit": True,
+          f"{LORA}.lora_dtype": "float32"},
+         {f"{QUANT}.load_in_8bit": True, f"{LORA}.lora_dtype": "float32"},
+         f"{QUANT}.load_in_8bit"),
+    Case("LR161", "quantization-on-megatron",
+         {f"{QUANT}.load_in_4bit": True, f"{PEFT}.lora_dtype": "float32"},
+         {f"{PEFT}.lora_dtype": "float32"}, QUANT, point="key", kind="megatron"),
+    Case("LR162", "quantized-full-finetune",
+         {f"{QUANT}.load_in_4bit": True, f"{LORA}.enabled": False},
+         {f"{QUANT}.load_in_4bit": True, f"{LORA}.lora_dtype": "float32"},
+         f"{LORA}.enabled"),
+    Case("LR163", "quantized-two-processes",
+         {f"{QUANT}.load_in_4bit": True, f"{LORA}.lora_dtype": "float32",
+          "cluster.gpus_per_node": 2},
+         {f"{QUANT}.load_in_4bit": True, f"{LORA}.lora_dtype": "float32"},
+         "cluster.gpus_per_node"),
+    Case("LR163", "quantized-checkpoint-tp2",
+         {f"{LORA}.lora_dtype": "float32", "policy.dtensor_cfg.tensor_parallel_size": 2,
+          "cluster.gpus_per_node": 2},
+         {f"{LORA}.lora_dtype": "float32"}, "policy.dtensor_cfg.tensor_parallel_size",
+         model=QUANTIZED),
+    Case("LR164", "quantized-vllm",
+         {f"{QUANT}.load_in_8bit": True, f"{LORA}.lora_dtype": "float32",
+          f"{GEN}.backend": "vllm"},
+         {f"{QUANT}.load_in_8bit": True, f"{LORA}.lora_dtype": "float32",
+          f"{GEN}.backend": "torch", f"{GEN}.lora_weight_sync": "split"}, f"{GEN}.backend",
+         kind="grpo", vllm=True),
+    Case("LR168", "quantized-merge-sync",
+         {f"{LORA}.lora_dtype": "float32", f"{GEN}.lora_weight_sync": "merge"},
+         {f"{LORA}.lora_dtype": "float32", f"{GEN}.lora_weight_sync": "split"},
+         f"{GEN}.lora_weight_sync", kind="grpo", model=QUANTIZED),
+    Case("LR165", "quantized-dora",
+         {f"{QUANT}.load_in_4bit": True, f"{LORA}.lora_dtype": "float32",
+          f"{LORA}.use_dora": True, f"{LORA}.use_triton": False},
+         {f"{QUANT}.load_in_4bit": True, f"{LORA}.lora_dtype": "float32",
+          f"{LORA}.use_triton": False}, f"{LORA}.use_dora"),
+    Case("LR165", "quantized-pissa",
+         {f"{LORA}.lora_dtype": "float32", f"{LORA}.init_lora_weights": "pissa"},
+         {f"{LORA}.lora_dtype": "float32"}, f"{LORA}.init_lora_weights", model=QUANTIZED),
+    Case("LR166", "gptq-checkpoint", {f"{LORA}.lora_dtype": "float32"},
+         {f"{LORA}.lora_dtype": "float32"}, "policy.model_name",
+         model={"quantization_config": {"quant_method": "gptq", "bits": 4}},
+         good_model=QUANTIZED),
+    Case("LR167", "quantization-without-bitsandbytes",
+         {f"{QUANT}.load_in_4bit": True, f"{LORA}.lora_dtype": "float32"},
+         {}, QUANT, point="key", missing=("bitsandbytes",)),
     Case("LR517", "packing-on-megatron", {"policy.sequence_packing.enabled": True},
          {"policy.sequence_packing.enabled": False}, "policy.sequence_packing.enabled",
          kind="megatron"),
@@ -438,7 +496,8 @@ def _expected_location(case: Case, recipe_dir: Any, path: Path) -> tuple[str, in
 def _run(case: Case, changes: dict[str, Any], recipe_dir: Any, monkeypatch: pytest.MonkeyPatch,
          name: str, missing: tuple[str, ...] = ()) -> tuple[Path, ValidationResult]:
     path = recipe_dir.write(_fix(changes, recipe_dir.kit), kind=case.kind, name=name)
-    model_dir = recipe_dir.model(**case.model) if case.model is not None else None
+    model = case.good_model if changes is case.good and case.good_model else case.model
+    model_dir = recipe_dir.model(**model) if model is not None else None
     for file in case.model_files if changes is case.bad else ():
         (model_dir / file).write_bytes(b"")
     real_find_spec = importlib.util.find_spec

@@ -1,7 +1,7 @@
 """LoRA on a frozen quantized base (bitsandbytes 8-bit / NF4, torchao int8 weight-only) on
 CPU: forward and backward run, the adapter's gradient flows, and the layer equals the quantized
-base plus the low-rank update. DoRA refuses quantized bases. Needs the `quant` extra; skipped
-where it is not installed."""
+base plus the low-rank update. DoRA refuses quantized bases. bitsandbytes cases need the
+`quant` extra, torchao cases the `torchao` extra; each is skipped where it is not installed."""
 
 import pytest
 import torch
@@ -67,3 +67,11 @@ def test_lora_trains_on_a_quantized_base(kind):
 def test_dora_refuses_a_quantized_base(kind):
     with pytest.raises(ValueError, match="quantized bases are not supported"):
         LoraLinear(BASES[kind](), LoraSpec(rank=4, alpha=8, dtype="float32", use_dora=True))
+
+
+@pytest.mark.parametrize("kind", ["bnb-nf4", "bnb-int8"])
+def test_merge_into_a_quantized_base_is_refused(kind):
+    layer = LoraLinear(BASES[kind](), SPEC)
+    with pytest.raises(RuntimeError, match="cannot merge LoRA into a quantized"):
+        layer.merge()
+    assert not layer.merged

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from lora_rl.config.policy import PolicyConfig
+from lora_rl.config.quantization import QuantizationConfig
 from lora_rl.errors import SetupError
 from lora_rl.lora import LoraReport, apply_lora
 from lora_rl.model_source import require_local_model_dir
@@ -33,20 +34,54 @@ class BuiltPolicy:
         return out
 
 
-def load_hf_model(model_dir: Path, precision: str, trust_remote_code: bool) -> torch.nn.Module:
+def load_hf_model(model_dir: Path, precision: str, trust_remote_code: bool,
+                  quantization: QuantizationConfig | None = None) -> torch.nn.Module:
+    """The causal LM in `precision`; its linear layers (not the output layer) quantized by
+    bitsandbytes when `quantization` is given (a checkpoint that is already quantized loads
+    quantized either way: transformers reads its own `quantization_config`)."""
     from transformers import AutoModelForCausalLM
 
+    extra = {}
+    if quantization is not None:
+        extra["quantization_config"] = bnb_config(quantization, precision)
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=getattr(torch, precision), trust_remote_code=trust_remote_code,
-        attn_implementation="sdpa",
+        attn_implementation="sdpa", **extra,
     )
     model.config.use_cache = False
+    if quantization is not None:
+        keep_fp_compute(model)
     return model
+
+
+def keep_fp_compute(model: torch.nn.Module) -> None:
+    """bitsandbytes (0.50) repacks a 4-bit weight for an AVX512-BF16 kernel the first time a
+    layer runs in eval mode without grad on such a CPU: from then on inference (log-probs, the
+    reference policy, generation) computes in bf16 while training steps dequantize to the
+    compute dtype, ~1e-3 apart on a layer's output. Training and inference must compute one
+    function, so that path is switched off."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+
+
+def bnb_config(quantization: QuantizationConfig, precision: str):
+    """transformers' BitsAndBytesConfig for the recipe's `policy.quantization`."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=quantization.bnb_4bit_quant_type,
+        bnb_4bit_compute_dtype=getattr(torch, quantization.bnb_4bit_compute_dtype or precision),
+        bnb_4bit_use_double_quant=quantization.bnb_4bit_use_double_quant,
+        bnb_4bit_quant_storage=getattr(torch, quantization.bnb_4bit_quant_storage))
 
 
 def build_policy_model(policy: PolicyConfig, seed: int) -> BuiltPolicy:
     model_dir = require_local_model_dir(policy.model_name)
-    model = load_hf_model(model_dir, policy.precision, policy.trust_remote_code)
+    model = load_hf_model(model_dir, policy.precision, policy.trust_remote_code,
+                          policy.quantization)
     report = add_adapter(model, policy, seed)
     if policy.dtensor_cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
