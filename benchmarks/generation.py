@@ -80,6 +80,7 @@ def _vllm_policy(spec: dict):
     a validated GRPO recipe that selects vLLM with the requested sync mode."""
     import torch
 
+    from lora_rl.algorithms import backend_inputs
     from lora_rl.backends import build_backend
     from lora_rl.config.recipe import RecipeConfig
     from lora_rl.data.sources import load_tokenizer
@@ -99,7 +100,7 @@ def _vllm_policy(spec: dict):
                            "vllm_cfg": {"tensor_parallel_size": spec.get("tp", 1)}}},
         "data": {"dataset_name": "tiny-arithmetic"},
         "env": {"reward": "exact_match"}})
-    backend = build_backend(cfg, Runtime(0, 1, 0, torch.device("cpu")))
+    backend = build_backend(backend_inputs(cfg), Runtime(0, 1, 0, torch.device("cpu")))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for _, layer in iter_lora_layers(backend.model):

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from lora_rl.algorithms import algorithm_class
+from lora_rl.algorithms import algorithm_class, backend_inputs
 from lora_rl.algorithms.base import Algorithm
 from lora_rl.backends.dtensor.adapter_slots import AdapterSlots
 from lora_rl.config.recipe import RecipeConfig
@@ -74,7 +74,8 @@ class JointRun:
         for member, cfg in zip(self.members, self.cfgs, strict=True):
             report = self.slots.add(member.name, cfg.policy, cfg.algorithm_config.seed)
             with self.slots.installed(member.name):
-                backend = DTensorBackend(cfg, self.runtime, BuiltPolicy(model, model_dir, report))
+                backend = DTensorBackend(backend_inputs(cfg), self.runtime,
+                                         BuiltPolicy(model, model_dir, report))
                 member.algorithm = algorithm_class(cfg)(cfg, backend, self.runtime)
                 member.algorithm.session.label = member.name
         if policy.dtensor_cfg.activation_checkpointing:
