@@ -124,14 +124,15 @@ def _vllm_worker(spec: dict) -> dict:
                             generator=torch.Generator().manual_seed(0)).tolist()
     # No stop tokens: every response runs to max_new_tokens, so both engines do equal work.
     params = SamplingParams(max_new_tokens=spec["new_tokens"], temperature=1.0)
-    engine = VllmEngine(cfg, backend, tokenizer)
+    engine = VllmEngine(cfg.policy, backend, tokenizer,
+                        cfg.grpo.num_prompts_per_step * cfg.grpo.num_generations_per_prompt)
     try:
         engine.sample(prompts, params, torch.Generator().manual_seed(99))  # warm-up
         runs = [engine.sample(prompts, params, torch.Generator().manual_seed(r))
                 for r in range(spec["repeats"])]
     finally:
         engine.close()
-    torch_engine = TorchEngine(cfg, backend, tokenizer)
+    torch_engine = TorchEngine(cfg.policy, backend, tokenizer)
     torch_runs = [torch_engine.sample(prompts, params, torch.Generator().manual_seed(r))
                   for r in range(spec["repeats"])]
 

@@ -105,6 +105,8 @@ def served(request, recipe_kit, vllm_cache, tmp_path_factory):
     mode = request.param
     policy = build_policy(recipe_kit, tmp_path_factory.mktemp(f"vllm-{mode}"), mode,
                           **{"policy.optimizer.kwargs.lr": 0.05})
-    engine = VllmEngine(policy.cfg, policy.backend, policy.tokenizer)
+    engine = VllmEngine(policy.cfg.policy, policy.backend, policy.tokenizer,
+                        policy.cfg.grpo.num_prompts_per_step
+                        * policy.cfg.grpo.num_generations_per_prompt)
     yield mode, policy, engine
     engine.close()
