@@ -106,7 +106,7 @@ def _vllm_policy(spec: dict):
         for _, layer in iter_lora_layers(backend.model):
             layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape,
                                                   generator=generator) * 0.05)
-    return cfg, backend, load_tokenizer(cfg)
+    return cfg, backend, load_tokenizer(cfg.policy, cfg.data)
 
 
 def _vllm_worker(spec: dict) -> dict:

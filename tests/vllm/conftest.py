@@ -91,7 +91,7 @@ def build_policy(recipe_kit, directory: Path, mode: str, **changes) -> Policy:
         for _, layer in iter_lora_layers(backend.model):
             layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape,
                                                   generator=generator) * 0.2)
-    return Policy(cfg, backend, load_tokenizer(cfg))
+    return Policy(cfg, backend, load_tokenizer(cfg.policy, cfg.data))
 
 
 @pytest.fixture(scope="module", params=["merge", "split"])
