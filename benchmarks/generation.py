@@ -80,6 +80,7 @@ def _vllm_policy(spec: dict):
     a validated GRPO recipe that selects vLLM with the requested sync mode."""
     import torch
 
+    from lora_rl.algorithms import backend_inputs
     from lora_rl.backends import build_backend
     from lora_rl.config.recipe import RecipeConfig
     from lora_rl.data.sources import load_tokenizer
@@ -99,13 +100,13 @@ def _vllm_policy(spec: dict):
                            "vllm_cfg": {"tensor_parallel_size": spec.get("tp", 1)}}},
         "data": {"dataset_name": "tiny-arithmetic"},
         "env": {"reward": "exact_match"}})
-    backend = build_backend(cfg, Runtime(0, 1, 0, torch.device("cpu")))
+    backend = build_backend(backend_inputs(cfg), Runtime(0, 1, 0, torch.device("cpu")))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for _, layer in iter_lora_layers(backend.model):
             layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape,
                                                   generator=generator) * 0.05)
-    return cfg, backend, load_tokenizer(cfg)
+    return cfg, backend, load_tokenizer(cfg.policy, cfg.data)
 
 
 def _vllm_worker(spec: dict) -> dict:
@@ -123,14 +124,15 @@ def _vllm_worker(spec: dict) -> dict:
                             generator=torch.Generator().manual_seed(0)).tolist()
     # No stop tokens: every response runs to max_new_tokens, so both engines do equal work.
     params = SamplingParams(max_new_tokens=spec["new_tokens"], temperature=1.0)
-    engine = VllmEngine(cfg, backend, tokenizer)
+    engine = VllmEngine(cfg.policy, backend, tokenizer,
+                        cfg.grpo.num_prompts_per_step * cfg.grpo.num_generations_per_prompt)
     try:
         engine.sample(prompts, params, torch.Generator().manual_seed(99))  # warm-up
         runs = [engine.sample(prompts, params, torch.Generator().manual_seed(r))
                 for r in range(spec["repeats"])]
     finally:
         engine.close()
-    torch_engine = TorchEngine(cfg, backend, tokenizer)
+    torch_engine = TorchEngine(cfg.policy, backend, tokenizer)
     torch_runs = [torch_engine.sample(prompts, params, torch.Generator().manual_seed(r))
                   for r in range(spec["repeats"])]
 

@@ -43,6 +43,7 @@ def build_step(spec: dict, lora: bool):
     """A DTensor backend for the benchmark model and one SFT optimizer step on a fixed batch."""
     import torch
 
+    from lora_rl.algorithms import backend_inputs
     from lora_rl.backends.base import TokenBatch
     from lora_rl.backends.dtensor import DTensorBackend
     from lora_rl.config.recipe import RecipeConfig
@@ -61,7 +62,7 @@ def build_step(spec: dict, lora: bool):
                        "enabled": lora, "dim": 16, "alpha": 32, "use_triton": False}}},
         "data": {"dataset_name": "tiny-arithmetic"},
     })
-    backend = DTensorBackend(cfg, Runtime(0, 1, 0, torch.device("cpu")))
+    backend = DTensorBackend(backend_inputs(cfg), Runtime(0, 1, 0, torch.device("cpu")))
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, spec["vocab"], (batch, seq), generator=generator)
     tokens = TokenBatch(ids, torch.ones_like(ids), torch.ones_like(ids))

@@ -44,7 +44,8 @@ def preview(
         report.print_text([result], _console(stderr=True), strict=False)
         raise typer.Exit(EXIT_INVALID)
     try:
-        shown = collect(result.config, n)
+        cfg = result.config
+        shown = collect(cfg.policy, cfg.data, cfg.algorithm, n)
     except (DataError, ModelSourceError) as exc:
         _console(stderr=True).print(f"error: {exc}", markup=False)
         raise typer.Exit(EXIT_INVALID) from None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lora_rl.algorithms.base import Algorithm
+    from lora_rl.backends.base import BackendInputs
     from lora_rl.config.recipe import RecipeConfig
     from lora_rl.training.runtime import Runtime
 
@@ -21,7 +22,7 @@ def run_algorithm(cfg: RecipeConfig, runtime: Runtime) -> None:
     from lora_rl.preflight import preflight
 
     preflight(cfg)  # reward function and weight files, before the model loads
-    backend = build_backend(cfg, runtime)
+    backend = build_backend(backend_inputs(cfg), runtime)
     algorithm = algorithm_class(cfg)(cfg, backend, runtime)
     try:
         algorithm.setup()
@@ -29,6 +30,19 @@ def run_algorithm(cfg: RecipeConfig, runtime: Runtime) -> None:
         algorithm.session.finish()
     finally:
         algorithm.cleanup()
+
+
+def backend_inputs(cfg: RecipeConfig) -> BackendInputs:
+    """What a backend is built from: the policy section and the run-level facts it needs (the
+    one place a backend's inputs are taken from the recipe)."""
+    from lora_rl.backends.base import BackendInputs
+
+    algo = cfg.algorithm_config
+    # DPO, and GRPO with a KL penalty, compare the policy against a frozen reference.
+    reference = cfg.dpo is not None or (cfg.grpo is not None
+                                        and cfg.loss_fn.reference_policy_kl_penalty > 0)
+    return BackendInputs(policy=cfg.policy, seed=algo.seed, max_num_steps=algo.max_num_steps,
+                         needs_reference=reference)
 
 
 def algorithm_class(cfg: RecipeConfig) -> type[Algorithm]:

@@ -19,8 +19,11 @@ from typing import Any, ClassVar
 
 from lora_rl.backends.base import StepStats, TrainingBackend
 from lora_rl.config.recipe import RecipeConfig
+from lora_rl.data.examples import Limits
 from lora_rl.data.order import DataOrder
-from lora_rl.data.sources import load_tokenizer, rank_slice, renderer
+from lora_rl.data.samples import Sample
+from lora_rl.data.sources import limits, load_samples, load_tokenizer, rank_slice, renderer
+from lora_rl.data.specs import Split
 from lora_rl.data.tokenizer_export import tokenizer_state
 from lora_rl.training.runtime import Runtime, seed_step
 from lora_rl.training.session import TrainingSession
@@ -62,6 +65,8 @@ class Algorithm:
         self.backend = backend
         self.runtime = runtime
         self.session = TrainingSession(cfg, backend, runtime)
+        self.limits: Limits = limits(cfg.policy, cfg.data)
+        """Sequence-length limits of the rendered examples and prompts."""
         self.train_items: Sequence[Any] = ()
         self.start_step = 0
         self.step = 0
@@ -94,12 +99,17 @@ class Algorithm:
         """Held-out metrics, by their metrics.jsonl key."""
         return {}
 
+    def samples(self, split: Split) -> list[Sample]:
+        """The recipe's `split` samples (data/ sees the data section and the algorithm name)."""
+        return load_samples(self.cfg.data, self.cfg.algorithm, split)
+
     # ---- the loop -------------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.tokenizer = load_tokenizer(self.cfg)
-        self.renderer = renderer(self.cfg, self.tokenizer)
-        self.session.tokenizer_state = tokenizer_state(self.cfg, self.renderer)
+        policy, data = self.cfg.policy, self.cfg.data
+        self.tokenizer = load_tokenizer(policy, data)
+        self.renderer = renderer(policy, data, self.cfg.algorithm, self.tokenizer)
+        self.session.tokenizer_state = tokenizer_state(policy, data, self.renderer)
         self.train_items = self.prepare()
         self.order = DataOrder(len(self.train_items), self.algo.seed, self.cfg.data.shuffle)
         self.start_step = self.session.resume(self.order)

@@ -18,7 +18,7 @@ from lora_rl.backends.base import TokenBatch
 from lora_rl.config.algorithms import DPOConfig
 from lora_rl.data.examples import Example
 from lora_rl.data.samples import Sample
-from lora_rl.data.sources import chunks, collate, limits, load_samples, rank_slice, rendered
+from lora_rl.data.sources import chunks, collate, rank_slice, rendered
 
 Pair = tuple[Example, Example]
 
@@ -30,13 +30,13 @@ class DPO(Algorithm):
     unit = "preference pairs"
 
     def prepare(self) -> list[Pair]:
-        train = self._pairs(load_samples(self.cfg, "train"))
-        self.val_pairs = self._pairs(load_samples(self.cfg, "val"))
+        train = self._pairs(self.samples("train"))
+        self.val_pairs = self._pairs(self.samples("val"))
         return train
 
     def _pairs(self, samples: list[Sample]) -> list[Pair]:
         return [(chosen, rejected) for chosen, rejected in
-                rendered(self.renderer, samples, limits(self.cfg))]
+                rendered(self.renderer, samples, self.limits)]
 
     def _batch(self, pairs: list[Pair]) -> TokenBatch:
         return collate([c for c, _ in pairs] + [r for _, r in pairs], self.tokenizer.pad_token_id)

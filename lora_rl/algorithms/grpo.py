@@ -24,7 +24,7 @@ from lora_rl.config.algorithms import GRPOConfig
 from lora_rl.config.recipe import RecipeConfig
 from lora_rl.data.examples import Example
 from lora_rl.data.samples import Sample
-from lora_rl.data.sources import chunks, collate, limits, load_samples, prompts, rank_slice
+from lora_rl.data.sources import chunks, collate, prompts, rank_slice
 from lora_rl.generation.engines import RolloutEngine, build_engine
 from lora_rl.generation.torch_generator import SamplingParams
 from lora_rl.rewards import load_reward, score
@@ -63,9 +63,8 @@ class GRPO(Algorithm):
         from lora_rl.config.generation import GenerationConfig
 
         self.gen_cfg = self.gen_cfg or GenerationConfig()
-        lim = limits(self.cfg)
-        train = prompts(self.renderer, load_samples(self.cfg, "train"), lim)
-        self.val_records = prompts(self.renderer, load_samples(self.cfg, "val"), lim)
+        train = prompts(self.renderer, self.samples("train"), self.limits)
+        self.val_records = prompts(self.renderer, self.samples("val"), self.limits)
         self.reward_fn = load_reward(self.cfg.env.reward, self.cfg.env.reward_kwargs)
         self.params = SamplingParams(
             max_new_tokens=self.gen_cfg.max_new_tokens, temperature=self.gen_cfg.temperature,
@@ -73,7 +72,9 @@ class GRPO(Algorithm):
             stop_token_ids=frozenset([self.tokenizer.eos_token_id,
                                       *(self.gen_cfg.stop_token_ids or [])]),
             stop_strings=tuple(self.gen_cfg.stop_strings or ()))
-        self.engine = build_engine(self.cfg, self.backend, self.tokenizer)
+        self.engine = build_engine(self.cfg.policy, self.backend, self.tokenizer,
+                                   self.algo.num_prompts_per_step
+                                   * self.algo.num_generations_per_prompt)
         return train
 
     def items_per_step(self) -> int:

@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from lora_rl.algorithms import algorithm_class
+from lora_rl.algorithms import algorithm_class, backend_inputs
 from lora_rl.algorithms.base import Algorithm
 from lora_rl.backends.dtensor.adapter_slots import AdapterSlots, shard_installed
 from lora_rl.config.recipe import RecipeConfig
@@ -87,7 +87,7 @@ class JointRun:
                 if mesh is not None:
                     shard_installed(model, mesh["tp"])
                 built = BuiltPolicy(model, model_dir, reports[member.name], mesh)
-                backend = DTensorBackend(cfg, self.runtime, built)
+                backend = DTensorBackend(backend_inputs(cfg), self.runtime, built)
                 member.algorithm = algorithm_class(cfg)(cfg, backend, self.runtime)
                 member.algorithm.session.label = member.name
         if policy.dtensor_cfg.activation_checkpointing:

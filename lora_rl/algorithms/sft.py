@@ -20,8 +20,6 @@ from lora_rl.data.samples import Sample
 from lora_rl.data.sources import (
     chunks,
     collate,
-    limits,
-    load_samples,
     prompts,
     rank_slice,
     rendered,
@@ -33,14 +31,14 @@ class SFT(Algorithm):
     unit = "training examples"
 
     def prepare(self) -> list[Example]:
-        train = self._examples(load_samples(self.cfg, "train"))
-        val_samples = load_samples(self.cfg, "val")
+        train = self._examples(self.samples("train"))
+        val_samples = self.samples("val")
         self.val_set = self._examples(val_samples)
-        self.val_prompts = prompts(self.renderer, val_samples, limits(self.cfg))
+        self.val_prompts = prompts(self.renderer, val_samples, self.limits)
         return train
 
     def _examples(self, samples: list[Sample]) -> list[Example]:
-        kept = [e for (e,) in rendered(self.renderer, samples, limits(self.cfg))]
+        kept = [e for (e,) in rendered(self.renderer, samples, self.limits)]
         if len(kept) < len(samples):
             self.session.say(f"skipped {len(samples) - len(kept)} over-long record(s) "
                              "(data.on_overlong: skip)")

@@ -16,7 +16,23 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from lora_rl.config.recipe import RecipeConfig
+    from lora_rl.config.policy import PolicyConfig
+
+
+@dataclass(frozen=True)
+class BackendInputs:
+    """What a backend is built from: the policy section and the few run-level facts it needs.
+    Built from the validated recipe in one place (`lora_rl.algorithms.backend_inputs`);
+    backends never see the rest of the recipe."""
+
+    policy: PolicyConfig
+    seed: int
+    """The algorithm's seed: LoRA initialisation and Megatron's model-parallel RNG."""
+    max_num_steps: int
+    """The run's length, for Megatron's learning-rate schedule."""
+    needs_reference: bool
+    """Whether the algorithm compares against a frozen reference policy (DPO; GRPO with a KL
+    penalty): full fine-tuning then keeps a copy of the starting weights."""
 
 @dataclass
 class TokenBatch:
@@ -111,12 +127,6 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
-
-
-def needs_reference(cfg: RecipeConfig) -> bool:
-    """DPO, and GRPO with a KL penalty, compare the policy against a frozen reference."""
-    return cfg.dpo is not None or (cfg.grpo is not None
-                                   and cfg.loss_fn.reference_policy_kl_penalty > 0)
 
 
 class FrozenReference:

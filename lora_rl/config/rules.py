@@ -558,9 +558,10 @@ def _has_data(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     from lora_rl.data.specs import data_specs, hub_only_blocks
 
     data = cfg.data
-    if data_specs(cfg, "train") or (data.dataset_name in BUILTIN_DATASETS and data.train is None):
+    if data_specs(data, cfg.algorithm, "train") or \
+            (data.dataset_name in BUILTIN_DATASETS and data.train is None):
         return
-    hub = [(key, block) for key, block in hub_only_blocks(cfg) if key.startswith("data.train")]
+    hub = [(key, block) for key, block in hub_only_blocks(data) if key.startswith("data.train")]
     if hub:
         key, block = hub[0]
         yield Finding(f"{key}.dataset_name" if block.dataset_name else key,
@@ -585,7 +586,8 @@ def _has_data(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 def _data_files_exist(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     from lora_rl.data.specs import data_specs
 
-    for spec in data_specs(cfg, "train") + data_specs(cfg, "val"):
+    data, algorithm = cfg.data, cfg.algorithm
+    for spec in data_specs(data, algorithm, "train") + data_specs(data, algorithm, "val"):
         try:
             exists = spec.path.exists()
         except (OSError, ValueError):  # a name too long for the file system, ...

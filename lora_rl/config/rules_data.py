@@ -16,7 +16,7 @@ from lora_rl.config.rules import Finding, RuleContext, rule
 def _specs(cfg: RecipeConfig):
     from lora_rl.data.specs import data_specs
 
-    return [s for split in ("train", "val") for s in data_specs(cfg, split)]
+    return [s for split in ("train", "val") for s in data_specs(cfg.data, cfg.algorithm, split)]
 
 
 def _mode(path: Path) -> int | None:
@@ -89,7 +89,7 @@ def _first_record(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 def _template_for_chat(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     from lora_rl.data.specs import uses_chat
 
-    if cfg.policy.tokenizer.chat_template != "default" or not uses_chat(cfg):
+    if cfg.policy.tokenizer.chat_template != "default" or not uses_chat(cfg.data, cfg.algorithm):
         return
     if any(_misfit(spec, cfg) for spec in _specs(cfg)):
         return  # LR514 explains the problem: data of the wrong kind
@@ -148,9 +148,9 @@ def _kind_fits(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 def _holdout_unused(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     from lora_rl.data.specs import block_specs, data_specs
 
-    if not data_specs(cfg, "val"):
+    if not data_specs(cfg.data, cfg.algorithm, "val"):
         return
-    for key, block in block_specs(cfg, "train"):
+    for key, block in block_specs(cfg.data, "train"):
         if block.split_validation_size:
             yield Finding(f"{key}.split_validation_size", "the recipe has validation data, so "
                           "no training records are held out", "remove split_validation_size, "

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lora_rl.config.recipe import RecipeConfig
+from lora_rl.config.policy import PolicyConfig
+from lora_rl.config.sections import DataConfig
 
 
 @dataclass(frozen=True)
@@ -29,17 +30,17 @@ def _segments(tokenizer, ids, mask) -> tuple[tuple[str, bool], ...]:
     return tuple((tokenizer.decode(part), trained) for part, trained in runs)
 
 
-def preview(cfg: RecipeConfig, n: int) -> list[Shown]:
+def preview(policy: PolicyConfig, data: DataConfig, algorithm: str, n: int) -> list[Shown]:
     """The first `n` training samples (both sides of a DPO pair; a GRPO prompt with its
     generation prompt and nothing trained). Raises DataError / ModelSourceError."""
     from lora_rl.data.render import example, prompt_ids
     from lora_rl.data.sources import limits, load_samples, load_tokenizer, renderer
 
-    tokenizer = load_tokenizer(cfg)
-    rend = renderer(cfg, tokenizer)
-    lim = limits(cfg)
+    tokenizer = load_tokenizer(policy, data)
+    rend = renderer(policy, data, algorithm, tokenizer)
+    lim = limits(policy, data)
     shown = []
-    for sample in load_samples(cfg, "train")[:n]:
+    for sample in load_samples(data, algorithm, "train")[:n]:
         parts = []
         if sample.train:
             names = ("",) if len(sample.train) == 1 else ("chosen", "rejected")

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lora_rl.config.recipe import RecipeConfig
 from lora_rl.config.sections import DataBlock, DataConfig
 from lora_rl.data.bounded import DEFAULT_LIMITS, Limits
 
@@ -102,22 +101,20 @@ def _from_block(block: DataBlock, where: str, top: DataConfig) -> DataSpec | Non
         limits=limits(top))
 
 
-def block_specs(cfg: RecipeConfig, split: Split) -> list[tuple[str, DataBlock]]:
+def block_specs(data: DataConfig, split: Split) -> list[tuple[str, DataBlock]]:
     """(recipe key, merged block) for every NeMo RL data block of `split`."""
-    data = cfg.data
     raw = data.train if split == "train" else data.validation
     blocks = _blocks(raw)
     many = isinstance(raw, list)
     return [(block_key(split, i, many), _merged(b, data.default)) for i, b in enumerate(blocks)]
 
 
-def legacy_spec(cfg: RecipeConfig, split: Split) -> DataSpec | None:
+def legacy_spec(data: DataConfig, algorithm: str, split: Split) -> DataSpec | None:
     """`train_data_path` / `val_data_path`: plain records under the top-level key names."""
-    data = cfg.data
     path = data.train_data_path if split == "train" else data.val_data_path
     if not path:
         return None
-    output = {"sft": data.response_key, "grpo": data.answer_key}.get(cfg.algorithm,
+    output = {"sft": data.response_key, "grpo": data.answer_key}.get(algorithm,
                                                                        data.response_key)
     key = "train_data_path" if split == "train" else "val_data_path"
     return DataSpec(path=Path(path), kind="plain", where=f"data.{key}",
@@ -127,20 +124,21 @@ def legacy_spec(cfg: RecipeConfig, split: Split) -> DataSpec | None:
                     limits=limits(data))
 
 
-def data_specs(cfg: RecipeConfig, split: Split) -> list[DataSpec]:
-    """Every local data set of `split` named by the recipe (built-in data sets excluded)."""
-    specs = [s for key, block in block_specs(cfg, split)
-             if (s := _from_block(block, key, cfg.data))]
-    legacy = legacy_spec(cfg, split)
+def data_specs(data: DataConfig, algorithm: str, split: Split) -> list[DataSpec]:
+    """Every local data set of `split` named by the data section (built-in data sets
+    excluded); `algorithm` picks the legacy layout's output key."""
+    specs = [s for key, block in block_specs(data, split)
+             if (s := _from_block(block, key, data))]
+    legacy = legacy_spec(data, algorithm, split)
     return specs + ([legacy] if legacy else [])
 
 
-def hub_only_blocks(cfg: RecipeConfig) -> list[tuple[str, DataBlock]]:
+def hub_only_blocks(data: DataConfig) -> list[tuple[str, DataBlock]]:
     """Blocks that name a data set but no local `data_path` (lora-rl downloads nothing)."""
-    return [(key, block) for split in ("train", "val") for key, block in block_specs(cfg, split)
+    return [(key, block) for split in ("train", "val") for key, block in block_specs(data, split)
             if block.data_path is None]
 
 
-def uses_chat(cfg: RecipeConfig) -> bool:
+def uses_chat(data: DataConfig, algorithm: str) -> bool:
     return any(s.kind in ("chat", "ranked") for split in ("train", "val")
-               for s in data_specs(cfg, split))
+               for s in data_specs(data, algorithm, split))

@@ -14,7 +14,11 @@ Checkpoints record the facts (`tokenizer` in state.json) at save time.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lora_rl.config.policy import PolicyConfig
+    from lora_rl.config.sections import DataConfig
 
 PLAIN_TEMPLATE = (
     "{% if add_bos %}{{ bos_token }}{% endif %}{% for message in messages %}"
@@ -28,17 +32,16 @@ def plain_template(add_bos: bool, add_eos: bool) -> str:
             + str(add_eos).lower() + " %}" + PLAIN_TEMPLATE)
 
 
-def tokenizer_state(cfg, renderer) -> dict[str, Any]:
+def tokenizer_state(policy: PolicyConfig, data: DataConfig, renderer) -> dict[str, Any]:
     """What an export needs to reproduce this run's encoding (stored in checkpoints)."""
     from lora_rl.data.render import ChatRenderer
 
     if isinstance(renderer, ChatRenderer):
         return {"format": "chat", "add_bos": False, "chat_template": renderer.template,
-                "source": cfg.policy.tokenizer.name or cfg.policy.model_name}
-    data = cfg.data
+                "source": policy.tokenizer.name or policy.model_name}
     return {"format": "plain", "add_bos": data.add_bos,
             "chat_template": plain_template(data.add_bos, data.add_eos),
-            "source": cfg.policy.tokenizer.name or cfg.policy.model_name}
+            "source": policy.tokenizer.name or policy.model_name}
 
 
 def _add_bos_on_encode(tokenizer) -> None:

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 
 from lora_rl.backends.base import TrainingBackend
-from lora_rl.config.recipe import RecipeConfig
+from lora_rl.config.policy import PolicyConfig
 from lora_rl.generation.torch_generator import Generated, SamplingParams, generate
 from lora_rl.lora import merge_lora, unmerge_lora
 
@@ -29,12 +29,12 @@ class RolloutEngine(Protocol):
 
 
 class TorchEngine:
-    def __init__(self, cfg: RecipeConfig, backend: TrainingBackend, tokenizer) -> None:
+    def __init__(self, policy: PolicyConfig, backend: TrainingBackend, tokenizer) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
-        self.merge = (cfg.policy.generation is None
-                      or cfg.policy.generation.lora_weight_sync == "merge") \
-            and cfg.policy.active_lora is not None
+        self.merge = (policy.generation is None
+                      or policy.generation.lora_weight_sync == "merge") \
+            and policy.active_lora is not None
 
     def sample(self, prompts, params, generator):
         sync_s = 0.0
@@ -59,12 +59,15 @@ class TorchEngine:
         """Nothing to release: the torch engine samples from the training module itself."""
 
 
-def build_engine(cfg: RecipeConfig, backend: TrainingBackend, tokenizer) -> RolloutEngine:
-    gen = cfg.policy.generation
+def build_engine(policy: PolicyConfig, backend: TrainingBackend, tokenizer,
+                 rollouts_per_step: int) -> RolloutEngine:
+    """The engine `policy.generation` selects; `rollouts_per_step` (prompts x generations)
+    sizes vLLM's KV cache on CPU."""
+    gen = policy.generation
     if gen is not None and gen.backend == "vllm":
         from lora_rl.generation.vllm_engine import VllmEngine
 
-        return VllmEngine(cfg, backend, tokenizer)
-    return TorchEngine(cfg, backend, tokenizer)
+        return VllmEngine(policy, backend, tokenizer, rollouts_per_step)
+    return TorchEngine(policy, backend, tokenizer)
 
 

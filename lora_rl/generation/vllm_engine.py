@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from lora_rl.backends.base import TrainingBackend
-from lora_rl.config.recipe import RecipeConfig
+from lora_rl.config.policy import PolicyConfig
 from lora_rl.errors import LoraRlError
 from lora_rl.generation.engine_group import EngineGroup, Request
 from lora_rl.generation.torch_generator import Generated, SamplingParams
@@ -134,29 +134,32 @@ def _process_state_kept() -> Iterator[None]:
         random.setstate(py_rng)
 
 
-def _kv_cache_bytes(cfg: RecipeConfig, model_dir: Path, max_model_len: int, dtype: str) -> int:
+def _kv_cache_bytes(model_dir: Path, trust_remote_code: bool, max_model_len: int, dtype: str,
+                    rows: int) -> int:
     """Room for one step's rollouts at full length (x2 for vLLM's block rounding), capped at
     1 GiB but never below two full sequences: on CPU vLLM preallocates all of it."""
     from transformers import AutoConfig
 
     text = AutoConfig.from_pretrained(
-        model_dir, trust_remote_code=cfg.policy.trust_remote_code).get_text_config()
+        model_dir, trust_remote_code=trust_remote_code).get_text_config()
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * getattr(torch, dtype).itemsize
-    rows = cfg.grpo.num_prompts_per_step * cfg.grpo.num_generations_per_prompt if cfg.grpo else 1
     sequence = max_model_len * per_token
     return max(min(2 * rows * sequence, 1024 * _MiB), 2 * sequence, 64 * _MiB)
 
 
 class VllmEngine:
-    def __init__(self, cfg: RecipeConfig, backend: TrainingBackend, tokenizer) -> None:
-        gen = cfg.policy.generation
+    def __init__(self, policy: PolicyConfig, backend: TrainingBackend, tokenizer,
+                 rollouts_per_step: int) -> None:
+        """`rollouts_per_step`: the sequences one step samples (prompts x generations), which
+        size the KV cache on CPU."""
+        gen = policy.generation
         vcfg = gen.vllm_cfg
         # pp = 1, tp dividing the training ranks per node, and a split-servable rank are
         # validated up front (rule LR308).
-        lora = cfg.policy.active_lora
+        lora = policy.active_lora
         self.split = lora is not None and gen.lora_weight_sync == "split"
         self.backend = backend
         self.tokenizer = tokenizer
@@ -181,20 +184,21 @@ class VllmEngine:
         self._lora_id = 0
         self._lora_request = None
         if self.group is None or self.group.is_owner:
-            self._start(cfg, _import_vllm())
+            self._start(policy, rollouts_per_step, _import_vllm())
 
-    def _start(self, cfg: RecipeConfig, vllm) -> None:
+    def _start(self, policy: PolicyConfig, rollouts_per_step: int, vllm) -> None:
         from vllm.platforms import current_platform
 
-        vcfg = cfg.policy.generation.vllm_cfg
-        lora = cfg.policy.active_lora
+        vcfg = policy.generation.vllm_cfg
+        lora = policy.active_lora
         on_cpu = current_platform.is_cpu()
-        dtype = vcfg.precision or cfg.policy.precision
-        max_model_len = vcfg.max_model_len or cfg.policy.max_total_sequence_length
+        dtype = vcfg.precision or policy.precision
+        max_model_len = vcfg.max_model_len or policy.max_total_sequence_length
         kv_bytes = vcfg.kv_cache_memory_bytes
         if kv_bytes is None and on_cpu:
             # Without an explicit size vLLM's CPU backend claims gpu_memory_utilization of RAM.
-            kv_bytes = _kv_cache_bytes(cfg, self.model_dir, max_model_len, dtype)
+            kv_bytes = _kv_cache_bytes(self.model_dir, policy.trust_remote_code, max_model_len,
+                                       dtype, rollouts_per_step)
         options = {}
         if self.split:
             options = {"enable_lora": True, "max_loras": 2, "max_cpu_loras": 2,
@@ -223,7 +227,7 @@ class VllmEngine:
                 model=str(self.model_dir), dtype=dtype, max_model_len=max_model_len,
                 enforce_eager=vcfg.enforce_eager or on_cpu,
                 gpu_memory_utilization=vcfg.gpu_memory_utilization,
-                kv_cache_memory_bytes=kv_bytes, trust_remote_code=cfg.policy.trust_remote_code,
+                kv_cache_memory_bytes=kv_bytes, trust_remote_code=policy.trust_remote_code,
                 # Sampling settings come from the recipe, never from generation_config.json.
                 generation_config="vllm", seed=0, **options)
         self.start_time_s = time.perf_counter() - started

@@ -22,7 +22,8 @@ def held_out_accuracy(cfg: RecipeConfig, policy: TrainedPolicy) -> tuple[float, 
     if cfg.algorithm == "dpo":
         raise EvalError("eval measures generation accuracy (SFT and GRPO recipes); a DPO run's "
                         "validation is preference accuracy, logged as val_accuracy during the run")
-    items = prompts(policy.renderer, load_samples(cfg, "val"), limits(cfg))
+    items = prompts(policy.renderer, load_samples(cfg.data, cfg.algorithm, "val"),
+                    limits(cfg.policy, cfg.data))
     if cfg.algorithm == "sft" and algo.val_batches is not None:
         items = items[:algo.val_batches * algo.val_global_batch_size]
     elif cfg.algorithm == "grpo":

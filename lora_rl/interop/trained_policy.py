@@ -53,7 +53,7 @@ class TrainedPolicy:
         """A prompt typed by the user, rendered as training rendered its prompts."""
         from lora_rl.data.sources import typed_prompt
 
-        return self.renderer.prompt_ids(typed_prompt(cfg, text))
+        return self.renderer.prompt_ids(typed_prompt(cfg.data, cfg.algorithm, text))
 
 
 def load_trained_policy(cfg: RecipeConfig, checkpoint: Path | None,
@@ -66,7 +66,7 @@ def load_trained_policy(cfg: RecipeConfig, checkpoint: Path | None,
     from lora_rl.data.sources import load_tokenizer, renderer
     from lora_rl.model_source import require_local_model_dir
 
-    tokenizer = load_tokenizer(cfg)
+    tokenizer = load_tokenizer(cfg.policy, cfg.data)
     model_dir = require_local_model_dir(cfg.policy.model_name)
     quantization = cfg.policy.quantization
     if quantization is not None:
@@ -81,7 +81,8 @@ def load_trained_policy(cfg: RecipeConfig, checkpoint: Path | None,
         where = checkpoint or Path(cfg.checkpointing.checkpoint_dir)
         source = _load_adapter(model, where, "float32" if quantization is not None else None)
     model.eval()
-    return TrainedPolicy(model, tokenizer, renderer(cfg, tokenizer), source)
+    return TrainedPolicy(model, tokenizer, renderer(cfg.policy, cfg.data, cfg.algorithm, tokenizer),
+                         source)
 
 
 def _load_adapter(model: torch.nn.Module, where: Path, dtype: str | None = None) -> str:

@@ -96,9 +96,11 @@ def _algorithm(overrides: list[str], calls: list, resume_at: int = 0,
 
 @pytest.fixture
 def no_tokenizer(monkeypatch):
-    monkeypatch.setattr(base, "load_tokenizer", lambda cfg: "TOKENIZER")
-    monkeypatch.setattr(base, "renderer", lambda cfg, tokenizer: f"RENDERER({tokenizer})")
-    monkeypatch.setattr(base, "tokenizer_state", lambda cfg, renderer: {"from": renderer})
+    monkeypatch.setattr(base, "load_tokenizer", lambda policy, data: "TOKENIZER")
+    monkeypatch.setattr(base, "renderer",
+                        lambda policy, data, algorithm, tokenizer: f"RENDERER({tokenizer})")
+    monkeypatch.setattr(base, "tokenizer_state",
+                        lambda policy, data, renderer: {"from": renderer})
 
 
 def _seed(step: int) -> int:

@@ -82,9 +82,9 @@ def test_line_and_file_caps_are_recipe_keys(workdir):
                       "  train: {data_path: d.jsonl}\n", encoding="utf-8")
     result = validate_recipe(recipe)
     assert result.ok, [d.message for d in result.errors]
-    assert data_specs(result.config, "train")[0].limits == Limits(4000, 100000)
-    assert load_records(path, KEY, limits=data_specs(result.config, "train")[0].limits)[1].line \
-        == 2
+    limits = data_specs(result.config.data, "sft", "train")[0].limits
+    assert limits == Limits(4000, 100000)
+    assert load_records(path, KEY, limits=limits)[1].line == 2
 
 
 def test_a_line_exactly_at_the_cap_is_read(workdir):

@@ -32,6 +32,10 @@ def _config(tmp_path: Path, data_yaml: str, algorithm: str = "sft", extra: str =
     return result.config, result
 
 
+def _samples(cfg, split: str):
+    return load_samples(cfg.data, cfg.algorithm, split)
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -66,7 +70,7 @@ def test_the_issue_yaml_form_loads_chat_data(workdir):
         "  validation: {dataset_name: openai_format, data_path: chat_val.jsonl}\n"
         "  default: {chat_key: messages}\n"), extra=NO_TEMPLATE)
     assert not [d for d in result.warnings if d.rule == "LR901"]
-    train, val = load_samples(cfg, "train"), load_samples(cfg, "val")
+    train, val = _samples(cfg, "train"), _samples(cfg, "val")
     assert [s.where for s in train] == ["chat_train.jsonl:1", "chat_train.jsonl:2"]
     assert len(train[0].train[0].messages) == 4 and train[0].answer == "3"
     assert val[0].prompt.messages == ({"role": "user", "content": "5+1="},)
@@ -83,9 +87,9 @@ def test_block_lists_defaults_prompt_file_system_prompt_and_holdout(workdir):
         " seed: 3}\n"
         "    - {data_path: b.jsonl, input_key: q, output_key: a}\n"
         "  default: {prompt_file: p.txt, system_prompt: be brief}\n"))
-    specs = data_specs(cfg, "train")
+    specs = data_specs(cfg.data, cfg.algorithm, "train")
     assert [s.where for s in specs] == ["data.train.0.data_path", "data.train.1.data_path"]
-    train, val = load_samples(cfg, "train"), load_samples(cfg, "val")
+    train, val = _samples(cfg, "train"), _samples(cfg, "val")
     assert len(train) == 3 + 1 and len(val) == 3
     assert {s.answer for s in train[:3]} | {s.answer for s in val} == {r["output"] for r in ROWS}
     first = train[-1].prompt.messages
@@ -94,13 +98,13 @@ def test_block_lists_defaults_prompt_file_system_prompt_and_holdout(workdir):
     assert train[-1].prompt_text == "9+9="
     again, _ = _config(workdir, "  train: [{dataset_name: ResponseDataset, data_path: a.jsonl,"
                        " split_validation_size: 0.5, seed: 3}]\n")
-    assert [s.answer for s in load_samples(again, "val")] == [s.answer for s in val]
+    assert [s.answer for s in _samples(again, "val")] == [s.answer for s in val]
 
 
 def test_legacy_keys_still_work(workdir):
     write_jsonl(workdir / "t.jsonl", [{"prompt": "1+1=", "response": "2"}])
     cfg, _ = _config(workdir, "  train_data_path: t.jsonl\n")
-    (sample,) = load_samples(cfg, "train")
+    (sample,) = _samples(cfg, "train")
     assert sample.answer == "2" and sample.where == "t.jsonl:1"
 
 
@@ -121,7 +125,7 @@ def test_dpo_pairs_plain_conversational_and_ranked(workdir):
                      "    - {dataset_name: PreferenceDataset, data_path: r.jsonl}\n",
                      algorithm="dpo", extra=NO_TEMPLATE)
     pairs = [(s.train[0].messages[-1]["content"], s.train[1].messages[-1]["content"],
-              s.train[0].train_from) for s in load_samples(cfg, "train")]
+              s.train[0].train_from) for s in _samples(cfg, "train")]
     assert pairs == [("2", "3", 1), ("4", "5", 1), ("6", "7", 1)]
 
 
@@ -129,7 +133,7 @@ def test_grpo_reads_prompt_and_answer(workdir):
     write_jsonl(workdir / "g.jsonl", [{"problem": "4+4=", "expected_answer": "8"}])
     cfg, _ = _config(workdir, "  train: {data_path: g.jsonl, input_key: problem, "
                      "output_key: expected_answer}\n", algorithm="grpo")
-    (sample,) = load_samples(cfg, "train")
+    (sample,) = _samples(cfg, "train")
     assert sample.train == () and sample.answer == "8" and sample.prompt_text == "4+4="
 
 
@@ -212,11 +216,12 @@ def test_chat_template_setting_follows_nemo_rl(workdir, tiny_tokenizer):
                               ("'{{ bos_token }}'", "{{ bos_token }}")):
         cfg, _ = _config(workdir, data, extra=f"policy:\n  tokenizer:\n"
                          f"    chat_template: {setting}\n")
-        assert resolve_template(cfg, tiny_tokenizer) == expected, setting
+        assert resolve_template(cfg.policy, cfg.data, tiny_tokenizer) == expected, setting
     tiny_tokenizer.chat_template = TAGGED
     cfg, _ = _config(workdir, data)
-    assert resolve_template(cfg, tiny_tokenizer) == TAGGED      # default: the tokenizer's own
+    assert resolve_template(cfg.policy, cfg.data, tiny_tokenizer) == TAGGED  # default: its own
     cfg, _ = _config(workdir, data, extra=NO_TEMPLATE)
-    assert resolve_template(cfg, tiny_tokenizer) is None        # null: plain concatenation
+    assert resolve_template(cfg.policy, cfg.data, tiny_tokenizer) is None  # null: concatenation
     tiny_tokenizer.chat_template = None
-    assert type(renderer(cfg, tiny_tokenizer)).__name__ == "PlainRenderer"
+    plain = renderer(cfg.policy, cfg.data, cfg.algorithm, tiny_tokenizer)
+    assert type(plain).__name__ == "PlainRenderer"

@@ -17,6 +17,7 @@ import torch
 
 warnings.filterwarnings("ignore")
 
+from lora_rl.algorithms import backend_inputs  # noqa: E402
 from lora_rl.backends.base import TokenBatch  # noqa: E402
 from lora_rl.checkpoint import load_checkpoint  # noqa: E402
 from lora_rl.config.recipe import RecipeConfig  # noqa: E402
@@ -45,7 +46,7 @@ def main(model_dir: str, checkpoint: str, tp: int, pp: int, out_file: str) -> No
         },
         "cluster": {"gpus_per_node": runtime.world_size},
     })
-    backend = MegatronBackend(cfg, runtime)
+    backend = MegatronBackend(backend_inputs(cfg), runtime)
     backend.load_checkpoint_tensors(ckpt.tensors, ckpt.state["optimizer_meta"])
     ids = torch.tensor(TOKENS)
     batch = TokenBatch(ids, torch.ones_like(ids), torch.ones_like(ids))

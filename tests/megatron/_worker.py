@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 warnings.filterwarnings("ignore")
 
+from lora_rl.algorithms import backend_inputs  # noqa: E402
 from lora_rl.backends.base import TokenBatch  # noqa: E402
 from lora_rl.config.recipe import RecipeConfig  # noqa: E402
 from lora_rl.training.runtime import start_runtime, stop_runtime  # noqa: E402
@@ -109,8 +110,9 @@ def main(model_dir: str, tp: int, pp: int, recompute: bool, out_dir: str,
     runtime = start_runtime()
     from lora_rl.backends.megatron import MegatronBackend
 
-    backend = MegatronBackend(recipe(model_dir, tp, pp, recompute, runtime.world_size, targets,
-                                     ep), runtime)
+    backend = MegatronBackend(
+        backend_inputs(recipe(model_dir, tp, pp, recompute, runtime.world_size, targets, ep)),
+        runtime)
     batch = fixed_batch(backend.shape.vocab_size)
     result = {"logits": whole_logits(backend, batch),
               "adapter0": backend.checkpoint_tensors()["adapter"],

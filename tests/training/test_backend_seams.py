@@ -19,12 +19,13 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sft-tiny-dtensor-lor
 
 @pytest.fixture
 def backend(model_cache, monkeypatch):
+    from lora_rl.algorithms import backend_inputs
     from lora_rl.backends import build_backend
     from lora_rl.config.validate import load_config
     from lora_rl.training.runtime import Runtime
 
     monkeypatch.setenv("LORA_RL_CACHE", str(model_cache))
-    return build_backend(load_config(RECIPE), Runtime(0, 1, 0, torch.device("cpu")))
+    return build_backend(backend_inputs(load_config(RECIPE)), Runtime(0, 1, 0, torch.device("cpu")))
 
 
 def _json(value):
@@ -70,17 +71,20 @@ def test_optimizer_meta_matches_the_state_dict_after_training(backend):
     assert meta["scheduler"]["last_epoch"] == 1
 
 
-def test_generation_copy_needs_only_the_model_and_policy_not_the_backend(backend):
-    """DTensor's GenerationCopy takes narrow state (trained module, model dir, policy); its
-    synced copy computes what the training model computes."""
+def test_generation_copy_needs_only_the_model_and_its_load_settings(backend):
+    """DTensor's GenerationCopy takes narrow state (trained module, model dir, precision, the
+    LoRA section), not the backend; its synced copy computes what the training model computes."""
     from lora_rl.backends.dtensor.generation_copy import GenerationCopy
     from lora_rl.lora import iter_lora_layers
 
     with torch.no_grad():  # non-zero B, or the copy would match the base model too
         for _, layer in iter_lora_layers(backend.model):
             layer.lora_B.weight.normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
-    policy = backend.cfg.policy
-    copy = GenerationCopy(backend.model, backend.model_dir, policy, lora=True)
+    from lora_rl.config.validate import load_config
+
+    policy = load_config(RECIPE).policy
+    copy = GenerationCopy(backend.model, backend.model_dir, policy.precision,
+                          policy.trust_remote_code, lora=policy.dtensor_cfg.lora_cfg)
     ids = torch.arange(2, 14).reshape(2, 6)
     with copy.synced() as model, torch.no_grad():
         assert model is not backend.model

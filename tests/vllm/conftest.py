@@ -75,6 +75,7 @@ def build_policy(recipe_kit, directory: Path, mode: str, **changes) -> Policy:
     """A DTensor policy (single process) from a validated GRPO recipe, with LoRA B drawn
     non-zero so the adapter changes the outputs (zero B would make every parity check pass
     against the base model too)."""
+    from lora_rl.algorithms import backend_inputs
     from lora_rl.backends import build_backend
     from lora_rl.config.validate import load_config
     from lora_rl.data.sources import load_tokenizer
@@ -84,13 +85,13 @@ def build_policy(recipe_kit, directory: Path, mode: str, **changes) -> Policy:
     path = directory / f"grpo-{mode}.yaml"
     path.write_text(yaml.safe_dump(grpo_tree(recipe_kit, mode, **changes), sort_keys=False))
     cfg = load_config(path)
-    backend = build_backend(cfg, Runtime(0, 1, 0, torch.device("cpu")))
+    backend = build_backend(backend_inputs(cfg), Runtime(0, 1, 0, torch.device("cpu")))
     generator = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         for _, layer in iter_lora_layers(backend.model):
             layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape,
                                                   generator=generator) * 0.2)
-    return Policy(cfg, backend, load_tokenizer(cfg))
+    return Policy(cfg, backend, load_tokenizer(cfg.policy, cfg.data))
 
 
 @pytest.fixture(scope="module", params=["merge", "split"])
@@ -104,6 +105,8 @@ def served(request, recipe_kit, vllm_cache, tmp_path_factory):
     mode = request.param
     policy = build_policy(recipe_kit, tmp_path_factory.mktemp(f"vllm-{mode}"), mode,
                           **{"policy.optimizer.kwargs.lr": 0.05})
-    engine = VllmEngine(policy.cfg, policy.backend, policy.tokenizer)
+    engine = VllmEngine(policy.cfg.policy, policy.backend, policy.tokenizer,
+                        policy.cfg.grpo.num_prompts_per_step
+                        * policy.cfg.grpo.num_generations_per_prompt)
     yield mode, policy, engine
     engine.close()

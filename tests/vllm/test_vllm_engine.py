@@ -56,7 +56,7 @@ def test_greedy_tokens_equal_the_torch_generator(served):
     prompts = _prompts(policy.tokenizer)
     params = _params(policy.tokenizer, temperature=0.0)
     from_vllm, timing = engine.sample(prompts, params, torch.Generator().manual_seed(0))
-    from_torch, _ = TorchEngine(policy.cfg, policy.backend, policy.tokenizer).sample(
+    from_torch, _ = TorchEngine(policy.cfg.policy, policy.backend, policy.tokenizer).sample(
         prompts, params, torch.Generator().manual_seed(0))
     assert from_vllm.tokens == from_torch.tokens
     assert from_vllm.stopped == from_torch.stopped

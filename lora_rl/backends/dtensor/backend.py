@@ -18,13 +18,13 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule
 
 from lora_rl.backends.base import (
+    BackendInputs,
     FrozenReference,
     LossFn,
     StepStats,
     TokenBatch,
     adapter_off_reference,
     eval_mode,
-    needs_reference,
 )
 from lora_rl.backends.dtensor.generation_copy import GenerationCopy
 from lora_rl.backends.dtensor.model import BuiltPolicy, build_policy_model
@@ -32,7 +32,6 @@ from lora_rl.backends.dtensor.sharding import shard_model
 from lora_rl.backends.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
 from lora_rl.backends.token_logprobs import batch_token_logprobs
 from lora_rl.config.policy import PolicyConfig
-from lora_rl.config.recipe import RecipeConfig
 from lora_rl.lora.naming import unwrapped_name
 from lora_rl.training.optim import build_optimizer, build_scheduler, clip_gradients
 from lora_rl.training.runtime import Runtime
@@ -50,14 +49,13 @@ def lora_plus_groups(model: torch.nn.Module, policy: PolicyConfig) -> dict[str, 
 
 
 class DTensorBackend:
-    def __init__(self, cfg: RecipeConfig, runtime: Runtime,
+    def __init__(self, inputs: BackendInputs, runtime: Runtime,
                  built: BuiltPolicy | None = None) -> None:
-        """`built`: a model already loaded, with this recipe's adapter in place (a
-        multi-adapter run shares one base, `adapter_slots`); by default the recipe's own."""
-        policy = cfg.policy
-        self.cfg = cfg
+        """`built`: a model already loaded, with this policy's adapter in place (a
+        multi-adapter run shares one base, `adapter_slots`); by default the policy's own."""
+        policy = inputs.policy
         self.runtime = runtime
-        self.built = built or build_policy_model(policy, seed=cfg.algorithm_config.seed)
+        self.built = built or build_policy_model(policy, seed=inputs.seed)
         self.model = self.built.model
         tp = policy.dtensor_cfg.tensor_parallel_size
         self.dp_size = runtime.world_size // tp
@@ -69,12 +67,13 @@ class DTensorBackend:
         self.scheduler = build_scheduler(self.optimizer, policy.scheduler)
         self.max_grad_norm = policy.max_grad_norm or None  # 0: no clipping
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self._generation_copy = GenerationCopy(self.model, self.built.model_dir, policy,
-                                               lora=self.built.lora_report is not None)
+        self._generation_copy = GenerationCopy(
+            self.model, self.built.model_dir, policy.precision, policy.trust_remote_code,
+            lora=policy.dtensor_cfg.lora_cfg if self.built.lora_report is not None else None)
         # Full fine-tuning's reference policy: the starting weights, copied before any step or
         # resume (with LoRA the reference is the adapter turned off, no copy).
         self._reference = FrozenReference(self.model) \
-            if self.built.lora_report is None and needs_reference(cfg) else None
+            if self.built.lora_report is None and inputs.needs_reference else None
 
     # ---- forward / backward ---------------------------------------------------------------
 

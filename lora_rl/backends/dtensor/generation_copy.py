@@ -16,26 +16,27 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lora_rl.backends.dtensor.model import load_hf_model
-from lora_rl.config.policy import PolicyConfig
+from lora_rl.config.lora import DTensorLoraConfig
 from lora_rl.lora import apply_lora
 
 
 class GenerationCopy:
-    def __init__(self, trained: torch.nn.Module, model_dir: Path, policy: PolicyConfig,
-                 lora: bool) -> None:
+    def __init__(self, trained: torch.nn.Module, model_dir: Path, precision: str,
+                 trust_remote_code: bool, lora: DTensorLoraConfig | None) -> None:
         """`trained` is the (sharded) training model whose trainable weights each `synced`
-        copies; `model_dir`, `policy` and `lora` say how to build the plain copy."""
+        copies; the plain copy loads `model_dir` in `precision`, with the `lora` adapter
+        layout (None: full fine-tuning)."""
         self.trained = trained
         self.model_dir = model_dir
-        self.policy = policy
+        self.precision = precision
+        self.trust_remote_code = trust_remote_code
         self.lora = lora
         self.model: torch.nn.Module | None = None
 
     def _build(self) -> torch.nn.Module:
-        policy = self.policy
-        model = load_hf_model(self.model_dir, policy.precision, policy.trust_remote_code)
-        if self.lora:
-            apply_lora(model, policy.dtensor_cfg.lora_cfg)
+        model = load_hf_model(self.model_dir, self.precision, self.trust_remote_code)
+        if self.lora is not None:
+            apply_lora(model, self.lora)
         return model.requires_grad_(False)
 
     @contextlib.contextmanager

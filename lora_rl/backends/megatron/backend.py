@@ -16,13 +16,13 @@ import torch
 import torch.distributed as dist
 
 from lora_rl.backends.base import (
+    BackendInputs,
     FrozenReference,
     LossFn,
     StepStats,
     TokenBatch,
     adapter_off_reference,
     eval_mode,
-    needs_reference,
 )
 from lora_rl.backends.megatron import checkpoint_state, cpu_shim, schedule
 from lora_rl.backends.megatron.adapters import MegatronLora, apply_megatron_lora
@@ -47,22 +47,22 @@ from lora_rl.backends.megatron.parallel import (
     is_expert_parameter,
 )
 from lora_rl.backends.megatron.sharding import Sharder, kind_of
-from lora_rl.config.recipe import RecipeConfig
+from lora_rl.config.lora import MegatronPeftConfig
 from lora_rl.errors import SetupError
+from lora_rl.lora import lora_spec_from_config
 from lora_rl.model_source import require_local_model_dir
 from lora_rl.training.runtime import Runtime
 
 
 class MegatronBackend:
-    def __init__(self, cfg: RecipeConfig, runtime: Runtime) -> None:
+    def __init__(self, inputs: BackendInputs, runtime: Runtime) -> None:
         cpu_shim.import_megatron()
-        policy, mg = cfg.policy, cfg.policy.megatron_cfg
-        seed = cfg.algorithm_config.seed
+        policy, mg = inputs.policy, inputs.policy.megatron_cfg
+        seed = inputs.seed
         if mg.pipeline_dtype not in (None, policy.precision):
             raise SetupError(f"policy.megatron_cfg.pipeline_dtype is {mg.pipeline_dtype} but "
                              f"policy.precision is {policy.precision}: pipeline stages exchange "
                              "activations in the model's dtype; leave pipeline_dtype null")
-        self.cfg = cfg
         self.runtime = runtime
         self.layout = init_model_parallel(runtime, mg.tensor_model_parallel_size,
                                           mg.pipeline_model_parallel_size, seed,
@@ -80,32 +80,34 @@ class MegatronBackend:
             self.lora = apply_megatron_lora(self.model, mg.peft, self.shape.linear_module_names(),
                                             self.sharder, seed)
         named = [(n, p) for n, p in named_parameters(self.model) if p.requires_grad]
-        self.trainable_names = [n for n, _ in named]
-        self.main = MainParams([p for _, p in named], getattr(torch, mg.optimizer.params_dtype))
+        self.weights = checkpoint_state.TrainableWeights(
+            [n for n, _ in named],
+            MainParams([p for _, p in named], getattr(torch, mg.optimizer.params_dtype)),
+            self.sharder, self.shape, lora=self.lora is not None)
         if policy.init_adapter_path:
-            self._load_adapter(Path(policy.init_adapter_path))
-        self.optimizer = build_optimizer(self.main.params, mg.optimizer)
+            self._load_adapter(Path(policy.init_adapter_path), mg.peft)
+        self.optimizer = build_optimizer(self.weights.main.params, mg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, mg.optimizer, mg.scheduler,
-                                         cfg.algorithm_config.max_num_steps)
+                                         inputs.max_num_steps)
         self.max_grad_norm = mg.optimizer.clip_grad or None  # 0: no clipping, as Megatron
         self.lora_dropout = mg.peft.dropout if self.lora is not None else 0.0
         self._report = self._count_parameters()
         self._generation_copy = GenerationCopy(
-            lambda: checkpoint_state.whole_weights(self), self.model_dir, policy,
-            lora=self.lora is not None)
+            lambda: checkpoint_state.whole_weights(self.weights), self.model_dir,
+            policy.precision, policy.trust_remote_code,
+            lora=lora_spec_from_config(mg.peft) if self.lora is not None else None)
         # Full fine-tuning's reference policy: the starting weights of this rank's shard and
         # stage, copied before any step or resume (with LoRA: the adapter turned off).
         self._reference = FrozenReference(self.model) \
-            if self.lora is None and needs_reference(cfg) else None
+            if self.lora is None and inputs.needs_reference else None
 
-    def _load_adapter(self, directory: Path) -> None:
+    def _load_adapter(self, directory: Path, peft: MegatronPeftConfig) -> None:
         from lora_rl.interop.adapter_fit import adapter_fit_problem, lora_scale, residual_init_of
         from lora_rl.interop.peft_format import AdapterFormatError, read_adapter
 
         if self.lora is None:
             raise SetupError("policy.init_adapter_path needs megatron_cfg.peft.enabled")
         config, tensors = read_adapter(directory)
-        peft = self.cfg.policy.megatron_cfg.peft
         problem = adapter_fit_problem(config, peft.dim,
                                       lora_scale(peft.dim, peft.alpha, peft.use_rslora))
         init = residual_init_of(config)
@@ -117,7 +119,7 @@ class MegatronBackend:
         if problem:
             raise AdapterFormatError(f"{directory}: {problem}; set megatron_cfg.peft's dim, "
                                      "alpha and use_rslora to the adapter's")
-        checkpoint_state.load_weights(self, tensors)
+        checkpoint_state.load_weights(self.weights, tensors)
 
     def _count_parameters(self) -> dict[str, int | float | str]:
         """Whole-model counts (collective): sharded parameters in full, replicated ones once."""
@@ -177,15 +179,15 @@ class MegatronBackend:
                                          micro_batches, loss_fn)
 
     def optimizer_step(self) -> StepStats:
-        self.main.take_grads()
-        sum_gradients_over_data_parallel(self.trainable_names, self.main.params, self.layout)
-        norm = clip_gradients(self.trainable_names, self.main.params, self.max_grad_norm,
-                              self.layout)
+        main = self.weights.main
+        main.take_grads()
+        sum_gradients_over_data_parallel(self.weights.names, main.params, self.layout)
+        norm = clip_gradients(self.weights.names, main.params, self.max_grad_norm, self.layout)
         finite = math.isfinite(norm)
         if finite:
             self.optimizer.step()
             self.scheduler.step()
-            self.main.publish()
+            main.publish()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.zero_grad(set_to_none=True)
         return StepStats(grad_norm=norm, lr=self.scheduler.get_last_lr()[0], skipped=not finite)
@@ -204,14 +206,15 @@ class MegatronBackend:
     # ---- checkpoints and export -----------------------------------------------------------
 
     def checkpoint_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
-        return checkpoint_state.checkpoint_tensors(self)
+        return checkpoint_state.checkpoint_tensors(self.weights, self.optimizer)
 
     def optimizer_meta(self) -> dict:
-        return checkpoint_state.optimizer_meta(self)
+        return checkpoint_state.optimizer_meta(self.optimizer, self.scheduler)
 
     def load_checkpoint_tensors(self, tensors: dict[str, dict[str, torch.Tensor]],
                                 optimizer_meta: dict) -> None:
-        checkpoint_state.load_checkpoint_tensors(self, tensors, optimizer_meta)
+        checkpoint_state.load_checkpoint_tensors(self.weights, self.optimizer, self.scheduler,
+                                                 tensors, optimizer_meta)
 
     def trainable_report(self) -> dict[str, int | float | str]:
         return dict(self._report)

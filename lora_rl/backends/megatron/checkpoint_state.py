@@ -9,74 +9,88 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from lora_rl.backends.megatron.bridge import hf_to_megatron, megatron_to_hf
+from lora_rl.backends.megatron.bridge import LlamaShape, hf_to_megatron, megatron_to_hf
 from lora_rl.backends.megatron.model import load_whole
-from lora_rl.backends.megatron.sharding import STATE_SEPARATOR
-
-if TYPE_CHECKING:
-    from lora_rl.backends.megatron.backend import MegatronBackend
+from lora_rl.backends.megatron.optim import MainParams
+from lora_rl.backends.megatron.sharding import STATE_SEPARATOR, Sharder
 
 
-def weights_name(backend: MegatronBackend) -> str:
-    return "adapter" if backend.lora is not None else "model"
+@dataclass(frozen=True)
+class TrainableWeights:
+    """What checkpoints need of a Megatron model: its trainable parameters, how they are
+    sharded, and how their names map to Hugging Face's."""
+
+    names: list[str]
+    """Megatron global names of the trainable parameters, in optimizer order."""
+    main: MainParams
+    """Their main copies (in `params_dtype`, so a resumed run continues from the exact values)."""
+    sharder: Sharder
+    shape: LlamaShape
+    lora: bool
+    """True: the weights are a LoRA adapter (`adapter`); False: the whole model (`model`)."""
+
+    @property
+    def checkpoint_name(self) -> str:
+        return "adapter" if self.lora else "model"
+
+    def main_params(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.main.params, strict=True))
 
 
-def _main_params(backend: MegatronBackend) -> dict[str, torch.Tensor]:
-    # The main copies: in `params_dtype`, so a resumed run continues from the exact values.
-    return dict(zip(backend.trainable_names, backend.main.params, strict=True))
-
-
-def whole_weights(backend: MegatronBackend) -> dict[str, torch.Tensor]:
+def whole_weights(weights: TrainableWeights) -> dict[str, torch.Tensor]:
     """Trainable weights, whole, HF names, on every rank (collective)."""
-    local = _main_params(backend)
-    return megatron_to_hf(backend.sharder.gather_whole(local), backend.shape)
+    return megatron_to_hf(weights.sharder.gather_whole(weights.main_params()), weights.shape)
 
 
-def checkpoint_tensors(backend: MegatronBackend) -> dict[str, dict[str, torch.Tensor]]:
-    state = backend.optimizer.state_dict()["state"]
+def checkpoint_tensors(weights: TrainableWeights, optimizer: torch.optim.Optimizer
+                       ) -> dict[str, dict[str, torch.Tensor]]:
+    state = optimizer.state_dict()["state"]
     local = {}
-    for index, name in enumerate(backend.trainable_names):
+    for index, name in enumerate(weights.names):
         for key, value in state.get(index, {}).items():
             if isinstance(value, torch.Tensor):
                 local[f"{name}{STATE_SEPARATOR}{key}"] = value
-    optimizer = {k: v.contiguous() for k, v in backend.sharder.gather_whole(local).items()}
-    return {weights_name(backend): whole_weights(backend), "optimizer": optimizer}
+    whole = {k: v.contiguous() for k, v in weights.sharder.gather_whole(local).items()}
+    return {weights.checkpoint_name: whole_weights(weights), "optimizer": whole}
 
 
-def optimizer_meta(backend: MegatronBackend) -> dict[str, Any]:
+def optimizer_meta(optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
     groups = [{k: v for k, v in g.items() if k != "params"}
-              for g in backend.optimizer.state_dict()["param_groups"]]
-    return {"optimizer": {"param_groups": groups}, "scheduler": backend.scheduler.state_dict()}
+              for g in optimizer.state_dict()["param_groups"]]
+    return {"optimizer": {"param_groups": groups}, "scheduler": scheduler.state_dict()}
 
 
-def load_weights(backend: MegatronBackend, hf_tensors: dict[str, torch.Tensor]) -> None:
+def load_weights(weights: TrainableWeights, hf_tensors: dict[str, torch.Tensor]) -> None:
     """Trainable weights from HF-named whole tensors (a checkpoint or a PEFT adapter)."""
-    names = list(backend.trainable_names)
-    load_whole(_main_params(backend), hf_to_megatron(hf_tensors, names, backend.shape),
-               backend.sharder, names)
-    backend.main.publish()
+    names = list(weights.names)
+    load_whole(weights.main_params(), hf_to_megatron(hf_tensors, names, weights.shape),
+               weights.sharder, names)
+    weights.main.publish()
 
 
-def load_checkpoint_tensors(backend: MegatronBackend, tensors: dict[str, dict[str, torch.Tensor]],
+def load_checkpoint_tensors(weights: TrainableWeights, optimizer: torch.optim.Optimizer,
+                            scheduler: torch.optim.lr_scheduler.LRScheduler,
+                            tensors: dict[str, dict[str, torch.Tensor]],
                             meta: dict[str, Any]) -> None:
-    load_weights(backend, tensors[weights_name(backend)])
+    load_weights(weights, tensors[weights.checkpoint_name])
     saved = tensors["optimizer"]
     state: dict[int, dict[str, Any]] = {}
-    for index, name in enumerate(backend.trainable_names):
+    for index, name in enumerate(weights.names):
         prefix = f"{name}{STATE_SEPARATOR}"
         for key, whole in saved.items():
             if key.startswith(prefix):
-                local = backend.sharder.shard(key, whole)
+                local = weights.sharder.shard(key, whole)
                 state.setdefault(index, {})[key[len(prefix):]] = local.clone()
     groups = meta["optimizer"]["param_groups"]
     if len(groups) != 1:
         raise ValueError(f"checkpoint has {len(groups)} optimizer parameter groups; the Megatron "
                          "backend writes one")
-    params = list(range(len(backend.trainable_names)))
-    backend.optimizer.load_state_dict({"state": state,
-                                       "param_groups": [{**groups[0], "params": params}]})
-    backend.scheduler.load_state_dict(meta["scheduler"])
+    params = list(range(len(weights.names)))
+    optimizer.load_state_dict({"state": state, "param_groups": [{**groups[0], "params": params}]})
+    scheduler.load_state_dict(meta["scheduler"])

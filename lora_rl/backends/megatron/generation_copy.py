@@ -15,33 +15,34 @@ from pathlib import Path
 
 import torch
 
-from lora_rl.config.policy import PolicyConfig
 from lora_rl.interop.peft_format import wrap_adapter_modules
-from lora_rl.lora import load_lora_state_dict, lora_spec_from_config
+from lora_rl.lora import load_lora_state_dict
+from lora_rl.lora.spec import LoraSpec
 
 
 class GenerationCopy:
     def __init__(self, trained_weights: Callable[[], dict[str, torch.Tensor]], model_dir: Path,
-                 policy: PolicyConfig, lora: bool) -> None:
-        """`trained_weights` gathers the trainable weights in HF names (collective); `model_dir`,
-        `policy` and `lora` say how to build the plain copy."""
+                 precision: str, trust_remote_code: bool, lora: LoraSpec | None) -> None:
+        """`trained_weights` gathers the trainable weights in HF names (collective); the plain
+        copy loads `model_dir` in `precision`, with adapters of the `lora` spec (None: full
+        fine-tuning)."""
         self.trained_weights = trained_weights
         self.model_dir = model_dir
-        self.policy = policy
+        self.precision = precision
+        self.trust_remote_code = trust_remote_code
         self.lora = lora
         self.model: torch.nn.Module | None = None
 
     def _build(self, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        policy = self.policy
         model = AutoModelForCausalLM.from_pretrained(
-            self.model_dir, dtype=getattr(torch, policy.precision),
-            trust_remote_code=policy.trust_remote_code, attn_implementation="sdpa")
-        if self.lora:
+            self.model_dir, dtype=getattr(torch, self.precision),
+            trust_remote_code=self.trust_remote_code, attn_implementation="sdpa")
+        if self.lora is not None:
             # Exactly the HF modules the adapter names: q/k/v (or gate/up) each get their own
             # A, loaded with the fused module's shared values (as in a PEFT export).
-            wrap_adapter_modules(model, weights, lora_spec_from_config(policy.megatron_cfg.peft))
+            wrap_adapter_modules(model, weights, self.lora)
         return model.requires_grad_(False)
 
     @contextlib.contextmanager
@@ -50,7 +51,7 @@ class GenerationCopy:
         weights = self.trained_weights()
         if self.model is None:
             self.model = self._build(weights)
-        if self.lora:
+        if self.lora is not None:
             load_lora_state_dict(self.model, weights)
         else:
             self.model.load_state_dict(weights, strict=True)
