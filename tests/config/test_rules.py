@@ -191,11 +191,11 @@ RULE_CASES: list[Case] = [
          f"{LORA}.enabled", kind="grpo"),
     # A TP engine serves tp consecutive training ranks of one node: 3 ranks cannot be split
     # into engines of 2; 2 ranks share one.
-    Case("LR308", "vllm-tp2-three-ranks",
+    Case("LR308", "vllm-tp3-four-ranks",
+         {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg.tensor_parallel_size": 3,
+          "cluster.gpus_per_node": 4, "policy.train_micro_batch_size": 1},
          {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg.tensor_parallel_size": 2,
-          "cluster.gpus_per_node": 3, "policy.train_micro_batch_size": 2},
-         {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg.tensor_parallel_size": 2,
-          "cluster.gpus_per_node": 2, "policy.train_micro_batch_size": 2},
+          "cluster.gpus_per_node": 4, "policy.train_micro_batch_size": 1},
          f"{GEN}.vllm_cfg.tensor_parallel_size", kind="grpo", vllm=True),
     Case("LR308", "vllm-tp-vs-heads",
          {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg.tensor_parallel_size": 4},
