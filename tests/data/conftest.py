@@ -5,6 +5,7 @@ end on the 2-layer model."""
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -46,6 +47,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+PAIRS = [(a, b) for a in range(10) for b in range(10)]
+random.Random(0).shuffle(PAIRS)
+TRAIN, VAL = PAIRS[20:], PAIRS[:20]
+"""Every single-digit addition, shuffled once; the last 80 train, the first 20 validate."""
+
+
 def chat_rows(pairs: list[tuple[int, int]], turns: int = 1) -> list[dict]:
     """`a+b=` -> `a+b` conversations; with turns=2 a second exchange follows."""
     rows = []
@@ -57,3 +64,14 @@ def chat_rows(pairs: list[tuple[int, int]], turns: int = 1) -> list[dict]:
                          {"role": "assistant", "content": str(a + b)}]
         rows.append({"messages": messages})
     return rows
+
+
+def chat_pairs(pairs: list[tuple[int, int]], seed: int = 0) -> list[dict]:
+    """The tiny task's preference pairs (`lora_rl.tiny.tasks.dpo_records`: the right sum over
+    a seeded wrong one) as conversational pairs: a user prompt, one-message assistant sides."""
+    from lora_rl.tiny.tasks import dpo_records
+
+    return [{"prompt": [{"role": "user", "content": r["prompt"]}],
+             "chosen": [{"role": "assistant", "content": r["chosen"]}],
+             "rejected": [{"role": "assistant", "content": r["rejected"]}]}
+            for r in dpo_records(pairs, seed)]

@@ -6,17 +6,13 @@ chat data for a template-less tokenizer is refused at validate, bad chat records
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 
-from tests.data.conftest import chat_rows, write_jsonl
+from tests.data.conftest import PAIRS, TRAIN, VAL, chat_pairs, chat_rows, write_jsonl
 from tests.training.conftest import QUIET
 
 pytestmark = pytest.mark.slow
-PAIRS = [(a, b) for a in range(10) for b in range(10)]
-random.Random(0).shuffle(PAIRS)
-TRAIN, VAL = PAIRS[20:], PAIRS[:20]
 
 
 def _recipe(runner, algorithm: str, data: str, model: str, extra: str = "") -> str:
@@ -66,13 +62,7 @@ def test_run_reports_bad_chat_records_with_file_and_line(runner, chat_model):
 
 
 def test_dpo_on_conversational_pairs_starts_at_log_2(runner, chat_model):
-    rng = random.Random(1)
-    rows = [{"prompt": [{"role": "user", "content": f"{a}+{b}="}],
-             "chosen": [{"role": "assistant", "content": str(a + b)}],
-             "rejected": [{"role": "assistant",
-                           "content": str(rng.choice([s for s in range(19) if s != a + b]))}]}
-            for a, b in PAIRS]
-    write_jsonl(runner.workdir / "pairs.jsonl", rows)
+    write_jsonl(runner.workdir / "pairs.jsonl", chat_pairs(PAIRS))
     data = ("  train: {dataset_name: BinaryPreferenceDataset, data_path: pairs.jsonl,"
             " split_validation_size: 0.2, seed: 1}\n")
     runner.run("run", _recipe(runner, "dpo", data, str(chat_model)), "dpo.max_num_steps=30",
