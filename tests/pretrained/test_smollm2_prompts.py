@@ -37,8 +37,9 @@ def test_grpo_rollout_prompts_end_with_the_assistant_header(tmp_path):
     cfg = result.config
 
     # The calls GRPO's `prepare` makes (lora_rl/algorithms/grpo.py).
-    tokenizer = load_tokenizer(cfg)
-    built = prompts(renderer(cfg, tokenizer), load_samples(cfg, "train"), limits(cfg))
+    tokenizer = load_tokenizer(cfg.policy, cfg.data)
+    built = prompts(renderer(cfg.policy, cfg.data, cfg.algorithm, tokenizer),
+                    load_samples(cfg.data, cfg.algorithm, "train"), limits(cfg.policy, cfg.data))
     assert len(built) == len(rows)
     for (sample, ids), row in zip(built, rows, strict=True):
         text = tokenizer.decode(ids)
