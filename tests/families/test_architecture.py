@@ -17,6 +17,7 @@ from lora_rl.architecture import (
     supported_families,
 )
 from lora_rl.tiny.families import FAMILY_CONFIGS
+from tests.peft_twins import assert_logits_and_lora_grads_equal, pair_with_peft
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
@@ -80,7 +81,7 @@ def test_phi3_lora_is_peft_layout_on_the_fused_modules(family_models):
     from transformers import AutoModelForCausalLM
 
     from lora_rl.config.lora import DTensorLoraConfig
-    from lora_rl.lora import apply_lora, iter_lora_layers
+    from lora_rl.lora import apply_lora
 
     base = AutoModelForCausalLM.from_pretrained(family_models["phi3"])
     ours = copy.deepcopy(base)
@@ -88,23 +89,9 @@ def test_phi3_lora_is_peft_layout_on_the_fused_modules(family_models):
     assert sorted({n.rsplit(".", 1)[-1] for n in report.patched}) == [
         "down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
     theirs = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    twins = dict(theirs.named_modules())
-    torch.manual_seed(1)
-    pairs = []
-    for name, layer in iter_lora_layers(ours):
-        layer.lora_B.weight.data.normal_()
-        twin = twins[f"base_model.model.{name}"]
-        twin.lora_A["default"].weight.data.copy_(layer.lora_A.weight)
-        twin.lora_B["default"].weight.data.copy_(layer.lora_B.weight)
-        pairs.append((layer, twin))
+    pairs = pair_with_peft(ours, theirs)
     tokens = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(2))
-    a, b = ours(tokens).logits, theirs(tokens).logits
-    assert torch.allclose(a, b, atol=1e-5, rtol=0)
-    a.square().mean().backward()
-    b.square().mean().backward()
-    for layer, twin in pairs:
-        assert torch.allclose(layer.lora_A.weight.grad, twin.lora_A["default"].weight.grad,
-                              atol=1e-5, rtol=0)
+    assert_logits_and_lora_grads_equal(ours, theirs, pairs, tokens)
 
 
 @pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "mistral"])

@@ -11,6 +11,7 @@ from lora_rl.backends.dtensor.model import load_hf_model
 from lora_rl.config.lora import DTensorLoraConfig
 from lora_rl.config.quantization import QuantizationConfig
 from lora_rl.lora import apply_lora, iter_lora_layers
+from tests.peft_twins import assert_logits_and_lora_grads_equal, pair_with_peft
 
 pytest.importorskip("bitsandbytes", reason="the quant extra (bitsandbytes) is not installed")
 
@@ -52,30 +53,14 @@ def test_logits_and_grads_equal_peft_on_the_quantized_base(base_dir, kind):
     report = apply_lora(ours, DTensorLoraConfig(enabled=True, dim=4, alpha=8,
                                                 lora_dtype="float32"))
     theirs = _peft_model(base_dir, quant)
-    twins = dict(theirs.named_modules())
-    torch.manual_seed(1)
-    pairs = []
-    for name, layer in iter_lora_layers(ours):
+    for _, layer in iter_lora_layers(ours):
         assert layer.lora_A.weight.dtype == torch.float32
         assert type(layer.base).__name__ == ("Linear8bitLt" if quant.load_in_8bit
                                              else "Linear4bit")
-        layer.lora_B.weight.data.normal_()  # non-zero B, so the adapter matters
-        twin = twins[f"base_model.model.{name}"]
-        twin.lora_A["default"].weight.data.copy_(layer.lora_A.weight)
-        twin.lora_B["default"].weight.data.copy_(layer.lora_B.weight)
-        pairs.append((layer, twin))
+    pairs = pair_with_peft(ours, theirs)
     assert len(pairs) == len(report.patched) == 14
     tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(2))
-    ours_logits, peft_logits = ours(tokens).logits, theirs(tokens).logits
-    assert torch.allclose(ours_logits, peft_logits, atol=1e-5, rtol=0)
-    ours_logits.square().mean().backward()
-    peft_logits.square().mean().backward()
-    for layer, twin in pairs:
-        for part in ("lora_A", "lora_B"):
-            grad = getattr(layer, part).weight.grad
-            assert grad is not None and grad.abs().sum() > 0
-            assert torch.allclose(grad, getattr(twin, part)["default"].weight.grad,
-                                  atol=1e-5, rtol=0)
+    assert_logits_and_lora_grads_equal(ours, theirs, pairs, tokens)
     # The base stays frozen: only the adapters train.
     assert {n for n, p in ours.named_parameters() if p.requires_grad} == {
         f"{name}.{part}.weight" for name, _ in iter_lora_layers(ours)
