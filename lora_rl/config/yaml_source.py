@@ -233,12 +233,13 @@ class _Walker:
 
     def _construct(self, node: yaml.Node) -> Any:
         """A scalar (or key) as Python. Explicit tags can fail outside PyYAML's error types
-        (`!!float abc` -> ValueError, `!!bool x` -> KeyError, a 5000-digit int -> ValueError)."""
+        (`!!float abc` -> ValueError, `!!bool x` -> KeyError, an empty `!!float` -> IndexError,
+        a 5000-digit int -> ValueError)."""
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.YAMLError:
             raise
-        except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        except (ValueError, KeyError, IndexError, TypeError, OverflowError, RecursionError):
             shown = repr(node.value) if isinstance(node.value, str) else "this value"
             if len(shown) > 40:
                 shown = shown[:37] + "..."

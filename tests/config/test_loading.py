@@ -398,6 +398,8 @@ def test_recursive_alias(recipe_dir: Any) -> None:
     "sft: !!binary aGVsbG8=\n",
     "policy: {model_name: !!float abc}\n",
     "policy: {model_name: !!bool maybe}\n",
+    "!!float \n",  # an empty float: PyYAML's constructor raises IndexError (found by fuzzing)
+    "policy: {train_micro_batch_size: !!int }\n",
     "policy: {train_micro_batch_size: " + "9" * 5000 + "}\n",
     "? [a, b]\n: 1\n",
     "sft: {}\x07\n",
