@@ -4,7 +4,8 @@ holds the embedding, the last the norm and LM head). Merge-weight sync (every wo
 merged groups and keeps its stage's layers) and split-weight sync (every stage loads its layers'
 share of the adapter) both keep gen_kl_error in bounds after an optimizer step, step 1 equals
 the in-process TP=1 engine's for the same seeds, and no process outlives the run. The split run
-then loses its last stage's worker to SIGKILL: the run stops with an error naming it."""
+then loses its last stage's worker to SIGKILL: the run stops with an error naming it. Two
+training ranks share one such engine (NeMo RL's layout, one engine per tp x pp ranks)."""
 
 from __future__ import annotations
 
@@ -33,21 +34,23 @@ STEPS = 2
 
 @pytest.fixture(scope="module")
 def pp_run(vllm_cache, hd64_model, hd64_adapter, tmp_path_factory):  # noqa: F811
-    """(mode, pp) -> (metrics rows, stdout + stderr, exit code, vLLM PP workers seen, the
-    run's processes still alive after it, the pid of the worker it killed). pp 2 runs STEPS
-    steps (split: then one stage's worker is SIGKILLed, so one engine start serves both
-    checks); pp 1 is the in-process reference, one step."""
-    runs: dict[tuple[str, int], tuple] = {}
+    """(mode, pp, training ranks) -> (metrics rows, stdout + stderr, exit code, vLLM PP
+    workers seen, the run's processes still alive after it, the pid of the worker it killed).
+    One rank at pp 2 runs STEPS steps (split: then one stage's worker is SIGKILLed, so one
+    engine start serves both checks); the others run one step."""
+    runs: dict[tuple[str, int, int], tuple] = {}
 
-    def run(mode: str, pp: int):
-        if (mode, pp) not in runs:
-            tag = f"pp-{mode}-pp{pp}"
-            kill = (mode, pp) == ("split", 2)
+    def run(mode: str, pp: int, ranks: int = 1):
+        if (mode, pp, ranks) not in runs:
+            tag = f"pp-{mode}-pp{pp}-ranks{ranks}"
+            kill = (mode, pp, ranks) == ("split", 2, 1)
             victim = None
             runner = Runner(tmp_path_factory.mktemp(tag), vllm_cache)
-            steps = 50 if kill else (STEPS if pp > 1 else 1)
+            steps = 50 if kill else (STEPS if (pp, ranks) == (2, 1) else 1)
             args = [*_args(hd64_model, hd64_adapter, mode, 1, steps, tag),
-                    f"policy.generation.vllm_cfg.pipeline_parallel_size={pp}"]
+                    f"policy.generation.vllm_cfg.pipeline_parallel_size={pp}",
+                    f"cluster.gpus_per_node={ranks}",
+                    f"policy.train_micro_batch_size={32 // ranks}"]
             proc = _start(runner, args, tag)
             family: dict[int, psutil.Process] = {}
             workers: dict[int, str] = {}
@@ -75,9 +78,9 @@ def pp_run(vllm_cache, hd64_model, hd64_adapter, tmp_path_factory):  # noqa: F81
             proc.wait(timeout=60)
             time.sleep(1)
             stdout, stderr = _output(runner, tag)
-            runs[mode, pp] = (_rows(runner, tag), stdout + stderr, proc.returncode,
-                              len(workers), _alive(list(family.values())), victim)
-        return runs[mode, pp]
+            runs[mode, pp, ranks] = (_rows(runner, tag), stdout + stderr, proc.returncode,
+                                     len(workers), _alive(list(family.values())), victim)
+        return runs[mode, pp, ranks]
 
     return run
 
@@ -111,6 +114,22 @@ def test_merge_run_leaves_no_process(pp_run):
     rows, output, code, _, left, _ = pp_run("merge", 2)
     assert code == 0 and rows, output[-3000:]
     assert left == [], f"processes left behind: {left}"
+
+
+@pytest.mark.slow
+def test_two_ranks_share_one_pp2_engine(pp_run):
+    """Two training ranks, one engine of two stages owned by rank 0 (two workers in all, not
+    two per rank): step 1 equals two ranks each owning an in-process TP=1 engine (measured:
+    bitwise equal)."""
+    rows, output, code, workers, left, _ = pp_run("merge", 2, 2)
+    assert code == 0 and "Traceback" not in output, output[-3000:]
+    assert workers == 2, output[-3000:]
+    assert abs(rows[0]["gen_kl_error"]) <= GEN_KL_BOUND["merge"], rows[0]
+    assert left == [], f"processes left behind: {left}"
+    ref, ref_output, ref_code, ref_workers, _, _ = pp_run("merge", 1, 2)
+    assert ref_code == 0 and ref_workers == 0, ref_output[-3000:]
+    for key in ("reward", "response_length", "kl_to_reference", "loss", "grad_norm"):
+        assert rows[0][key] == pytest.approx(ref[0][key], rel=1e-9, abs=1e-12), key
 
 
 @pytest.mark.slow
