@@ -18,7 +18,10 @@ class VllmConfig(Section):
     consecutive ranks share one such engine, owned by the first (rule LR308: it must divide
     `cluster.gpus_per_node`)."""
     pipeline_parallel_size: PositiveInt = 1
-    """vLLM pipeline-parallel degree (only 1 is implemented, rule LR308)."""
+    """vLLM pipeline-parallel degree: the layers are split into that many stages, each in worker
+    processes of its own (`tensor_parallel_size` per stage). The engine then has tp x pp
+    workers and, with several training ranks, serves tp x pp consecutive ranks (rule LR308: the
+    product must divide `cluster.gpus_per_node`)."""
     expert_parallel_size: PositiveInt = compat(1)
     """vLLM expert parallelism."""
     gpu_memory_utilization: float = Field(0.6, gt=0, le=1)

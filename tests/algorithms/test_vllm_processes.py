@@ -29,6 +29,10 @@ def test_cpus_are_split_evenly_between_workers():
 def test_fewer_cpus_than_workers_is_a_clear_setup_error():
     with pytest.raises(SetupError, match="tensor_parallel_size=4 needs a CPU core per worker"):
         cpu_thread_binding(4, {0, 1})
+    # Pipeline stages are workers too: tp 2 x pp 2 needs four cores.
+    with pytest.raises(SetupError, match=r"pipeline_parallel_size=2 needs a CPU core per worker "
+                                         r"\(4\)"):
+        cpu_thread_binding(4, {0, 1, 2}, "tensor_parallel_size=2 x pipeline_parallel_size=2")
 
 
 def _llm(procs, failed=False):

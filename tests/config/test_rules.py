@@ -201,10 +201,14 @@ RULE_CASES: list[Case] = [
          {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg.tensor_parallel_size": 4},
          {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg.tensor_parallel_size": 2},
          f"{GEN}.vllm_cfg.tensor_parallel_size", kind="grpo", vllm=True, model=LLAMA_6_HEADS),
-    Case("LR308", "vllm-pp2",
-         {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg.pipeline_parallel_size": 2},
-         {f"{GEN}.backend": "vllm"}, f"{GEN}.vllm_cfg.pipeline_parallel_size", kind="grpo",
-         vllm=True),
+    # Pipeline stages are engine workers too: tp 1 x pp 4 needs groups of 4 ranks, so 2 ranks
+    # per node cannot hold one; pp 2 can.
+    Case("LR308", "vllm-pp4-two-ranks",
+         {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg.pipeline_parallel_size": 4,
+          "cluster.gpus_per_node": 2, "policy.train_micro_batch_size": 2},
+         {f"{GEN}.backend": "vllm", f"{GEN}.vllm_cfg.pipeline_parallel_size": 2,
+          "cluster.gpus_per_node": 2, "policy.train_micro_batch_size": 2},
+         f"{GEN}.vllm_cfg.pipeline_parallel_size", kind="grpo", vllm=True),
     Case("LR308", "vllm-split-rank", {f"{GEN}.backend": "vllm", f"{GEN}.lora_weight_sync": "split",
                                       f"{LORA}.dim": 1024},
          {f"{GEN}.backend": "vllm", f"{GEN}.lora_weight_sync": "split", f"{LORA}.dim": 512},
