@@ -181,7 +181,6 @@ def test_generation_paths_use_the_residual_base(base_dir, init):
     """vLLM's merge-weight sync sends residual + delta (the original weight at step 0), and the
     multi-process generation copy, rebuilt from the original weights, recomputes the same
     residual before it receives the trained adapters."""
-    from types import SimpleNamespace
 
     from lora_rl.backends.dtensor.generation_copy import GenerationCopy
     from lora_rl.generation.vllm_engine import merged_weights
@@ -195,9 +194,7 @@ def test_generation_paths_use_the_residual_base(base_dir, init):
         assert (sent[f"{name}.weight"] - original[f"{name}.weight"]).abs().max() <= 1e-5
     _train(model).eval()
     sent = dict(merged_weights(model, {}))
-    policy = SimpleNamespace(precision="float32", trust_remote_code=False,
-                             dtensor_cfg=SimpleNamespace(lora_cfg=lora))
-    copy_ = GenerationCopy(model, base_dir, policy, lora=True)
+    copy_ = GenerationCopy(model, base_dir, "float32", False, lora)
     with copy_.synced() as generator, torch.no_grad():
         assert (generator(TOKENS).logits - model(TOKENS).logits).abs().max() <= 1e-5
     merge_lora(model)
