@@ -9,24 +9,16 @@ training ranks share one such engine (NeMo RL's layout, one engine per tp x pp r
 
 from __future__ import annotations
 
-import signal
-import time
-
-import psutil
 import pytest
 
 from tests.training.conftest import Runner
 from tests.vllm.test_vllm_tp import (  # noqa: F401  (module fixtures)
     GEN_KL_BOUND,
-    _alive,
     _args,
-    _descendants,
-    _output,
-    _rows,
-    _start,
     hd64_adapter,
     hd64_model,
     pytestmark,
+    watch_run,
 )
 
 STEPS = 2
@@ -44,42 +36,18 @@ def pp_run(vllm_cache, hd64_model, hd64_adapter, tmp_path_factory):  # noqa: F81
         if (mode, pp, ranks) not in runs:
             tag = f"pp-{mode}-pp{pp}-ranks{ranks}"
             kill = (mode, pp, ranks) == ("split", 2, 1)
-            victim = None
             runner = Runner(tmp_path_factory.mktemp(tag), vllm_cache)
             steps = 50 if kill else (STEPS if (pp, ranks) == (2, 1) else 1)
             args = [*_args(hd64_model, hd64_adapter, mode, 1, steps, tag),
                     f"policy.generation.vllm_cfg.pipeline_parallel_size={pp}",
                     f"cluster.gpus_per_node={ranks}",
                     f"policy.train_micro_batch_size={32 // ranks}"]
-            proc = _start(runner, args, tag)
-            family: dict[int, psutil.Process] = {}
-            workers: dict[int, str] = {}
-            deadline = time.monotonic() + 600
-            try:
-                while proc.poll() is None and time.monotonic() < deadline:
-                    for child in _descendants(proc.pid):
-                        family.setdefault(child.pid, child)
-                        try:
-                            # vLLM retitles its workers "VLLM::Worker_PP<stage>".
-                            title = " ".join(child.cmdline())
-                            if "Worker_PP" in title:
-                                workers[child.pid] = title
-                        except psutil.Error:
-                            pass
-                    if kill and victim is None and len(_rows(runner, tag)) >= STEPS:
-                        # The last stage: it samples, and holds the LM head.
-                        victim = next(pid for pid, title in workers.items()
-                                      if "Worker_PP1" in title)
-                        psutil.Process(victim).send_signal(signal.SIGKILL)
-                    time.sleep(0.2)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-            proc.wait(timeout=60)
-            time.sleep(1)
-            stdout, stderr = _output(runner, tag)
-            runs[mode, pp, ranks] = (_rows(runner, tag), stdout + stderr, proc.returncode,
-                                     len(workers), _alive(list(family.values())), victim)
+            runs[mode, pp, ranks] = watch_run(
+                runner, args, tag, "Worker_PP",
+                # The last stage: it samples, and holds the LM head.
+                lambda rows, workers: next((pid for pid, title in workers.items()
+                                            if "Worker_PP1" in title), None)
+                if kill and len(rows) >= STEPS else None)
         return runs[mode, pp, ranks]
 
     return run

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -103,6 +104,44 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 def _alive(procs: list[psutil.Process]) -> list[int]:
     return [p.pid for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def watch_run(runner: Runner, args: list[str], tag: str, worker_title: str,
+              pick_victim: Callable[[list[dict], dict[int, str]], int | None] | None = None
+              ) -> tuple[list[dict], str, int, int, list[int], int | None]:
+    """Run `lora-rl run` to its end (600 s at most), watching its processes: the vLLM workers
+    are those whose title contains `worker_title` (vLLM retitles them "VLLM::Worker_TP<rank>"
+    or "..._PP<stage>"). `pick_victim(metrics rows, workers by pid)` names a worker to SIGKILL,
+    once. Returns (metrics rows, stdout + stderr, exit code, workers seen, the run's processes
+    still alive after it, the killed worker's pid)."""
+    proc = _start(runner, args, tag)
+    family: dict[int, psutil.Process] = {}
+    workers: dict[int, str] = {}
+    victim = None
+    deadline = time.monotonic() + 600
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            for child in _descendants(proc.pid):
+                family.setdefault(child.pid, child)
+                try:
+                    title = " ".join(child.cmdline())
+                    if worker_title in title:
+                        workers[child.pid] = title
+                except psutil.Error:
+                    pass
+            if pick_victim is not None and victim is None:
+                victim = pick_victim(_rows(runner, tag), workers)
+                if victim is not None:
+                    psutil.Process(victim).send_signal(signal.SIGKILL)
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc.wait(timeout=60)
+    time.sleep(1)
+    stdout, stderr = _output(runner, tag)
+    return (_rows(runner, tag), stdout + stderr, proc.returncode, len(workers),
+            _alive(list(family.values())), victim)
 
 
 @pytest.fixture(scope="module")

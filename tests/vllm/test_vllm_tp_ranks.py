@@ -7,24 +7,16 @@ split run then loses a worker to SIGKILL: both ranks stop, the error names the w
 
 from __future__ import annotations
 
-import signal
-import time
-
-import psutil
 import pytest
 
 from tests.training.conftest import Runner
 from tests.vllm.test_vllm_tp import (  # noqa: F401  (module fixtures)
     GEN_KL_BOUND,
-    _alive,
     _args,
-    _descendants,
-    _output,
-    _rows,
-    _start,
     hd64_adapter,
     hd64_model,
     pytestmark,
+    watch_run,
 )
 
 RANKS = 2
@@ -42,37 +34,13 @@ def ranks_run(vllm_cache, hd64_model, hd64_adapter, tmp_path_factory):  # noqa: 
         if (mode, tp) not in runs:
             tag = f"ranks-{mode}-tp{tp}"
             kill = (mode, tp) == ("split", 2)
-            victim = None
             runner = Runner(tmp_path_factory.mktemp(tag), vllm_cache)
             args = [*_args(hd64_model, hd64_adapter, mode, tp, 50 if kill else 1, tag),
                     f"cluster.gpus_per_node={RANKS}",
                     f"policy.train_micro_batch_size={32 // RANKS}"]
-            proc = _start(runner, args, tag)
-            family: dict[int, psutil.Process] = {}
-            workers: set[int] = set()
-            deadline = time.monotonic() + 600
-            try:
-                while proc.poll() is None and time.monotonic() < deadline:
-                    for child in _descendants(proc.pid):
-                        family.setdefault(child.pid, child)
-                        try:
-                            # vLLM retitles its workers "VLLM::Worker_TP<rank>".
-                            if "Worker_TP" in " ".join(child.cmdline()):
-                                workers.add(child.pid)
-                        except psutil.Error:
-                            pass
-                    if kill and victim is None and workers and _rows(runner, tag):
-                        victim = max(workers)
-                        psutil.Process(victim).send_signal(signal.SIGKILL)
-                    time.sleep(0.2)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-            proc.wait(timeout=60)
-            time.sleep(1)
-            stdout, stderr = _output(runner, tag)
-            runs[mode, tp] = (_rows(runner, tag), stdout + stderr, proc.returncode,
-                              len(workers), _alive(list(family.values())), victim)
+            runs[mode, tp] = watch_run(
+                runner, args, tag, "Worker_TP",
+                lambda rows, workers: max(workers) if kill and workers and rows else None)
         return runs[mode, tp]
 
     return run
