@@ -100,8 +100,8 @@ def _no_vllm(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 def _split(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     what = _dtensor_quantized(cfg, ctx)
     gen = cfg.policy.generation
-    if what and cfg.grpo is not None and (gen is None or gen.lora_weight_sync == "merge") \
-            and (gen is None or gen.backend == "torch"):
+    torch_merge = gen is None or (gen.backend == "torch" and gen.lora_weight_sync == "merge")
+    if what and cfg.grpo is not None and torch_merge:
         yield Finding(f"{GEN}.lora_weight_sync", f"{what}; merge-weight sync folds the adapter "
                       "into the base weights before sampling, and packed 4-/8-bit weights "
                       "cannot hold it", f"set {GEN}.lora_weight_sync: split (the torch "

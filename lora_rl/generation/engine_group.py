@@ -41,7 +41,6 @@ class EngineGroup:
         self.size = size
         self.owner = rank - rank % size if world > 1 else rank
         self.is_owner = rank == self.owner
-        self.members = list(range(self.owner, self.owner + size)) if world > 1 else [rank]
         local_rank = rank if local_rank is None else local_rank
         local_world = world if local_world is None else local_world
         self.local_index = local_rank // size if world > 1 else 0

@@ -110,6 +110,6 @@ def test_an_owner_failure_is_raised_on_every_member_of_its_group(ranks):
 
 def test_alone_the_engine_serves_the_rank_directly():
     group = EngineGroup(2, 1, 0)
-    assert group.is_owner and group.members == [0]
+    assert group.is_owner and group.owner == 0
     assert group.served([(0, [7])], lambda batch: [ids for _, ids in batch]) == [[7]]
     assert group.cpus({0, 1}) == {0, 1}
