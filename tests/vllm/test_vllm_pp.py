@@ -15,6 +15,7 @@ from tests.training.conftest import Runner
 from tests.vllm.test_vllm_tp import (  # noqa: F401  (module fixtures)
     GEN_KL_BOUND,
     _args,
+    assert_step1_equal,
     hd64_adapter,
     hd64_model,
     pytestmark,
@@ -73,8 +74,7 @@ def test_grpo_with_a_pp2_engine(mode, pp_run):
     # the trainer's step-1 numbers are equal.
     tp1_rows, tp1_output, tp1_code, tp1_workers, _, _ = pp_run("merge", 1)
     assert tp1_code == 0 and tp1_workers == 0, tp1_output[-3000:]
-    for key in ("reward", "response_length", "kl_to_reference", "loss", "grad_norm"):
-        assert rows[0][key] == pytest.approx(tp1_rows[0][key], rel=1e-9, abs=1e-12), key
+    assert_step1_equal(rows[0], tp1_rows[0])
 
 
 @pytest.mark.slow
@@ -96,8 +96,7 @@ def test_two_ranks_share_one_pp2_engine(pp_run):
     assert left == [], f"processes left behind: {left}"
     ref, ref_output, ref_code, ref_workers, _, _ = pp_run("merge", 1, 2)
     assert ref_code == 0 and ref_workers == 0, ref_output[-3000:]
-    for key in ("reward", "response_length", "kl_to_reference", "loss", "grad_norm"):
-        assert rows[0][key] == pytest.approx(ref[0][key], rel=1e-9, abs=1e-12), key
+    assert_step1_equal(rows[0], ref[0])
 
 
 @pytest.mark.slow

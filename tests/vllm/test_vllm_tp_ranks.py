@@ -13,6 +13,7 @@ from tests.training.conftest import Runner
 from tests.vllm.test_vllm_tp import (  # noqa: F401  (module fixtures)
     GEN_KL_BOUND,
     _args,
+    assert_step1_equal,
     hd64_adapter,
     hd64_model,
     pytestmark,
@@ -67,8 +68,7 @@ def test_two_ranks_share_one_tp2_engine(mode, ranks_run):
     # The trainer's step-1 numbers are computed on those tokens, so they are equal too.
     tp1_rows, tp1_output, tp1_code, tp1_workers, _, _ = ranks_run("merge", 1)
     assert tp1_code == 0 and tp1_workers == 0, tp1_output[-3000:]
-    for key in ("reward", "response_length", "kl_to_reference", "loss", "grad_norm"):
-        assert row[key] == pytest.approx(tp1_rows[0][key], rel=1e-9, abs=1e-12), key
+    assert_step1_equal(row, tp1_rows[0])
 
 
 @pytest.mark.slow
