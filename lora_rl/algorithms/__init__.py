@@ -38,11 +38,8 @@ def backend_inputs(cfg: RecipeConfig) -> BackendInputs:
     from lora_rl.backends.base import BackendInputs
 
     algo = cfg.algorithm_config
-    # DPO, and GRPO with a KL penalty, compare the policy against a frozen reference.
-    reference = cfg.dpo is not None or (cfg.grpo is not None
-                                        and cfg.loss_fn.reference_policy_kl_penalty > 0)
     return BackendInputs(policy=cfg.policy, seed=algo.seed, max_num_steps=algo.max_num_steps,
-                         needs_reference=reference)
+                         needs_reference=cfg.needs_reference_policy)
 
 
 def algorithm_class(cfg: RecipeConfig) -> type[Algorithm]:

@@ -34,6 +34,7 @@ class BackendInputs:
     """Whether the algorithm compares against a frozen reference policy (DPO; GRPO with a KL
     penalty): full fine-tuning then keeps a copy of the starting weights."""
 
+
 @dataclass
 class TokenBatch:
     """Right-padded token sequences. Shapes: [B, L]."""

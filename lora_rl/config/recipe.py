@@ -74,3 +74,9 @@ class RecipeConfig(Section):
     @property
     def algorithm_config(self) -> SFTConfig | DPOConfig | GRPOConfig:
         return getattr(self, self.algorithm)
+
+    @property
+    def needs_reference_policy(self) -> bool:
+        """DPO, and GRPO with a KL penalty, compare the policy against a frozen reference."""
+        return self.dpo is not None or (self.grpo is not None
+                                         and self.loss_fn.reference_policy_kl_penalty > 0)

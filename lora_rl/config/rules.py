@@ -394,9 +394,7 @@ def _grpo_supported(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 def _reference_copy(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     # LoRA: the reference is the base with the adapter off (no copy). Full fine-tuning keeps
     # the starting weights as a frozen copy (backends.base.FrozenReference), as NeMo RL does.
-    needs = cfg.dpo is not None or (cfg.grpo is not None
-                                    and cfg.loss_fn.reference_policy_kl_penalty > 0)
-    if needs and cfg.policy.active_lora is None:
+    if cfg.needs_reference_policy and cfg.policy.active_lora is None:
         key = f"{cfg.policy.active_lora_key}.enabled"
         what = "DPO" if cfg.dpo else "GRPO's KL penalty"
         yield Finding(key, f"{what} compares against a reference policy; without LoRA that is a "
