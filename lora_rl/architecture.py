@@ -27,14 +27,15 @@ Group = Literal["attention", "mlp", "experts", "router"]
 LORA_SHARDING: dict[str, tuple[str, str]] = {
     "colwise": ("replicate", "colwise"),
     "colwise_gather_output": ("replicate", "colwise_gather_output"),
-    "packed_colwise": ("replicate", "colwise"),
+    "packed_colwise": ("replicate", "packed_colwise"),
     "rowwise": ("rowwise", "replicate"),
     "rowwise_split_input": ("rowwise_split_input", "replicate"),
 }
 """Base style -> (lora_A style, lora_B style). A column-parallel base splits its output, so A
 sees the whole input (replicated) and B is split like the base's output rows; a row-parallel
 base splits its input, so A is split like it (its rank-sized output all-reduced) and B is
-replicated. `_gather_output` / `_split_input` variants keep whole activations between the two
+replicated. A packed base ([gate; up], each rank a slice of both halves) splits B the same
+way. `_gather_output` / `_split_input` variants keep whole activations between the two
 (fused projections whose parts are split by size after the matmul, e.g. Phi-3's qkv_proj)."""
 
 _ATTN = {"self_attn.q_proj": "colwise", "self_attn.k_proj": "colwise",
@@ -96,7 +97,6 @@ class Family:
 
 _MOE_MEGATRON_TP = ("lora-rl's Megatron MoE layers run tensor_model_parallel_size 1 (expert "
                     "tensor parallelism is not mapped)")
-_MOE_TP = "lora-rl's DTensor tensor parallelism does not shard 3-D expert parameters yet"
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("llama", _plan(_ATTN, _MLP), frozenset({"dtensor", "megatron"}), _LLAMA_MEGATRON),
@@ -121,11 +121,10 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            note="Phi-3's fused qkv_proj/gate_up_proj are not mapped to Megatron"),
     Family("qwen3_moe", _plan(_ATTN, _QK_NORM, _EXPERTS, _MLP),
            frozenset({"dtensor", "megatron"}),
-           {**_MOE_MEGATRON_LAYER, **_QK_NORM_MEGATRON}, tensor_parallel=False, tp_note=_MOE_TP,
-           megatron_tensor_parallel=False, megatron_tp_note=_MOE_MEGATRON_TP),
+           {**_MOE_MEGATRON_LAYER, **_QK_NORM_MEGATRON}, megatron_tensor_parallel=False,
+           megatron_tp_note=_MOE_MEGATRON_TP),
     Family("mixtral", _plan(_ATTN, _EXPERTS), frozenset({"dtensor", "megatron"}),
-           _MOE_MEGATRON_LAYER, tensor_parallel=False, tp_note=_MOE_TP,
-           megatron_tensor_parallel=False, megatron_tp_note=_MOE_MEGATRON_TP),
+           _MOE_MEGATRON_LAYER, megatron_tensor_parallel=False, megatron_tp_note=_MOE_MEGATRON_TP),
 )}
 
 EXPERT_PARAMETERS = ("gate_up_proj", "down_proj")
@@ -235,6 +234,10 @@ class Architecture:
         """The fused 3-D expert parameters of a MoE layer (`mlp.experts.gate_up_proj`, ...)."""
         return [LayerModule(p, s, "experts") for p, s in self.layer_plan().items()
                 if ".experts." in f".{p}." and s in _EXPERT_STYLES]
+
+    def experts_module(self) -> str:
+        """The MoE layer's experts module (`mlp.experts`), relative to the layer."""
+        return next(p for p, s in self.layer_plan().items() if s == "moe_tp_experts")
 
     def replicated(self) -> list[str]:
         """Layer modules the plan keeps whole on every rank (Qwen3's q_norm/k_norm)."""

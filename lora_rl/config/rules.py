@@ -272,6 +272,9 @@ def _tp_divides_model(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
              ("key/value heads", ctx.model.num_key_value_heads),
              ("hidden size", ctx.model.hidden_size),
              ("MLP size", ctx.model.intermediate_size))
+    arch = ctx.model.architecture
+    if arch is not None and arch.is_moe:  # experts are split on their own intermediate size
+        sizes += (("expert MLP size", arch.dims.expert_intermediate),)
     failing = [(what, size) for what, size in sizes if size and size % lay.tp]
     if failing:  # one value, one finding, naming every size it does not divide
         yield Finding(lay.tp_key, f"tensor parallel size {lay.tp} does not divide the model's "

@@ -14,6 +14,7 @@ possible here (x cannot be factored out of the merged weight), as in PEFT.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +25,10 @@ from lora_rl.errors import SetupError
 from lora_rl.lora.init import init_weight
 from lora_rl.lora.layer import AdapterLayer
 from lora_rl.lora.spec import LoraSpec
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
 class ExpertAdapter(AdapterLayer):
@@ -59,10 +64,13 @@ class ExpertAdapter(AdapterLayer):
         self.scale = spec.scale
         self._unmerged_weight: torch.Tensor | None = None
 
-    def delta_weight(self) -> torch.Tensor:
-        """scale * B_e @ A_e for every expert, [E, out, in]."""
-        a = self.lora_A.weight.reshape(self.num_experts, self.rank, -1)  # [E, r, in]
-        b = self.lora_B.weight.reshape(self.lora_B.weight.shape[0], self.rank, self.num_experts)
+    def delta_weight(self, view: Callable[[torch.Tensor], torch.Tensor] = _whole) -> torch.Tensor:
+        """scale * B_e @ A_e for every expert, [E, out, in]. `view` maps A and B to the tensors
+        used: under tensor parallelism their local shards (A split on `in`, or B on `out`),
+        giving this rank's shard of the delta."""
+        a, b = view(self.lora_A.weight), view(self.lora_B.weight)
+        a = a.reshape(self.num_experts, self.rank, -1)  # [E, r, in]
+        b = b.reshape(b.shape[0], self.rank, self.num_experts)  # [out, r, E]
         return torch.einsum("ore,eri->eoi", b, a) * self.scale
 
     def _param(self) -> torch.Tensor:
@@ -110,13 +118,20 @@ class ExpertsLora(nn.Module):
     def adapters(self) -> dict[str, ExpertAdapter]:
         return {name: getattr(self, name) for name in self.adapted}
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        live = {name: adapter for name, adapter in self.adapters.items()
-                if not adapter.merged and not adapter.disabled}
-        if not live:
-            return self.base(*args, **kwargs)
+    def adapted_weights(self, view: Callable[[torch.Tensor], torch.Tensor] = _whole
+                        ) -> dict[str, torch.Tensor]:
+        """W + scale * B_e A_e for each parameter with a live (unmerged, enabled) adapter;
+        `view` maps every stored tensor to the one used (tensor parallelism: its local shard)."""
         weights = {}
-        for name, adapter in live.items():
-            base = getattr(self.base, name)
-            weights[name] = base + adapter.delta_weight().to(base.dtype)
+        for name, adapter in self.adapters.items():
+            if adapter.merged or adapter.disabled:
+                continue
+            base = view(getattr(self.base, name))
+            weights[name] = base + adapter.delta_weight(view).to(base.dtype)
+        return weights
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        weights = self.adapted_weights()
+        if not weights:
+            return self.base(*args, **kwargs)
         return functional_call(self.base, weights, args, kwargs, strict=False)

@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from lora_rl.tiny.families import FAMILY_CONFIGS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_two_ranks(module: str, args: list[str], env: dict[str, str] | None = None,
+                  timeout: float = 900) -> str:
+    """`python -m module *args` as ranks 0 and 1 of a gloo world of two; asserts both exit 0
+    without a traceback and returns rank 0's output."""
+    env = {**os.environ, **(env or {}), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    ranks = [subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in (0, 1)]
+    outputs = [p.communicate(timeout=timeout)[0] for p in ranks]
+    for proc, output in zip(ranks, outputs, strict=True):
+        assert proc.returncode == 0, output[-4000:]
+        assert "Traceback" not in output
+    return outputs[0]
 
 
 @pytest.fixture(scope="session")

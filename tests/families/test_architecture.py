@@ -58,8 +58,8 @@ def test_backend_support_is_explained():
     assert gemma.unsupported("dtensor", tensor_parallel=2) is None
     moe = architecture_from_config({"model_type": "qwen3_moe", "num_hidden_layers": 2})
     assert moe.unsupported("dtensor") is None
-    assert "tensor_parallel_size > 1 supports" in moe.unsupported("dtensor", tensor_parallel=2)
-    assert "qwen3_moe" not in supported_families("dtensor", tensor_parallel=True)
+    assert moe.unsupported("dtensor", tensor_parallel=2) is None  # experts split (moe_tp_experts)
+    assert "qwen3_moe" in supported_families("dtensor", tensor_parallel=True)
     assert moe.unsupported("megatron") is None
     assert "tensor_model_parallel_size > 1 supports: llama, mistral, qwen2, qwen3" \
         in moe.unsupported("megatron", tensor_parallel=2)

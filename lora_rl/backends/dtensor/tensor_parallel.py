@@ -12,23 +12,42 @@ every rank. A LoRA-wrapped linear is sharded to match its base (`LORA_SHARDING`)
   B replicated.
 Replicated LoRA weights are `Replicate()` DTensors, not plain tensors: optimizers and norm
 computations reject mixed plain/DTensor parameter lists.
+
+MoE experts (`moe_tp_experts`, transformers' fused 3-D `gate_up_proj` [E, 2I, H] and
+`down_proj` [E, H, I]) are split on the expert intermediate size, as transformers' own plan
+does: gate_up column-parallel and packed (each rank holds its slice of gate *and* of up, a
+`_StridedShard`), down row-parallel. Every rank routes all tokens (the router is replicated),
+runs the experts' own computation on its local slices and the partial outputs are summed. An
+expert adapter follows its parameter by the same `LORA_SHARDING` rule: gate_up's A replicated
+and B split (packed) on its output rows, down's A split on its input and B replicated; each
+rank adds its shard of B_e A_e to its shard of the expert weight.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Replicate, distribute_module, distribute_tensor
+from torch.distributed.tensor import (
+    DTensor,
+    Placement,
+    Replicate,
+    Shard,
+    distribute_module,
+    distribute_tensor,
+)
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
     RowwiseParallel,
     parallelize_module,
 )
+from torch.distributed.tensor.placement_types import _StridedShard
+from torch.func import functional_call
 
 from lora_rl.architecture import LORA_SHARDING, Architecture, architecture_of
 from lora_rl.backends.dtensor.sharding import decoder_layers
 from lora_rl.errors import SetupError
+from lora_rl.lora.experts import ExpertsLora
 
 
 class ReplicateParallel(ParallelStyle):
@@ -47,9 +66,115 @@ class ReplicateParallel(ParallelStyle):
                          for t in inputs)
 
         def to_local(mod, output, mesh):
+            if isinstance(output, tuple):  # a MoE router: (logits, weights, expert indices)
+                return tuple(to_local(mod, t, mesh) for t in output)
+            if not isinstance(output, DTensor):
+                return output
             return output.to_local(grad_placements=[Replicate()])
 
         return distribute_module(module, device_mesh, replicate_params, to_dtensor, to_local)
+
+
+def _weight_placement(style: str, ndim: int) -> Placement:
+    """Where a [..., out, in] weight of a module in `style` is split (a 3-D expert parameter
+    or a 2-D LoRA weight alike)."""
+    out_dim, in_dim = ndim - 2, ndim - 1
+    if style == "colwise":
+        return Shard(out_dim)
+    if style == "packed_colwise":
+        return _StridedShard(out_dim, split_factor=2)  # [gate; up]: a slice of each half
+    if style == "rowwise":
+        return Shard(in_dim)
+    if style == "replicate":
+        return Replicate()
+    raise ValueError(f"no expert-parameter placement for style {style!r}")
+
+
+class _SumForward(torch.autograd.Function):
+    """All-reduce (sum) in the forward pass; the gradient passes through."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:
+        tensor = tensor.clone(memory_format=torch.contiguous_format)  # gloo: contiguous only
+        torch.distributed.all_reduce(tensor, group=group)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class _SumBackward(torch.autograd.Function):
+    """Identity in the forward pass; the gradient is all-reduced (sum)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        torch.distributed.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class MoeExpertsParallel(ParallelStyle):
+    """transformers' `moe_tp_experts` for an experts module (plain or `ExpertsLora`): its 3-D
+    parameters split by their styles (`mlp.experts.gate_up_proj: packed_colwise`, ...), their
+    adapters by `LORA_SHARDING`; the forward runs the module's own computation on the local
+    shards and sums the ranks' partial outputs. Idempotent: tensors that are already DTensors
+    (a shared base in a multi-adapter run) are left as they are."""
+
+    def __init__(self, styles: dict[str, str]) -> None:
+        super().__init__()
+        self.styles = styles
+        """Parameter name (`gate_up_proj`) -> its tensor-parallel style."""
+
+    def _apply(self, module: torch.nn.Module, device_mesh: DeviceMesh) -> torch.nn.Module:
+        base = module.base if isinstance(module, ExpertsLora) else module
+        for name, param in list(base.named_parameters(recurse=False)):
+            _distribute(base, name, _weight_placement(self.styles.get(name, "replicate"),
+                                                      param.dim()), device_mesh)
+        if isinstance(module, ExpertsLora):
+            for name, adapter in module.adapters.items():
+                a_style, b_style = LORA_SHARDING[self.styles[name]]
+                _distribute(adapter.lora_A, "weight", _weight_placement(a_style, 2), device_mesh)
+                _distribute(adapter.lora_B, "weight", _weight_placement(b_style, 2), device_mesh)
+        group = device_mesh.get_group()
+
+        def local(tensor: torch.Tensor) -> torch.Tensor:
+            if not isinstance(tensor, DTensor):
+                return tensor
+            shard = tensor.to_local()
+            if tensor.requires_grad and all(p.is_replicate() for p in tensor.placements):
+                # Each rank's shard of the output gives part of the gradient of a replicated
+                # weight (gate_up's A, down's B): sum them.
+                shard = _SumBackward.apply(shard, group)
+            return shard
+
+        def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+            weights = {name: local(p) for name, p in base.named_parameters(recurse=False)}
+            if isinstance(module, ExpertsLora):
+                weights.update(module.adapted_weights(local))
+            # Every rank sees all tokens; its slice of each expert gives part of the gradient
+            # of the input and of the routing weights.
+            inputs = (_SumBackward.apply(hidden_states, group), top_k_index,
+                      _SumBackward.apply(top_k_weights, group), *args)
+            partial = functional_call(base, weights, inputs, kwargs, strict=False)
+            return _SumForward.apply(partial, group)
+
+        module.forward = forward
+        return module
+
+
+def _distribute(module: torch.nn.Module, name: str, placement: Placement,
+                mesh: DeviceMesh) -> None:
+    param = getattr(module, name)
+    if isinstance(param, DTensor):
+        return
+    module.register_parameter(name, torch.nn.Parameter(
+        distribute_tensor(param.data, mesh, [placement]), requires_grad=param.requires_grad))
 
 
 def _is_lora(module: torch.nn.Module) -> bool:
@@ -90,6 +215,9 @@ def layer_plans(model: torch.nn.Module,
         plan: dict[str, ParallelStyle] = {}
         for linear in arch.linears(index):
             plan.update(_plan_for(linear.path, layer.get_submodule(linear.path), linear.style))
+        if index in arch.moe_layers:
+            plan[arch.experts_module()] = MoeExpertsParallel(
+                {p.short: p.style for p in arch.expert_params()})
         plans.append(plan)
     return plans
 
