@@ -95,8 +95,9 @@ class Family:
     """Why Megatron tensor parallelism cannot shard it."""
 
 
-_MOE_MEGATRON_TP = ("lora-rl's Megatron MoE layers run tensor_model_parallel_size 1 (expert "
-                    "tensor parallelism is not mapped)")
+_MOE_MEGATRON_TP = ("megatron-core trains a MoE layer with tensor parallelism only under sequence "
+                    "parallelism (MoELayer raises otherwise), which lora-rl's Megatron path and "
+                    "its LoRA adapters do not implement")
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("llama", _plan(_ATTN, _MLP), frozenset({"dtensor", "megatron"}), _LLAMA_MEGATRON),

@@ -56,6 +56,15 @@ def _check(model_dir: str, mesh) -> None:
         gap = (model(tokens).logits - single(tokens).logits).abs().max().item()
     if gap > 1e-5:
         raise SystemExit(f"disabled-adapter logits differ by {gap}")
+    # The experts module alone (a multi-adapter run puts it back between adapters).
+    hidden = torch.randn(5, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    index = torch.tensor([[0, 1], [2, 3], [1, 3], [0, 2], [3, 1]])
+    weights = torch.full((5, 2), 0.5)
+    with torch.no_grad():
+        gap = (model.model.layers[0].mlp.experts.base(hidden, index, weights)
+               - single.model.layers[0].mlp.experts.base(hidden, index, weights)).abs().max()
+    if gap > 1e-5:
+        raise SystemExit(f"unwrapped experts differ by {gap}")
 
 
 def main(families: dict[str, str]) -> None:

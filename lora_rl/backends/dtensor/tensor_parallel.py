@@ -25,6 +25,9 @@ rank adds its shard of B_e A_e to its shard of the expert weight.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import (
@@ -136,36 +139,57 @@ class MoeExpertsParallel(ParallelStyle):
         for name, param in list(base.named_parameters(recurse=False)):
             _distribute(base, name, _weight_placement(self.styles.get(name, "replicate"),
                                                       param.dim()), device_mesh)
+        group = device_mesh.get_group()
+        if not hasattr(base, "_tensor_parallel_group"):
+            _shard_forward(base, lambda: {}, group)
         if isinstance(module, ExpertsLora):
             for name, adapter in module.adapters.items():
                 a_style, b_style = LORA_SHARDING[self.styles[name]]
                 _distribute(adapter.lora_A, "weight", _weight_placement(a_style, 2), device_mesh)
                 _distribute(adapter.lora_B, "weight", _weight_placement(b_style, 2), device_mesh)
-        group = device_mesh.get_group()
-
-        def local(tensor: torch.Tensor) -> torch.Tensor:
-            if not isinstance(tensor, DTensor):
-                return tensor
-            shard = tensor.to_local()
-            if tensor.requires_grad and all(p.is_replicate() for p in tensor.placements):
-                # Each rank's shard of the output gives part of the gradient of a replicated
-                # weight (gate_up's A, down's B): sum them.
-                shard = _SumBackward.apply(shard, group)
-            return shard
-
-        def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
-            weights = {name: local(p) for name, p in base.named_parameters(recurse=False)}
-            if isinstance(module, ExpertsLora):
-                weights.update(module.adapted_weights(local))
-            # Every rank sees all tokens; its slice of each expert gives part of the gradient
-            # of the input and of the routing weights.
-            inputs = (_SumBackward.apply(hidden_states, group), top_k_index,
-                      _SumBackward.apply(top_k_weights, group), *args)
-            partial = functional_call(base, weights, inputs, kwargs, strict=False)
-            return _SumForward.apply(partial, group)
-
-        module.forward = forward
+            _shard_forward(module, lambda: module.adapted_weights(partial(_local, group=group)),
+                           group)
         return module
+
+
+def _local(tensor: torch.Tensor, group) -> torch.Tensor:
+    """This rank's shard of a (possibly DTensor) weight, for the experts' own computation."""
+    if not isinstance(tensor, DTensor):
+        return tensor
+    shard = tensor.to_local()
+    if tensor.requires_grad and all(p.is_replicate() for p in tensor.placements):
+        # Each rank's slice of the experts gives part of the gradient of a replicated weight
+        # (gate_up's A, down's B): sum them.
+        shard = _SumBackward.apply(shard, group)
+    return shard
+
+
+def _shard_forward(module: torch.nn.Module, adapted: Callable[[], dict[str, torch.Tensor]],
+                   group) -> None:
+    """Replace `module.forward` (an experts module, or an `ExpertsLora` around one) by its
+    tensor-parallel form: the experts' class forward on this rank's shards (`adapted()`
+    overrides some with W + B A), the ranks' partial outputs summed. The experts module keeps
+    its own such forward, for when it runs unwrapped (a multi-adapter run between adapters);
+    reached from a wrapper, whose weights are already local, it is the class forward."""
+    base = module.base if isinstance(module, ExpertsLora) else module
+    module._tensor_parallel_group = group
+    class_forward = type(base).forward
+
+    def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+        own = dict(base.named_parameters(recurse=False))
+        if module is base and not any(isinstance(p, DTensor) for p in own.values()):
+            return class_forward(base, hidden_states, top_k_index, top_k_weights, *args,
+                                 **kwargs)
+        weights = {name: _local(p, group) for name, p in own.items()}
+        weights.update(adapted())
+        # Every rank sees all tokens; its slice of each expert gives part of the gradient of
+        # the input and of the routing weights.
+        inputs = (_SumBackward.apply(hidden_states, group), top_k_index,
+                  _SumBackward.apply(top_k_weights, group), *args)
+        partial_output = functional_call(base, weights, inputs, kwargs, strict=False)
+        return _SumForward.apply(partial_output, group)
+
+    module.forward = forward
 
 
 def _distribute(module: torch.nn.Module, name: str, placement: Placement,

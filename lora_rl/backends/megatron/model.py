@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lora_rl.architecture import FAMILIES
 from lora_rl.backends.megatron import cpu_shim
 from lora_rl.backends.megatron.bridge import LlamaShape, hf_to_megatron
 from lora_rl.backends.megatron.parallel import Layout
@@ -92,8 +93,8 @@ def build_stage(shape: LlamaShape, layout: Layout, dtype: torch.dtype,
 
     if shape.num_experts and layout.tp > 1:
         # validate refuses it first (LR410); this guards callers that skipped validation.
-        raise SetupError(f"model_type {shape.model_type!r}: lora-rl's Megatron MoE layers run "
-                         "tensor_model_parallel_size 1 (expert tensor parallelism is not mapped)")
+        raise SetupError(f"model_type {shape.model_type!r} cannot use Megatron tensor "
+                         f"parallelism ({FAMILIES[shape.model_type].megatron_tp_note})")
     spec = get_gpt_layer_local_spec(num_experts=shape.num_experts or None,
                                     moe_grouped_gemm=False, normalization="RMSNorm",
                                     qk_layernorm=shape.qk_norm)
