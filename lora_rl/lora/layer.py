@@ -165,15 +165,26 @@ class LoraLinear(AdapterLayer):
         self.use_dora = spec.use_dora
         if spec.use_dora:
             weight = base.weight
-            if not isinstance(base, nn.Linear) or type(weight) not in _PLAIN \
-                    or not weight.is_floating_point():
-                raise SetupError(f"DoRA adapts plain floating-point linear layers, not "
-                                 f"{type(base).__name__} with a {type(weight).__name__} "
-                                 f"{weight.dtype} weight (quantized bases are not supported)")
-            with torch.no_grad():
-                norm = self._weight_norm(self.lora_B.weight.float() @ self.lora_A.weight.float())
-            self.lora_magnitude_vector = nn.Parameter(norm.to(dtype))
+            # nn.Linear or a Megatron parallel linear, with a plain float weight whose rows are
+            # whole (not a DTensor shard, not a quantized weight).
+            split = getattr(base, "input_size_per_partition", None)
+            if type(weight) not in _PLAIN or not weight.is_floating_point() \
+                    or split not in (None, getattr(base, "input_size", None)):
+                raise SetupError(f"DoRA adapts floating-point linear layers with whole weight "
+                                 f"rows, not {type(base).__name__} with a {type(weight).__name__} "
+                                 f"{weight.dtype} weight (quantized bases are not supported, nor "
+                                 "weights split by tensor parallelism)")
+            self.lora_magnitude_vector = nn.Parameter(torch.empty(out_features, dtype=dtype,
+                                                                  device=device))
             """DoRA's magnitude m, one per output row: ||W + scale * B A|| at creation."""
+            self.reset_magnitude()
+
+    @torch.no_grad()
+    def reset_magnitude(self) -> None:
+        """DoRA: m = ||W + scale * B A|| per row, PEFT's init; call again after replacing A or
+        B (Megatron initialises them after construction)."""
+        norm = self._weight_norm(self.lora_B.weight.float() @ self.lora_A.weight.float())
+        self.lora_magnitude_vector.copy_(norm.to(self.lora_magnitude_vector.dtype))
 
     def _residual_init(self, spec: LoraSpec) -> None:
         weight = self.base.weight
@@ -249,9 +260,18 @@ class LoraLinear(AdapterLayer):
         weight = self.base.weight.to(lora_weight.dtype)
         return torch.linalg.norm(weight + self.scale * lora_weight, dim=1)
 
-    def _dora_forward(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    def _dora_forward(self, x: torch.Tensor, result: Any) -> Any:
         """PEFT's DoraLinearLayer.forward added to the base output: (m/||W'|| - 1) x W^T +
-        (m/||W'||) scale B A x, the norm detached."""
+        (m/||W'||) scale B A x, the norm detached. A Megatron parallel linear returns
+        (output, bias); its bias is in the output unless `skip_bias_add`."""
+        if isinstance(result, tuple):
+            output, *rest = result
+            bias = None if getattr(self.base, "skip_bias_add", False) else self.base.bias
+            return (self._dora_output(x, output, bias), *rest)
+        return self._dora_output(x, result, self.base.bias)
+
+    def _dora_output(self, x: torch.Tensor, result: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
         a, b = self.lora_A.weight, self.lora_B.weight
         h = x.to(a.dtype) if x.dtype != a.dtype else x
         dropping = self._dropping()
@@ -263,7 +283,6 @@ class LoraLinear(AdapterLayer):
         if dropping:
             base_result = nn.functional.linear(h, weight)
         else:
-            bias = self.base.bias
             base_result = (result - bias if bias is not None else result).to(h.dtype)
         extra = (factor - 1) * base_result + factor * self.lora_B(self.lora_A(h)) * self.scale
         return result + extra.to(result.dtype)

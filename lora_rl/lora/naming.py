@@ -26,6 +26,17 @@ _PROJECTION = "adapter_"
 """Canonical LoRA's per-projection adapters: adapter_q/k/v, adapter_gate/up."""
 
 
+LORA_PLUS_SUFFIXES = (".lora_B.weight", ".lora_magnitude_vector")
+"""The adapter parameters LoRA+ trains at the higher rate: B, and DoRA's 1-D magnitude (PEFT's
+`create_loraplus_optimizer` puts both in its `groupB`)."""
+
+
+def is_lora_plus_parameter(name: str) -> bool:
+    """Whether parameter `name` (any backend's naming: a canonical `adapter_q.lora_B.weight`,
+    a Megatron `linear_qkv.lora_B.weight`) belongs to LoRA+'s fast group."""
+    return name.endswith(LORA_PLUS_SUFFIXES)
+
+
 def unwrapped_name(name: str) -> str:
     return ".".join(part for part in name.split(".") if part not in WRAPPER_COMPONENTS)
 

@@ -28,8 +28,10 @@ from torch import nn
 
 from lora_rl.backends.megatron.canonical_lora import SplitLoraLinear, adapter_module_name
 from lora_rl.backends.megatron.model import global_name
+from lora_rl.backends.megatron.parallel import is_expert_parameter
 from lora_rl.backends.megatron.sharding import Sharder, kind_of
 from lora_rl.config.lora import MegatronPeftConfig
+from lora_rl.errors import SetupError
 from lora_rl.lora import LoraLinear, linear_module_names, lora_spec_from_config, match_names
 from lora_rl.lora.init import init_weight
 from lora_rl.lora.matching import LoraMatchError, ModuleMatcher, fused_module_of, short_name
@@ -86,6 +88,8 @@ def _init_whole(layer: nn.Module, name: str, spec, sharder: Sharder, seed: int) 
             whole = torch.empty(whole_shape, dtype=torch.float32)
             init_weight(whole, method, spec.rank)
             param.copy_(sharder.shard(key, whole).to(param.dtype))
+    if getattr(layer, "use_dora", False):
+        layer.reset_magnitude()  # m = ||W + scale * B A|| for the A and B just set
 
 
 def _projection_rows(base: nn.Module, fused: str, tp: int) -> tuple[dict[str, int], int]:
@@ -112,6 +116,21 @@ def _split_lora(base: nn.Module, full: str, projections: list[str], spec, sharde
     return layer
 
 
+def _refuse_dora(adapted: list[str], tp: int) -> None:
+    """What DoRA is not built for on this backend (validate refuses the first two as LR151 and
+    LR169; MoE models are only known here)."""
+    problems = []
+    if tp > 1:
+        problems.append(f"tensor_model_parallel_size {tp} (the row norm needs whole rows)")
+    if any(fused_module_of(unit)[1] for unit in adapted):
+        problems.append("canonical targets (one adapter per projection)")
+    if any(is_expert_parameter(unit + ".") for unit in adapted):
+        problems.append("MoE expert linears (their PEFT layout has no DoRA magnitude)")
+    if problems:
+        raise SetupError("peft.use_dora is not supported with " + "; ".join(problems)
+                         + ": set peft.use_dora: false")
+
+
 def apply_megatron_lora(model: nn.Module, cfg: MegatronPeftConfig, all_linear: list[str],
                         sharder: Sharder, seed: int) -> MegatronLora:
     """Freeze `model` and wrap the matched linears of this stage (in place)."""
@@ -122,6 +141,8 @@ def apply_megatron_lora(model: nn.Module, cfg: MegatronPeftConfig, all_linear: l
         raise LoraMatchError(conflict)
     spec = lora_spec_from_config(cfg)
     adapted = match_names(all_linear, cfg)
+    if spec.use_dora:
+        _refuse_dora(adapted, sharder.layout.tp)
     projections: dict[str, list[str]] = {}
     for unit in adapted:
         module, projection = fused_module_of(unit)
