@@ -53,7 +53,8 @@ def test_megatron_dora_with_lora_plus_trains_like_the_hf_reference(dora_run, tin
 def test_megatron_dora_generation_copy_reference_and_peft_export(dora_run, tiny_llama_dir,
                                                                  model_cache, tmp_path):  # noqa: F811
     """The HF generation copy carries the magnitudes; the reference policy is the base; the
-    exported PEFT adapter (use_dora) reproduces the trained Megatron model in `peft`."""
+    exported PEFT adapter (use_dora) reproduces the trained Megatron model in `peft`, and so
+    does the merged export."""
     from peft import PeftModel
 
     batch = fixed_batch(128)
@@ -80,3 +81,8 @@ def test_megatron_dora_generation_copy_reference_and_peft_export(dora_run, tiny_
         via_peft = _logprobs(PeftModel.from_pretrained(_hf_model(tiny_llama_dir),
                                                        tmp_path / "peft").eval(), batch)
     assert (via_peft - trained)[real].abs().max() < 1e-5
+    # The merged export folds the magnitudes in too (PEFT's DoRA merge).
+    export_checkpoint(tmp_path / "ckpt", "merged", tmp_path / "merged", None, force=False)
+    with torch.no_grad():
+        merged = _logprobs(_hf_model(tmp_path / "merged"), batch)
+    assert (merged - trained)[real].abs().max() < 1e-4

@@ -121,6 +121,11 @@ class MegatronBackend:
         if problem:
             raise AdapterFormatError(f"{directory}: {problem}; set megatron_cfg.peft's dim, "
                                      "alpha and use_rslora to the adapter's")
+        dora = bool(config.get("use_dora", False))
+        if dora != peft.use_dora:
+            raise AdapterFormatError(f"{directory}: the adapter has use_dora {str(dora).lower()}, "
+                                     "the recipe the opposite; set megatron_cfg.peft.use_dora: "
+                                     f"{str(dora).lower()}")
         checkpoint_state.load_weights(self.weights, tensors)
 
     def _count_parameters(self) -> dict[str, int | float | str]:
