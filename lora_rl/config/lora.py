@@ -109,8 +109,9 @@ class MegatronPeftConfig(Section):
     use_dora: bool = False
     """DoRA (PEFT's `use_dora`): each adapted module also trains a magnitude per output row and
     applies it to the direction of W + scale * B A (the same layer as the DTensor backend's).
-    Fused targets only (not canonical ones), tensor_model_parallel_size 1, no MoE experts, and
-    merged-weight vLLM sync (`lora-rl validate` says why)."""
+    Fused targets only (not canonical ones), no MoE experts, and merged-weight vLLM sync
+    (`lora-rl validate` says why); with tensor parallelism the row-parallel modules' row norms
+    are summed over the ranks."""
     lora_plus_lr_ratio: float | None = Field(None, gt=0)
     """LoRA+ (PEFT's `create_loraplus_optimizer`): the B matrices (and DoRA magnitudes) train
     with `optimizer.lr` times this ratio, A keeps `optimizer.lr`; null trains both at one rate.

@@ -5,10 +5,11 @@ rsLoRA and LoRA+ (`lora_plus_lr_ratio`) exist in both LoRA blocks, without restr
 
 DoRA (`use_dora`) exists in both blocks, with one layer (`lora_rl.lora.layer.LoraLinear`) and the
 torch path only: there is no Triton DoRA kernel (DTensor), the magnitude's row norm needs whole
-rows (no tensor parallelism on either backend), and vLLM cannot serve a DoRA adapter in
-split-weight mode (NeMo RL's adapter refit rejects `use_dora` too), so DoRA syncs merged
-weights. On Megatron it adapts fused modules only: canonical targets (one adapter per
-projection) and MoE expert linears have no DoRA (LR169).
+rows (DTensor's tensor parallelism splits them; Megatron's row-parallel modules sum the row
+norms over their ranks), and vLLM cannot serve a DoRA adapter in split-weight mode (NeMo RL's
+adapter refit rejects `use_dora` too), so DoRA syncs merged weights. On Megatron it adapts
+fused modules only: canonical targets (one adapter per projection) and MoE expert linears have
+no DoRA (LR169).
 
 PiSSA/OLoRA (`init_lora_weights: pissa|olora`, DTensor block only) rewrite the base weights to a
 residual at init, so everything that pairs the adapter with the *original* base is refused:
@@ -38,14 +39,6 @@ def _lora_key(cfg: RecipeConfig) -> str:
     return PEFT if cfg.policy.megatron_cfg.enabled else LORA
 
 
-def _tp(cfg: RecipeConfig) -> tuple[str, int]:
-    """(dotted key, size) of the running backend's tensor parallelism."""
-    if cfg.policy.megatron_cfg.enabled:
-        return f"{MG}.tensor_model_parallel_size", \
-            cfg.policy.megatron_cfg.tensor_model_parallel_size
-    return f"{DT}.tensor_parallel_size", cfg.policy.dtensor_cfg.tensor_parallel_size
-
-
 @rule("LR150", "error", "use_dora: true has no Triton kernel")
 def _dora_triton(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     lora = _dtensor_lora(cfg)
@@ -55,15 +48,16 @@ def _dora_triton(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       f"set {LORA}.use_triton: false")
 
 
-@rule("LR151", "error", "use_dora: true is not supported with tensor parallelism")
+@rule("LR151", "error", "DTensor use_dora: true is not supported with tensor_parallel_size > 1")
 def _dora_tp(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
-    lora = cfg.policy.active_lora
-    key, tp = _tp(cfg)
+    lora = _dtensor_lora(cfg)
+    tp = cfg.policy.dtensor_cfg.tensor_parallel_size
     if lora is not None and lora.use_dora and tp > 1:
-        yield Finding(f"{_lora_key(cfg)}.use_dora", "DoRA's magnitude needs the norm of whole "
-                      f"weight rows, which tensor parallelism splits ({key.rpartition('.')[2]} "
-                      f"{tp})", f"set {key}: 1 (use data parallelism), or "
-                      f"{_lora_key(cfg)}.use_dora: false")
+        yield Finding(f"{LORA}.use_dora", "DoRA's magnitude needs the norm of whole weight "
+                      f"rows, which DTensor tensor parallelism splits (tensor_parallel_size {tp}; "
+                      "the Megatron backend sums the row norms over its ranks)",
+                      f"set {DT}.tensor_parallel_size: 1 (use data parallelism), or "
+                      f"{LORA}.use_dora: false")
 
 
 @rule("LR152", "error", "use_dora: true cannot sync split weights to vLLM")

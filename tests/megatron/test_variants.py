@@ -1,7 +1,9 @@
-"""LoRA variants on the Megatron backend (DoRA, LoRA+), one single-process gloo run (tp=1)
-against the HF + LoRA-core reference of test_parity: the same DoRA layer on HF's modules (with
-q/k/v and gate/up sharing A as Megatron's fused modules do) and PEFT's LoRA+ optimizer groups
-built by hand. The trained adapter then goes through the PEFT export and `peft` itself."""
+"""LoRA variants on the Megatron backend (DoRA, LoRA+), one gloo run at tp=2 (two processes:
+~20 s here, against ~11 s for one process at tp=1; tp=2 is what exercises the row-parallel
+modules' row norms summed over ranks and the magnitude's sharding) against the HF + LoRA-core
+reference of test_parity: the same DoRA layer on HF's modules (with q/k/v and gate/up sharing A
+as Megatron's fused modules do) and PEFT's LoRA+ optimizer groups built by hand. The trained
+adapter then goes through the PEFT and merged exports and `peft` itself."""
 
 import json
 import shutil
@@ -30,7 +32,7 @@ VARIANT = (("use_dora", True), ("lora_plus_lr_ratio", RATIO))
 
 @pytest.fixture(scope="module")
 def dora_run(megatron_run):
-    return megatron_run(1, 1, 1, peft=VARIANT)
+    return megatron_run(2, 1, 2, peft=VARIANT)
 
 
 def test_megatron_dora_with_lora_plus_trains_like_the_hf_reference(dora_run, tiny_llama_dir):

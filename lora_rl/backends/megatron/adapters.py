@@ -9,6 +9,8 @@ input gradient is summed over tensor-parallel ranks (identity forward): A's grad
 input gradient are then complete and identical on every rank, with an r-wide all-reduce.
 Row-parallel base (`linear_proj`, `linear_fc2`): A is split on its input like the base, its
 r-wide output is summed over ranks, and B is replicated.
+DoRA's magnitude goes with B: split by rows on a column-parallel base, whose rows are whole on
+each rank; replicated on a row-parallel one, whose row norms are summed over ranks.
 
 A and B are initialised whole, from a seed and the module's global name, and then sharded: the
 initial adapter is the same whatever the tp/pp layout, and xavier/kaiming see the true fan-in.
@@ -116,12 +118,18 @@ def _split_lora(base: nn.Module, full: str, projections: list[str], spec, sharde
     return layer
 
 
-def _refuse_dora(adapted: list[str], tp: int) -> None:
-    """What DoRA is not built for on this backend (validate refuses the first two as LR151 and
-    LR169; MoE models are only known here)."""
+def _sum_over_tp(row_squares: torch.Tensor) -> torch.Tensor:
+    """DoRA on a row-parallel base (its weight split by columns): each rank holds part of every
+    row, so the rows' squared norms are summed over the tensor-parallel ranks."""
+    from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
+
+    return reduce_from_tensor_model_parallel_region(row_squares)
+
+
+def _refuse_dora(adapted: list[str]) -> None:
+    """What DoRA is not built for on this backend (validate refuses canonical targets as LR169;
+    MoE models are only known here)."""
     problems = []
-    if tp > 1:
-        problems.append(f"tensor_model_parallel_size {tp} (the row norm needs whole rows)")
     if any(fused_module_of(unit)[1] for unit in adapted):
         problems.append("canonical targets (one adapter per projection)")
     if any(is_expert_parameter(unit + ".") for unit in adapted):
@@ -142,7 +150,7 @@ def apply_megatron_lora(model: nn.Module, cfg: MegatronPeftConfig, all_linear: l
     spec = lora_spec_from_config(cfg)
     adapted = match_names(all_linear, cfg)
     if spec.use_dora:
-        _refuse_dora(adapted, sharder.layout.tp)
+        _refuse_dora(adapted)
     projections: dict[str, list[str]] = {}
     for unit in adapted:
         module, projection = fused_module_of(unit)
@@ -162,7 +170,8 @@ def apply_megatron_lora(model: nn.Module, cfg: MegatronPeftConfig, all_linear: l
             layer = _split_lora(base, full, projections[full], spec, sharder, seed)
             local += [f"{full.rpartition('.')[0]}.{p}" for p in projections[full]]
         else:
-            layer = LoraLinear(base, spec)
+            row_split = sharder.layout.tp > 1 and not isinstance(base, ColumnParallelLinear)
+            layer = LoraLinear(base, spec, row_norm_reduce=_sum_over_tp if row_split else None)
             if isinstance(base, ColumnParallelLinear):
                 layer.lora_B = _with_communication(layer.lora_B, _SumGradOverTensorParallel)
             else:
