@@ -95,6 +95,9 @@ def test_dora_magnitude_splits_and_fuses_like_the_weight_rows(module, parts):
                            torch.linalg.norm(hf[f"{prefix}.weight"], dim=1))
     key = f"{base}.lora_magnitude_vector"
     assert torch.equal(hf_to_megatron(hf, [key], shape)[key], magnitude)
+    # Megatron-Bridge's DoRALinear keeps it as `adapter.weight_magnitude`
+    assert to_megatron_bridge({key: magnitude}).keys() == {f"{base}.adapter.weight_magnitude"}
+    assert from_megatron_bridge(to_megatron_bridge({key: magnitude})).keys() == {key}
 
 
 def test_adapter_with_separate_q_k_v_a_is_rejected_by_name():
