@@ -22,6 +22,19 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _variant_rows(lora: AnyLoraConfig,
+                  lr: float | None) -> list[tuple[str, str]]:
+    """DoRA and LoRA+ (both blocks)."""
+    rows = []
+    if lora.use_dora:
+        rows.append(("DoRA", "a trained magnitude per output row; vLLM gets merged weights"))
+    ratio = lora.lora_plus_lr_ratio
+    if ratio is not None:
+        rates = f"A {lr:g}, B {lr * ratio:g}" if lr is not None else "B at A's"
+        rows.append(("LoRA+ learning rates", f"{rates} (x{ratio:g})"))
+    return rows
+
+
 def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
     lora = cfg.policy.active_lora
     if lora is None:
@@ -43,6 +56,7 @@ def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
                      else "one shared A per fused module"))
         rows.append(("A / B init", f"{peft.lora_A_init_method} / {peft.lora_B_init_method}"))
         rows.append(("adapter dtype", peft.lora_dtype or "follows the base layer"))
+        rows += _variant_rows(peft, cfg.policy.megatron_cfg.optimizer.lr)
     else:
         dt_lora = cfg.policy.dtensor_cfg.lora_cfg
         targets = "every linear layer (and MoE expert parameter) except lm_head" \
@@ -59,12 +73,8 @@ def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
             rows.append(("init", f"{init}: A, B from each base weight's {how}; the base is "
                          "rewritten to the residual; PEFT export is a plain LoRA of rank "
                          f"{2 * dt_lora.dim}"))
-        if dt_lora.use_dora:
-            rows.append(("DoRA", "a trained magnitude per output row; vLLM gets merged weights"))
-        if dt_lora.lora_plus_lr_ratio is not None:
-            lr = cfg.policy.optimizer.kwargs.lr
-            rows.append(("LoRA+ learning rates", f"A {lr:g}, B {lr * dt_lora.lora_plus_lr_ratio:g}"
-                         f" (x{dt_lora.lora_plus_lr_ratio:g})"))
+        rows += _variant_rows(dt_lora, cfg.policy.optimizer.kwargs.lr
+                              if cfg.policy.optimizer is not None else None)
         if dt_lora.use_triton:
             kernel = "Triton fused kernel" if _cuda_available() else \
                 "torch path (use_triton is set, but Triton kernels need CUDA; none here)"

@@ -52,8 +52,7 @@ class DTensorLoraConfig(Section):
     use_dora: bool = False
     """DoRA (PEFT's `use_dora`): each adapted layer also trains a magnitude per output row and
     applies it to the direction of W + scale * B A. Not with the Triton kernel, tensor
-    parallelism or split-weight vLLM sync (`lora-rl validate` says why); the DTensor backend
-    only."""
+    parallelism or split-weight vLLM sync (`lora-rl validate` says why)."""
     init_lora_weights: Literal[True, "pissa", "olora"] = True
     """PEFT's `init_lora_weights`. `true`: A from `lora_A_init`, B zero. `pissa`: A and B from the
     r principal singular directions of each adapted weight (exact SVD), `olora`: from its QR
@@ -107,6 +106,16 @@ class MegatronPeftConfig(Section):
     use_rslora: bool = False
     """Rank-stabilised LoRA (PEFT's `use_rslora`): scale the adapter by alpha / sqrt(dim) instead
     of alpha / dim."""
+    use_dora: bool = False
+    """DoRA (PEFT's `use_dora`): each adapted module also trains a magnitude per output row and
+    applies it to the direction of W + scale * B A (the same layer as the DTensor backend's).
+    Fused targets only (not canonical ones), no MoE experts, and merged-weight vLLM sync
+    (`lora-rl validate` says why); with tensor parallelism the row-parallel modules' row norms
+    are summed over the ranks."""
+    lora_plus_lr_ratio: float | None = Field(None, gt=0)
+    """LoRA+ (PEFT's `create_loraplus_optimizer`): the B matrices (and DoRA magnitudes) train
+    with `optimizer.lr` times this ratio, A keeps `optimizer.lr`; null trains both at one rate.
+    The paper uses 2-16."""
 
 
 AnyLoraConfig = DTensorLoraConfig | MegatronPeftConfig

@@ -1,31 +1,42 @@
-"""Rules on the LoRA variants (rsLoRA, LoRA+, DoRA): what each cannot be combined with.
+"""Rules on the LoRA variants (rsLoRA, LoRA+, DoRA, PiSSA/OLoRA): what each cannot be combined
+with.
 
-DoRA exists on the DTensor backend only (the Megatron block has no `use_dora`), with the torch
-path: there is no Triton DoRA kernel, the magnitude's row norm needs whole rows (no tensor
-parallelism), and vLLM cannot serve a DoRA adapter in split-weight mode (NeMo RL's adapter
-refit rejects `use_dora` too), so DoRA syncs merged weights.
+rsLoRA and LoRA+ (`lora_plus_lr_ratio`) exist in both LoRA blocks, without restrictions.
 
-PiSSA/OLoRA (`init_lora_weights: pissa|olora`) rewrite the base weights to a residual at
-init, so everything that pairs the adapter with the *original* base is refused: vLLM's
-split-weight sync (the engine holds the original base; the torch generator samples from the
-training module itself, so its split mode is fine), `init_adapter_path` (an adapter trained
+DoRA (`use_dora`) exists in both blocks, with one layer (`lora_rl.lora.layer.LoraLinear`) and the
+torch path only: there is no Triton DoRA kernel (DTensor), the magnitude's row norm needs whole
+rows (DTensor's tensor parallelism splits them; Megatron's row-parallel modules sum the row
+norms over their ranks), and vLLM cannot serve a DoRA adapter in split-weight mode (NeMo RL's
+adapter refit rejects `use_dora` too), so DoRA syncs merged weights. On Megatron it adapts
+fused modules only: canonical targets (one adapter per projection) and MoE expert linears have
+no DoRA (LR169).
+
+PiSSA/OLoRA (`init_lora_weights: pissa|olora`, DTensor block only) rewrite the base weights to a
+residual at init, so everything that pairs the adapter with the *original* base is refused:
+vLLM's split-weight sync (the engine holds the original base; the torch generator samples from
+the training module itself, so its split mode is fine), `init_adapter_path` (an adapter trained
 on another base), DoRA (not built together), tensor parallelism (the disabled layer, the
-reference policy, adds the init back with whole-weight factors) and the Megatron backend (no
-such init there).
+reference policy, adds the init back with whole-weight factors) and the Megatron backend (not
+built there: its block has no `init_lora_weights`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from lora_rl.config.lora import DTensorLoraConfig
+from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
 from lora_rl.config.recipe import RecipeConfig
-from lora_rl.config.rules import DT, GEN, LORA, MG, Finding, RuleContext, rule
+from lora_rl.config.rules import DT, GEN, LORA, MG, PEFT, Finding, RuleContext, rule
 
 
 def _dtensor_lora(cfg: RecipeConfig) -> DTensorLoraConfig | None:
     lora = cfg.policy.active_lora
     return lora if isinstance(lora, DTensorLoraConfig) else None
+
+
+def _lora_key(cfg: RecipeConfig) -> str:
+    """The dotted key of the LoRA block that runs."""
+    return PEFT if cfg.policy.megatron_cfg.enabled else LORA
 
 
 @rule("LR150", "error", "use_dora: true has no Triton kernel")
@@ -37,45 +48,69 @@ def _dora_triton(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
                       f"set {LORA}.use_triton: false")
 
 
-@rule("LR151", "error", "use_dora: true is not supported with tensor_parallel_size > 1")
+@rule("LR151", "error", "DTensor use_dora: true is not supported with tensor_parallel_size > 1")
 def _dora_tp(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     lora = _dtensor_lora(cfg)
     tp = cfg.policy.dtensor_cfg.tensor_parallel_size
     if lora is not None and lora.use_dora and tp > 1:
         yield Finding(f"{LORA}.use_dora", "DoRA's magnitude needs the norm of whole weight "
-                      f"rows, which tensor parallelism splits (tensor_parallel_size {tp})",
+                      f"rows, which DTensor tensor parallelism splits (tensor_parallel_size {tp}; "
+                      "the Megatron backend sums the row norms over its ranks)",
                       f"set {DT}.tensor_parallel_size: 1 (use data parallelism), or "
                       f"{LORA}.use_dora: false")
 
 
 @rule("LR152", "error", "use_dora: true cannot sync split weights to vLLM")
 def _dora_split(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
-    lora = _dtensor_lora(cfg)
+    lora = cfg.policy.active_lora
     gen = cfg.policy.generation
     if lora is not None and lora.use_dora and gen is not None \
             and gen.lora_weight_sync == "split":
         yield Finding(f"{GEN}.lora_weight_sync", "vLLM cannot serve a DoRA adapter beside the "
                       "base weights (split-weight sync); the magnitude must be merged",
-                      f"set {GEN}.lora_weight_sync: merge, or {LORA}.use_dora: false")
+                      f"set {GEN}.lora_weight_sync: merge, or {_lora_key(cfg)}.use_dora: false")
 
 
 @rule("LR153", "error", "use_dora: true applies LoRA dropout to the input only")
 def _dora_dropout(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
-    lora = _dtensor_lora(cfg)
+    lora = cfg.policy.active_lora
     if lora is not None and lora.use_dora and lora.dropout > 0 \
             and lora.dropout_position == "post":
-        yield Finding(f"{LORA}.dropout_position", "DoRA drops the adapter's input (as PEFT), "
-                      "but dropout_position is post", f"set {LORA}.dropout_position: pre")
+        key = _lora_key(cfg)
+        yield Finding(f"{key}.dropout_position", "DoRA drops the adapter's input (as PEFT), "
+                      "but dropout_position is post", f"set {key}.dropout_position: pre")
 
 
 @rule("LR154", "warning", "lora_plus_lr_ratio below 1 trains B slower than A")
 def _lora_plus_ratio(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
-    lora = _dtensor_lora(cfg)
+    lora = cfg.policy.active_lora
     ratio = lora.lora_plus_lr_ratio if lora is not None else None
     if ratio is not None and ratio < 1:
-        yield Finding(f"{LORA}.lora_plus_lr_ratio", f"lora_plus_lr_ratio {ratio:g} gives B a "
+        key = _lora_key(cfg)
+        yield Finding(f"{key}.lora_plus_lr_ratio", f"lora_plus_lr_ratio {ratio:g} gives B a "
                       "lower learning rate than A, the opposite of LoRA+ (the paper uses 2-16)",
-                      f"set {LORA}.lora_plus_lr_ratio to 2-16, or null for one learning rate")
+                      f"set {key}.lora_plus_lr_ratio to 2-16, or null for one learning rate")
+
+
+@rule("LR169", "error", "Megatron use_dora: true adapts fused modules only")
+def _dora_megatron_modules(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    from lora_rl.lora.matching import ModuleMatcher, select
+
+    lora = cfg.policy.active_lora
+    if not isinstance(lora, MegatronPeftConfig) or not lora.use_dora:
+        return
+    if ModuleMatcher.from_config(lora).canonical:
+        yield Finding(f"{PEFT}.target_modules", "DoRA on Megatron is built for the fused "
+                      "modules (linear_qkv, linear_fc1 with one adapter each), not for canonical "
+                      "targets (one adapter per projection)",
+                      f"name the fused modules (linear_qkv, linear_proj, linear_fc1, linear_fc2) "
+                      f"in {PEFT}.target_modules, or set {PEFT}.use_dora: false")
+    names = ctx.model.linear_names("megatron") if ctx.model is not None else []
+    if any(".mlp.experts." in name for name in select(names, lora)):
+        yield Finding(f"{PEFT}.use_dora", f"{ctx.model.model_type} is a MoE model, and DoRA "
+                      "on its expert linears has no PEFT layout (the DTensor backend refuses it "
+                      "too)", f"set {PEFT}.use_dora: false, or leave the experts out "
+                      f"({PEFT}.target_modules: [linear_qkv, linear_proj])")
 
 
 def _residual_init(cfg: RecipeConfig) -> str | None:
@@ -135,7 +170,8 @@ def _residual_tp(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 def _residual_megatron(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     init = cfg.policy.dtensor_cfg.lora_cfg.init_lora_weights
     if cfg.policy.megatron_cfg.enabled and init is not True:
-        yield Finding(f"{LORA}.init_lora_weights", f"the Megatron backend runs, and it has no "
-                      f"{init} init (policy.megatron_cfg.peft has no init_lora_weights)",
+        yield Finding(f"{LORA}.init_lora_weights", f"the Megatron backend runs, and its LoRA "
+                      f"has no {init} init (not built there: policy.megatron_cfg.peft has no "
+                      "init_lora_weights; rsLoRA, LoRA+ and DoRA are in that block)",
                       f"set {LORA}.init_lora_weights: true, or run on the DTensor backend "
                       f"({MG}.enabled: false, {DT}.enabled: true)")

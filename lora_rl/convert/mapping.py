@@ -31,17 +31,20 @@ SCALARS: tuple[tuple[str, str | None, str | None, str | None], ...] = (
     ("dropout_position", "dropout_position", "dropout_position", None),
     ("a_init", "lora_A_init", "lora_A_init_method", None),
     ("use_rslora", "use_rslora", "use_rslora", None),
+    ("use_dora", "use_dora", "use_dora", None),
+    ("lora_plus_lr_ratio", "lora_plus_lr_ratio", "lora_plus_lr_ratio", None),
 )
 _COLUMN = {"dtensor": 1, "megatron": 2, "areal": 3}
 
-AREAL_IMPLIED: dict[str, Any] = {"dropout": 0.0, "a_init": "uniform", "use_rslora": False}
+AREAL_IMPLIED: dict[str, Any] = {"dropout": 0.0, "a_init": "uniform", "use_rslora": False,
+                                  "use_dora": False, "lora_plus_lr_ratio": None}
 """AReaL hands its keys to `peft.LoraConfig`: no dropout, PEFT's kaiming-uniform A init, the
 plain alpha / r scale."""
 
 ONLY_IN: dict[Schema, dict[str, Any]] = {
     # Keys with no counterpart elsewhere, with the value at which dropping them loses nothing.
     "dtensor": {"use_triton": None,  # a kernel choice: never changes the adapter's maths
-                "use_dora": False, "lora_plus_lr_ratio": None, "init_lora_weights": True},
+                "init_lora_weights": True},
     "megatron": {"lora_B_init_method": "zero", "a2a_experimental": False, "lora_dtype": None},
     "areal": {"peft_type": "lora"},
 }
@@ -91,6 +94,8 @@ class LoraSpec:
     dropout_position: str = "post"
     a_init: str = "xavier"
     use_rslora: bool = False
+    use_dora: bool = False
+    lora_plus_lr_ratio: float | None = None
     match_all: bool = True
     targets: list[str] = field(default_factory=list)
     excludes: list[str] = field(default_factory=list)

@@ -193,7 +193,7 @@ def _write_peft(target: Path, adapter: dict[str, torch.Tensor],
                               f"LoRA: {exc}") from None
     write_adapter(target, adapter, rank=rank, alpha=alpha, dropout=lora.dropout,
                   base_model=peft_base(base_model), use_rslora=lora.use_rslora,
-                  use_dora=getattr(lora, "use_dora", False))  # DTensor block only
+                  use_dora=lora.use_dora)
 
 
 def peft_base(base_model: str) -> str:

@@ -14,7 +14,7 @@ from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
 from lora_rl.lora.experts import ExpertAdapter, ExpertsLora
 from lora_rl.lora.layer import AdapterLayer, LoraLinear
 from lora_rl.lora.matching import LoraMatchError, LoraWarning, ModuleMatcher
-from lora_rl.lora.naming import unwrapped_name
+from lora_rl.lora.naming import is_lora_plus_parameter, unwrapped_name
 from lora_rl.lora.spec import LoraSpec, Semantics, lora_spec_from_config, semantics_of
 
 _PARALLEL_LINEARS = frozenset({"ColumnParallelLinear", "RowParallelLinear",
@@ -177,11 +177,8 @@ def iter_lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLinear | Exper
 def lora_plus_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters LoRA+ trains at the higher learning rate: every adapter's B matrix (and,
     as PEFT groups them, any 1-D adapter parameter such as a DoRA magnitude)."""
-    out = []
-    for _, layer in iter_lora_layers(model):
-        out.append(layer.lora_B.weight)
-        out.extend(p for p in layer.parameters() if p.dim() == 1 and p.requires_grad)
-    return out
+    return [p for name, p in model.named_parameters()
+            if p.requires_grad and is_lora_plus_parameter(name)]
 
 
 def merge_lora(model: nn.Module) -> None:

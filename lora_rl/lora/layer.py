@@ -138,8 +138,12 @@ class AdapterLayer(nn.Module):
 
 
 class LoraLinear(AdapterLayer):
-    def __init__(self, base: nn.Module, spec: LoraSpec) -> None:
+    def __init__(self, base: nn.Module, spec: LoraSpec,
+                 row_norm_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """`row_norm_reduce` (DoRA on a weight split by columns, a Megatron row-parallel
+        linear): sums each row's squared norm over the ranks holding its other columns."""
         super().__init__()
+        self.row_norm_reduce = row_norm_reduce
         self.base = base
         self.base.requires_grad_(False)
         in_features, out_features = _features(base)
@@ -165,15 +169,27 @@ class LoraLinear(AdapterLayer):
         self.use_dora = spec.use_dora
         if spec.use_dora:
             weight = base.weight
-            if not isinstance(base, nn.Linear) or type(weight) not in _PLAIN \
-                    or not weight.is_floating_point():
-                raise SetupError(f"DoRA adapts plain floating-point linear layers, not "
-                                 f"{type(base).__name__} with a {type(weight).__name__} "
-                                 f"{weight.dtype} weight (quantized bases are not supported)")
-            with torch.no_grad():
-                norm = self._weight_norm(self.lora_B.weight.float() @ self.lora_A.weight.float())
-            self.lora_magnitude_vector = nn.Parameter(norm.to(dtype))
+            # nn.Linear or a Megatron parallel linear, with a plain float weight whose rows are
+            # whole (not a DTensor shard, not a quantized weight).
+            split = getattr(base, "input_size_per_partition", None)
+            if type(weight) not in _PLAIN or not weight.is_floating_point() \
+                    or split not in (None, getattr(base, "input_size", None)) \
+                    and row_norm_reduce is None:
+                raise SetupError(f"DoRA adapts floating-point linear layers with whole weight "
+                                 f"rows, not {type(base).__name__} with a {type(weight).__name__} "
+                                 f"{weight.dtype} weight (quantized bases are not supported, nor "
+                                 "weights split by tensor parallelism)")
+            self.lora_magnitude_vector = nn.Parameter(torch.empty(out_features, dtype=dtype,
+                                                                  device=device))
             """DoRA's magnitude m, one per output row: ||W + scale * B A|| at creation."""
+            self.reset_magnitude()
+
+    @torch.no_grad()
+    def reset_magnitude(self) -> None:
+        """DoRA: m = ||W + scale * B A|| per row, PEFT's init; call again after replacing A or
+        B (Megatron initialises them after construction)."""
+        norm = self._weight_norm(self.lora_B.weight.float() @ self.lora_A.weight.float())
+        self.lora_magnitude_vector.copy_(norm.to(self.lora_magnitude_vector.dtype))
 
     def _residual_init(self, spec: LoraSpec) -> None:
         weight = self.base.weight
@@ -246,24 +262,41 @@ class LoraLinear(AdapterLayer):
 
     def _weight_norm(self, lora_weight: torch.Tensor) -> torch.Tensor:
         """||W + scale * B A|| per output row (PEFT's `get_weight_norm`)."""
-        weight = self.base.weight.to(lora_weight.dtype)
-        return torch.linalg.norm(weight + self.scale * lora_weight, dim=1)
+        weight = self.base.weight.to(lora_weight.dtype) + self.scale * lora_weight
+        if self.row_norm_reduce is None:
+            return torch.linalg.norm(weight, dim=1)
+        return self.row_norm_reduce(weight.square().sum(dim=1)).sqrt()
 
-    def _dora_forward(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    def _dora_forward(self, x: torch.Tensor, result: Any) -> Any:
         """PEFT's DoraLinearLayer.forward added to the base output: (m/||W'|| - 1) x W^T +
-        (m/||W'||) scale B A x, the norm detached."""
+        (m/||W'||) scale B A x, the norm detached. A Megatron parallel linear returns
+        (output, bias); its bias is in the output unless `skip_bias_add`."""
+        if isinstance(result, tuple):
+            output, *rest = result
+            bias = None if getattr(self.base, "skip_bias_add", False) else self.base.bias
+            return (self._dora_output(x, output, bias, self._parallel_matmul), *rest)
+        return self._dora_output(x, result, self.base.bias, None)
+
+    def _parallel_matmul(self, h: torch.Tensor) -> torch.Tensor:
+        """h W^T through the parallel linear itself (its tensor-parallel communication
+        included), without the bias."""
+        output, _ = self.base(h.to(self.base.weight.dtype))
+        bias = None if getattr(self.base, "skip_bias_add", False) else self.base.bias
+        return (output - bias if bias is not None else output).to(h.dtype)
+
+    def _dora_output(self, x: torch.Tensor, result: torch.Tensor, bias: torch.Tensor | None,
+                     matmul: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
         a, b = self.lora_A.weight, self.lora_B.weight
         h = x.to(a.dtype) if x.dtype != a.dtype else x
         dropping = self._dropping()
         if dropping:
             h = self.dropout(h)
-        weight = self.base.weight.to(h.dtype)
         norm = self._weight_norm((b @ a).detach().to(h.dtype)).detach()
         factor = (self.lora_magnitude_vector.to(h.dtype) / norm).view(1, -1)
         if dropping:
-            base_result = nn.functional.linear(h, weight)
+            base_result = matmul(h) if matmul is not None else \
+                nn.functional.linear(h, self.base.weight.to(h.dtype))
         else:
-            bias = self.base.bias
             base_result = (result - bias if bias is not None else result).to(h.dtype)
         extra = (factor - 1) * base_result + factor * self.lora_B(self.lora_A(h)) * self.scale
         return result + extra.to(result.dtype)

@@ -91,7 +91,7 @@ def lora_spec_from_config(cfg: DTensorLoraConfig | MegatronPeftConfig) -> LoraSp
         return LoraSpec(rank=cfg.dim, alpha=cfg.alpha, dropout=cfg.dropout,
                         dropout_position=cfg.dropout_position, a_init=cfg.lora_A_init_method,
                         b_init=cfg.lora_B_init_method, dtype=cfg.lora_dtype, use_triton=False,
-                        use_rslora=cfg.use_rslora)
+                        use_rslora=cfg.use_rslora, use_dora=cfg.use_dora)
     if isinstance(cfg, DTensorLoraConfig):
         # Automodel always starts B at zero; adapters follow the base dtype unless lora_dtype.
         return LoraSpec(rank=cfg.dim, alpha=cfg.alpha, dropout=cfg.dropout,

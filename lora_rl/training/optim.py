@@ -32,18 +32,27 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig, 
     if not trainable:
         raise SetupError("no trainable parameters: LoRA matched nothing and "
                          "full fine-tuning is off")
-    groups: list[torch.nn.Parameter] | list[dict] = trainable
-    if fast_lr_ratio is not None:
-        fast = {id(p) for p in fast_params}
-        slow_group = [p for p in trainable if id(p) not in fast]
-        fast_group = [p for p in trainable if id(p) in fast]
-        groups = [{"params": group, "lr": lr} for group, lr in
-                  ((slow_group, kw.lr), (fast_group, kw.lr * fast_lr_ratio)) if group]
+    groups = lr_groups(trainable, kw.lr, fast_params, fast_lr_ratio)
     if cfg.name == "torch.optim.SGD":
         return torch.optim.SGD(groups, lr=kw.lr, momentum=kw.momentum,
                                weight_decay=kw.weight_decay, foreach=kw.foreach)
     return _OPTIMIZERS[cfg.name](groups, lr=kw.lr, betas=kw.betas, eps=kw.eps,
                                  weight_decay=kw.weight_decay, foreach=kw.foreach)
+
+
+def lr_groups(params: list[torch.nn.Parameter], lr: float,
+              fast_params: Iterable[torch.nn.Parameter] = (),
+              fast_lr_ratio: float | None = None) -> list[torch.nn.Parameter] | list[dict]:
+    """The optimizer's parameter groups (both backends): `params` as one group, or with
+    `fast_lr_ratio` (LoRA+) those of `fast_params` in a second group at lr * ratio, after
+    the others (PEFT's `create_loraplus_optimizer`); an empty group is left out."""
+    if fast_lr_ratio is None:
+        return params
+    fast = {id(p) for p in fast_params}
+    slow_group = [p for p in params if id(p) not in fast]
+    fast_group = [p for p in params if id(p) in fast]
+    return [{"params": group, "lr": group_lr} for group, group_lr in
+            ((slow_group, lr), (fast_group, lr * fast_lr_ratio)) if group]
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer,

@@ -94,12 +94,17 @@ def test_vllm_merged_weights_are_the_dora_merge(tiny_llama):
         assert torch.allclose(sent[f"{name}.weight"], layer.base.weight, atol=1e-6, rtol=0)
 
 
-def test_convert_reports_dora_and_lora_plus_as_dtensor_only():
+def test_convert_carries_dora_and_lora_plus_between_the_blocks_not_to_areal():
     from lora_rl.convert.mapping import read_block, write_block
 
     spec, _ = read_block("dtensor", {"use_dora": True, "lora_plus_lr_ratio": 8.0, "dim": 4})
-    _, losses = write_block("megatron", spec, "dtensor")
+    block, losses = write_block("megatron", spec, "dtensor")
+    assert not {loss.key for loss in losses} & {"use_dora", "lora_plus_lr_ratio"}
+    assert block["use_dora"] is True and block["lora_plus_lr_ratio"] == 8.0
+    back, _ = read_block("megatron", block)
+    assert back.use_dora and back.lora_plus_lr_ratio == 8.0
+    _, losses = write_block("areal", spec, "dtensor")
     assert {loss.key for loss in losses} >= {"use_dora", "lora_plus_lr_ratio"}
     plain, _ = read_block("dtensor", {"dim": 4})
-    _, losses = write_block("megatron", plain, "dtensor")
+    _, losses = write_block("areal", plain, "dtensor")
     assert not {loss.key for loss in losses} & {"use_dora", "lora_plus_lr_ratio"}

@@ -35,15 +35,20 @@ def test_explain_shows_the_effective_scale(recipe, block):
     assert ("scale alpha/sqrt(dim)", "2 (rsLoRA)") in lora_rows(cfg)
 
 
-def test_explain_shows_dora_and_lora_plus():
-    lora = "policy.dtensor_cfg.lora_cfg"
-    cfg = load_config(RECIPES / "sft-tiny-dtensor-lora.yaml",
-                      [f"{lora}.use_dora=true", f"{lora}.lora_plus_lr_ratio=16",
-                       "policy.optimizer.kwargs.lr=1e-4"])
+@pytest.mark.parametrize("recipe,lora,lr,tp", [
+    ("sft-tiny-dtensor-lora.yaml", "policy.dtensor_cfg.lora_cfg", "policy.optimizer.kwargs.lr",
+     "policy.dtensor_cfg.tensor_parallel_size"),
+    ("sft-tiny-megatron-lora.yaml", "policy.megatron_cfg.peft", "policy.megatron_cfg.optimizer.lr",
+     "policy.megatron_cfg.tensor_model_parallel_size"),
+])
+def test_explain_shows_dora_and_lora_plus(recipe, lora, lr, tp):
+    cfg = load_config(RECIPES / recipe, [f"{lora}.use_dora=true", f"{lora}.lora_plus_lr_ratio=16",
+                                         f"{lr}=1e-4", f"{tp}=1"])
     rows = dict(lora_rows(cfg))
     assert rows["LoRA+ learning rates"] == "A 0.0001, B 0.0016 (x16)"
     assert "magnitude" in rows["DoRA"]
-    assert "DoRA" not in dict(lora_rows(load_config(RECIPES / "sft-tiny-dtensor-lora.yaml")))
+    assert lora_spec_from_config(cfg.policy.active_lora).use_dora
+    assert "DoRA" not in dict(lora_rows(load_config(RECIPES / recipe)))
 
 
 def test_residual_init_reaches_the_spec_explain_and_convert():

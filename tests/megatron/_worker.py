@@ -1,9 +1,10 @@
 """One rank of a Megatron backend check, started by `conftest.run_ranks` (torchrun-style env).
 
-    python tests/megatron/_worker.py MODEL_DIR TP PP RECOMPUTE OUT_DIR [TARGETS [EP]]
+    python tests/megatron/_worker.py MODEL_DIR TP PP RECOMPUTE OUT_DIR [TARGETS [EP [PEFT]]]
 
 RECOMPUTE (0/1) turns on activation checkpointing; TARGETS, comma-separated `peft.target_modules`
-(default: empty, i.e. the four fused modules); EP, `expert_model_parallel_size` (default 1).
+(default: empty, i.e. the four fused modules); EP, `expert_model_parallel_size` (default 1);
+PEFT, a JSON object of further `peft` fields (the LoRA variants: `{"use_dora": true}`).
 
 Builds the backend with LoRA on a fixed batch and writes, from one rank, `result.pt`:
 - `logits`: whole-vocabulary logits before training (LoRA B starts at zero, so = base model);
@@ -17,6 +18,7 @@ Builds the backend with LoRA on a fixed batch and writes, from one rank, `result
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -43,7 +45,7 @@ def fixed_batch(vocab: int) -> TokenBatch:
 
 
 def recipe(model_dir: str, tp: int, pp: int, recompute: bool, world: int,
-           targets: list[str], ep: int = 1) -> RecipeConfig:
+           targets: list[str], ep: int = 1, peft: dict | None = None) -> RecipeConfig:
     return RecipeConfig.model_validate({
         "sft": {"max_num_steps": 5, "seed": 7},
         "policy": {
@@ -55,7 +57,8 @@ def recipe(model_dir: str, tp: int, pp: int, recompute: bool, world: int,
                 "pipeline_model_parallel_size": pp, "activation_checkpointing": recompute,
                 "expert_model_parallel_size": ep,
                 "optimizer": {"lr": 1e-2, "weight_decay": 0.01, "clip_grad": 1.0},
-                "peft": {"enabled": True, "dim": 4, "alpha": 8, "target_modules": targets},
+                "peft": {"enabled": True, "dim": 4, "alpha": 8, "target_modules": targets,
+                         **(peft or {})},
             },
         },
         "cluster": {"gpus_per_node": world},
@@ -106,12 +109,13 @@ def train_steps(backend, batch: TokenBatch, steps: int) -> tuple[list[float], li
 
 
 def main(model_dir: str, tp: int, pp: int, recompute: bool, out_dir: str,
-         targets: list[str], ep: int) -> None:
+         targets: list[str], ep: int, peft: dict) -> None:
     runtime = start_runtime()
     from lora_rl.backends.megatron import MegatronBackend
 
     backend = MegatronBackend(
-        backend_inputs(recipe(model_dir, tp, pp, recompute, runtime.world_size, targets, ep)),
+        backend_inputs(recipe(model_dir, tp, pp, recompute, runtime.world_size, targets, ep,
+                              peft)),
         runtime)
     batch = fixed_batch(backend.shape.vocab_size)
     result = {"logits": whole_logits(backend, batch),
@@ -141,4 +145,5 @@ def main(model_dir: str, tp: int, pp: int, recompute: bool, out_dir: str,
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5],
          sys.argv[6].split(",") if len(sys.argv) > 6 and sys.argv[6] else [],
-         int(sys.argv[7]) if len(sys.argv) > 7 else 1)
+         int(sys.argv[7]) if len(sys.argv) > 7 else 1,
+         json.loads(sys.argv[8]) if len(sys.argv) > 8 else {})

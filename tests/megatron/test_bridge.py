@@ -77,6 +77,29 @@ def test_fused_adapter_shares_a_and_splits_b():
     assert torch.equal(again[keys[0]], a) and torch.equal(again[keys[1]], b)
 
 
+@pytest.mark.parametrize("module,parts", [("self_attention.linear_qkv", "qkv"),
+                                          ("mlp.linear_fc1", ("gate", "up"))])
+def test_dora_magnitude_splits_and_fuses_like_the_weight_rows(module, parts):
+    """A fused module's magnitude is one entry per fused output row: HF's q/k/v (gate/up)
+    magnitudes are those rows, as the weight's rows are split."""
+    shape = LlamaShape.from_hf(_config())
+    base = f"decoder.layers.1.{module}"
+    weight = torch.randn(64 if parts == "qkv" else 2 * 48, 32)
+    magnitude = torch.linalg.norm(weight, dim=1)
+    hf = megatron_to_hf({f"{base}.weight": weight, f"{base}.lora_magnitude_vector": magnitude},
+                        shape)
+    block = "self_attn" if parts == "qkv" else "mlp"
+    for part in parts:
+        prefix = f"model.layers.1.{block}.{part}_proj"
+        assert torch.equal(hf[f"{prefix}.lora_magnitude_vector"],
+                           torch.linalg.norm(hf[f"{prefix}.weight"], dim=1))
+    key = f"{base}.lora_magnitude_vector"
+    assert torch.equal(hf_to_megatron(hf, [key], shape)[key], magnitude)
+    # Megatron-Bridge's DoRALinear keeps it as `adapter.weight_magnitude`
+    assert to_megatron_bridge({key: magnitude}).keys() == {f"{base}.adapter.weight_magnitude"}
+    assert from_megatron_bridge(to_megatron_bridge({key: magnitude})).keys() == {key}
+
+
 def test_adapter_with_separate_q_k_v_a_is_rejected_by_name():
     shape = LlamaShape.from_hf(_config())
     hf = {f"model.layers.0.self_attn.{p}_proj.lora_A.weight": torch.randn(4, 32) for p in "qkv"}
@@ -137,6 +160,10 @@ def test_layer_wildcards_use_global_indices_and_literal_dots():
     ("decoder.layers.3.self_attention.linear_qkv.adapter_q.lora_A.weight", "replicated"),
     ("decoder.layers.3.self_attention.linear_qkv.adapter_q.lora_B.weight", "rows"),
     ("decoder.layers.3.mlp.linear_fc1.adapter_up.lora_B.weight", "rows"),
+    # DoRA's magnitude (one per output row) goes with B
+    ("decoder.layers.3.self_attention.linear_qkv.lora_magnitude_vector", "rows"),
+    ("decoder.layers.3.mlp.linear_fc1.lora_magnitude_vector", "gated_rows"),
+    ("decoder.layers.3.mlp.linear_fc2.lora_magnitude_vector", "replicated"),
 ])
 def test_sharding_kind_follows_the_base_layer(name, kind):
     assert kind_of(name) == kind

@@ -44,11 +44,12 @@ def _logprobs(model, batch):
     return torch.log_softmax(logits[:, :-1], -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
 
 
-def _fused_lora(model):
+def _fused_lora(model, **variant):
     """LoRA on every decoder linear, with one A module shared by q/k/v and by gate/up; on a
     MoE model, lora-rl's per-expert adapters on the fused expert parameters (PEFT's layout,
-    whose gate_up_proj adapter has one A for gate and up, as Megatron's expert linear_fc1)."""
-    spec = lora_spec_from_config(MegatronPeftConfig(enabled=True, dim=4, alpha=8))
+    whose gate_up_proj adapter has one A for gate and up, as Megatron's expert linear_fc1).
+    `variant`: further MegatronPeftConfig fields (`use_dora=True`)."""
+    spec = lora_spec_from_config(MegatronPeftConfig(enabled=True, dim=4, alpha=8, **variant))
     moe = hasattr(model.model.layers[0].mlp, "experts")
     model.requires_grad_(False)
     if moe:
@@ -67,11 +68,16 @@ def _fused_lora(model):
     return model
 
 
-def _train_five_steps(model, adapter0):
-    """Five single-process SFT steps (AdamW, clipping) from `adapter0`."""
+def _train_five_steps(model, adapter0, b_lr_ratio: float = 1.0):
+    """Five single-process SFT steps (AdamW, clipping) from `adapter0`; `b_lr_ratio`: B and
+    DoRA magnitudes train at that multiple of the learning rate (LoRA+, PEFT's groups)."""
     load_lora_state_dict(model, adapter0)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01)
+    fast = [p for n, p in model.named_parameters()
+            if p.requires_grad and (".lora_B." in n or n.endswith("lora_magnitude_vector"))]
+    groups = [{"params": [p for p in params if all(p is not f for f in fast)], "lr": 1e-2},
+              {"params": fast, "lr": 1e-2 * b_lr_ratio}]
+    optimizer = torch.optim.AdamW(groups, lr=1e-2, weight_decay=0.01)
     batch = fixed_batch(model.config.vocab_size)
     tokens = batch.target_mask.sum()
     losses, norms = [], []

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lora_rl.backends.megatron import cpu_shim
-from lora_rl.backends.megatron.optim import MegatronLR, build_scheduler
+from lora_rl.backends.megatron.optim import MegatronLR, build_optimizer, build_scheduler
 from lora_rl.config.megatron import MegatronOptimizerConfig, MegatronSchedulerConfig
 from tests.megatron.conftest import MEGATRON_MISSING, megatron_available
 
@@ -76,3 +76,26 @@ def test_lr_decays_over_the_whole_run_when_no_decay_iters_are_given():
         seen.append(scheduler.get_last_lr()[0])
     assert seen == pytest.approx([7.525e-4, 5.05e-4, 2.575e-4, 1e-5])
     assert "lr_lambdas" in scheduler.state_dict()  # resumable: the schedule is plain data
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_lora_plus_puts_b_and_dora_magnitudes_in_a_group_at_ratio_times_lr(kind):
+    """Megatron names (fused and canonical adapters): B and the magnitude go to the second
+    group, at lr * lora_plus_lr_ratio; the schedule scales both groups alike."""
+    names = ["decoder.layers.0.self_attention.linear_qkv.lora_A.weight",
+             "decoder.layers.0.self_attention.linear_qkv.lora_B.weight",
+             "decoder.layers.0.self_attention.linear_qkv.lora_magnitude_vector",
+             "decoder.layers.0.mlp.linear_fc1.adapter_up.lora_A.weight",
+             "decoder.layers.0.mlp.linear_fc1.adapter_up.lora_B.weight"]
+    params = [torch.nn.Parameter(torch.zeros(2, 2)) for _ in names]
+    cfg = MegatronOptimizerConfig(optimizer=kind, lr=1e-3)
+    slow, fast = build_optimizer(names, params, cfg, lora_plus_lr_ratio=16).param_groups
+    assert [id(p) for p in slow["params"]] == [id(params[0]), id(params[3])]
+    assert [id(p) for p in fast["params"]] == [id(params[1]), id(params[2]), id(params[4])]
+    assert slow["lr"] == 1e-3 and fast["lr"] == pytest.approx(16e-3)
+    optimizer = build_optimizer(names, params, cfg, lora_plus_lr_ratio=16)
+    scheduler = build_scheduler(optimizer, cfg, MegatronSchedulerConfig(
+        lr_warmup_iters=2, lr_decay_style="constant"), 10)
+    scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([5e-4, 8e-3])
+    assert len(build_optimizer(names, params, cfg).param_groups) == 1

@@ -9,6 +9,8 @@ input gradient is summed over tensor-parallel ranks (identity forward): A's grad
 input gradient are then complete and identical on every rank, with an r-wide all-reduce.
 Row-parallel base (`linear_proj`, `linear_fc2`): A is split on its input like the base, its
 r-wide output is summed over ranks, and B is replicated.
+DoRA's magnitude goes with B: split by rows on a column-parallel base, whose rows are whole on
+each rank; replicated on a row-parallel one, whose row norms are summed over ranks.
 
 A and B are initialised whole, from a seed and the module's global name, and then sharded: the
 initial adapter is the same whatever the tp/pp layout, and xavier/kaiming see the true fan-in.
@@ -28,8 +30,10 @@ from torch import nn
 
 from lora_rl.backends.megatron.canonical_lora import SplitLoraLinear, adapter_module_name
 from lora_rl.backends.megatron.model import global_name
+from lora_rl.backends.megatron.parallel import is_expert_parameter
 from lora_rl.backends.megatron.sharding import Sharder, kind_of
 from lora_rl.config.lora import MegatronPeftConfig
+from lora_rl.errors import SetupError
 from lora_rl.lora import LoraLinear, linear_module_names, lora_spec_from_config, match_names
 from lora_rl.lora.init import init_weight
 from lora_rl.lora.matching import LoraMatchError, ModuleMatcher, fused_module_of, short_name
@@ -86,6 +90,8 @@ def _init_whole(layer: nn.Module, name: str, spec, sharder: Sharder, seed: int) 
             whole = torch.empty(whole_shape, dtype=torch.float32)
             init_weight(whole, method, spec.rank)
             param.copy_(sharder.shard(key, whole).to(param.dtype))
+    if getattr(layer, "use_dora", False):
+        layer.reset_magnitude()  # m = ||W + scale * B A|| for the A and B just set
 
 
 def _projection_rows(base: nn.Module, fused: str, tp: int) -> tuple[dict[str, int], int]:
@@ -112,6 +118,27 @@ def _split_lora(base: nn.Module, full: str, projections: list[str], spec, sharde
     return layer
 
 
+def _sum_over_tp(row_squares: torch.Tensor) -> torch.Tensor:
+    """DoRA on a row-parallel base (its weight split by columns): each rank holds part of every
+    row, so the rows' squared norms are summed over the tensor-parallel ranks."""
+    from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
+
+    return reduce_from_tensor_model_parallel_region(row_squares)
+
+
+def _refuse_dora(adapted: list[str]) -> None:
+    """What DoRA is not built for on this backend (validate refuses canonical targets as LR169;
+    MoE models are only known here)."""
+    problems = []
+    if any(fused_module_of(unit)[1] for unit in adapted):
+        problems.append("canonical targets (one adapter per projection)")
+    if any(is_expert_parameter(unit + ".") for unit in adapted):
+        problems.append("MoE expert linears (their PEFT layout has no DoRA magnitude)")
+    if problems:
+        raise SetupError("peft.use_dora is not supported with " + "; ".join(problems)
+                         + ": set peft.use_dora: false")
+
+
 def apply_megatron_lora(model: nn.Module, cfg: MegatronPeftConfig, all_linear: list[str],
                         sharder: Sharder, seed: int) -> MegatronLora:
     """Freeze `model` and wrap the matched linears of this stage (in place)."""
@@ -122,6 +149,8 @@ def apply_megatron_lora(model: nn.Module, cfg: MegatronPeftConfig, all_linear: l
         raise LoraMatchError(conflict)
     spec = lora_spec_from_config(cfg)
     adapted = match_names(all_linear, cfg)
+    if spec.use_dora:
+        _refuse_dora(adapted)
     projections: dict[str, list[str]] = {}
     for unit in adapted:
         module, projection = fused_module_of(unit)
@@ -141,7 +170,8 @@ def apply_megatron_lora(model: nn.Module, cfg: MegatronPeftConfig, all_linear: l
             layer = _split_lora(base, full, projections[full], spec, sharder, seed)
             local += [f"{full.rpartition('.')[0]}.{p}" for p in projections[full]]
         else:
-            layer = LoraLinear(base, spec)
+            row_split = sharder.layout.tp > 1 and not isinstance(base, ColumnParallelLinear)
+            layer = LoraLinear(base, spec, row_norm_reduce=_sum_over_tp if row_split else None)
             if isinstance(base, ColumnParallelLinear):
                 layer.lora_B = _with_communication(layer.lora_B, _SumGradOverTensorParallel)
             else:

@@ -86,7 +86,9 @@ class MegatronBackend:
             self.sharder, self.shape, lora=self.lora is not None)
         if policy.init_adapter_path:
             self._load_adapter(Path(policy.init_adapter_path), mg.peft)
-        self.optimizer = build_optimizer(self.weights.main.params, mg.optimizer)
+        self.optimizer = build_optimizer(
+            self.weights.names, self.weights.main.params, mg.optimizer,
+            mg.peft.lora_plus_lr_ratio if self.lora is not None else None)
         self.scheduler = build_scheduler(self.optimizer, mg.optimizer, mg.scheduler,
                                          inputs.max_num_steps)
         self.max_grad_norm = mg.optimizer.clip_grad or None  # 0: no clipping, as Megatron
@@ -119,6 +121,11 @@ class MegatronBackend:
         if problem:
             raise AdapterFormatError(f"{directory}: {problem}; set megatron_cfg.peft's dim, "
                                      "alpha and use_rslora to the adapter's")
+        dora = bool(config.get("use_dora", False))
+        if dora != peft.use_dora:
+            raise AdapterFormatError(f"{directory}: the adapter has use_dora {str(dora).lower()}, "
+                                     "the recipe the opposite; set megatron_cfg.peft.use_dora: "
+                                     f"{str(dora).lower()}")
         checkpoint_state.load_weights(self.weights, tensors)
 
     def _count_parameters(self) -> dict[str, int | float | str]:

@@ -20,11 +20,11 @@ Two HF tensors groups are fused on the Megatron side:
 - q/k/v -> `linear_qkv`, interleaved per query group: [q heads of group 0, k0, v0, q group 1, ...]
   (so that a row split over tensor-parallel ranks hands each rank whole groups);
 - gate/up -> `linear_fc1` = [gate; up] (SwiGLU's first half is the gate).
-A LoRA adapter on a fused module has one A shared by its HF parts and a B split like the weight:
-`q_proj.lora_A == k_proj.lora_A == v_proj.lora_A`. That is the exact HF PEFT form of the fused
-adapter, so exported adapters load in PEFT and vLLM unchanged. Canonical LoRA's per-projection
-adapters (`linear_qkv.adapter_q`, `linear_fc1.adapter_gate`, ...) are already in HF row order and
-map one to one.
+A LoRA adapter on a fused module has one A shared by its HF parts and a B (and a DoRA magnitude,
+one per output row) split like the weight: `q_proj.lora_A == k_proj.lora_A == v_proj.lora_A`.
+That is the exact HF PEFT form of the fused adapter, so exported adapters load in PEFT and vLLM
+unchanged. Canonical LoRA's per-projection adapters (`linear_qkv.adapter_q`,
+`linear_fc1.adapter_gate`, ...) are already in HF row order and map one to one.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def layer_map(model_type: str) -> dict[str, tuple[str, ...]]:
 
 
 _MEGATRON_KEY = re.compile(
-    r"^(?P<module>.+?)\.(?P<param>weight|bias|lora_A\.weight|lora_B\.weight)$")
+    r"^(?P<module>.+?)\.(?P<param>weight|bias|lora_A\.weight|lora_B\.weight"
+    r"|lora_magnitude_vector)$")
 _LAYER_MODULE = re.compile(r"^decoder\.layers\.(?P<index>\d+)\.(?P<rest>.+)$")
 _EXPERT_MODULE = re.compile(
     rf"^decoder\.layers\.(?P<index>\d+)\.{re.escape(MEGATRON_EXPERT_PREFIX)}\."

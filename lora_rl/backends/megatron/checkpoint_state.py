@@ -47,11 +47,18 @@ def whole_weights(weights: TrainableWeights) -> dict[str, torch.Tensor]:
     return megatron_to_hf(weights.sharder.gather_whole(weights.main_params()), weights.shape)
 
 
+def optimizer_names(weights: TrainableWeights, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The parameter name behind each index of the optimizer's state_dict: its groups' params
+    in order (with LoRA+, the B group comes after the others)."""
+    by_id = {id(p): name for name, p in zip(weights.names, weights.main.params, strict=True)}
+    return [by_id[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
 def checkpoint_tensors(weights: TrainableWeights, optimizer: torch.optim.Optimizer
                        ) -> dict[str, dict[str, torch.Tensor]]:
     state = optimizer.state_dict()["state"]
     local = {}
-    for index, name in enumerate(weights.names):
+    for index, name in enumerate(optimizer_names(weights, optimizer)):
         for key, value in state.get(index, {}).items():
             if isinstance(value, torch.Tensor):
                 local[f"{name}{STATE_SEPARATOR}{key}"] = value
@@ -81,16 +88,20 @@ def load_checkpoint_tensors(weights: TrainableWeights, optimizer: torch.optim.Op
     load_weights(weights, tensors[weights.checkpoint_name])
     saved = tensors["optimizer"]
     state: dict[int, dict[str, Any]] = {}
-    for index, name in enumerate(weights.names):
+    for index, name in enumerate(optimizer_names(weights, optimizer)):
         prefix = f"{name}{STATE_SEPARATOR}"
         for key, whole in saved.items():
             if key.startswith(prefix):
                 local = weights.sharder.shard(key, whole)
                 state.setdefault(index, {})[key[len(prefix):]] = local.clone()
     groups = meta["optimizer"]["param_groups"]
-    if len(groups) != 1:
-        raise ValueError(f"checkpoint has {len(groups)} optimizer parameter groups; the Megatron "
-                         "backend writes one")
-    params = list(range(len(weights.names)))
-    optimizer.load_state_dict({"state": state, "param_groups": [{**groups[0], "params": params}]})
+    if len(groups) != len(optimizer.param_groups):
+        raise ValueError(f"checkpoint has {len(groups)} optimizer parameter group(s), this run "
+                         f"{len(optimizer.param_groups)} (LoRA+ adds a group for B): resume with "
+                         "the checkpoint's peft.lora_plus_lr_ratio")
+    start, restored = 0, []
+    for saved_group, group in zip(groups, optimizer.param_groups, strict=True):
+        restored.append({**saved_group, "params": list(range(start, start + len(group["params"])))})
+        start += len(group["params"])
+    optimizer.load_state_dict({"state": state, "param_groups": restored})
     scheduler.load_state_dict(meta["scheduler"])

@@ -17,6 +17,8 @@ from lora_rl.backends.megatron.parallel import Layout, is_expert_parameter
 from lora_rl.backends.megatron.sharding import kind_of
 from lora_rl.config.megatron import MegatronOptimizerConfig, MegatronSchedulerConfig
 from lora_rl.errors import SetupError
+from lora_rl.lora.naming import is_lora_plus_parameter
+from lora_rl.training.optim import lr_groups
 
 
 class MainParams:
@@ -46,15 +48,21 @@ class MainParams:
                 model.copy_(main)
 
 
-def build_optimizer(params: list[torch.nn.Parameter],
-                    cfg: MegatronOptimizerConfig) -> torch.optim.Optimizer:
+def build_optimizer(names: list[str], params: list[torch.nn.Parameter],
+                    cfg: MegatronOptimizerConfig,
+                    lora_plus_lr_ratio: float | None = None) -> torch.optim.Optimizer:
+    """Over the main `params` (Megatron global `names`); with `lora_plus_lr_ratio` (LoRA+) the
+    B matrices and DoRA magnitudes form a second group at lr * ratio, grouped as the DTensor
+    backend groups them."""
     if not params:
         raise SetupError("no trainable parameters: LoRA matched nothing on this pipeline stage "
                          "and full fine-tuning is off")
+    fast = [p for n, p in zip(names, params, strict=True) if is_lora_plus_parameter(n)]
+    groups = lr_groups(params, cfg.lr, fast, lora_plus_lr_ratio)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum,
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.sgd_momentum,
                                weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                              eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
 
 

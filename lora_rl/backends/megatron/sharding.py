@@ -10,6 +10,7 @@
 - `gated_rows`: `linear_fc1` and its LoRA B. Each rank holds [gate shard; up shard], because the
   MLP halves its *local* output into gate and up, so the whole tensor is not a plain row concat;
 - `replicated`: norms, and the LoRA A of a column-parallel base / B of a row-parallel base.
+A DoRA magnitude (`<module>.lora_magnitude_vector`, one per output row) is split like its B.
 Canonical LoRA's per-projection adapters (`linear_qkv.adapter_q.lora_B`, ...) have A replicated
 and B in `rows`: each projection's rows are ordered by head (q) or by half (gate/up), so a row
 split hands each rank the projection's slice for its own query groups or gate/up shard.
@@ -35,6 +36,9 @@ _VOCAB = ("output_layer", "word_embeddings")
 def kind_of(name: str) -> Kind:
     """Sharding of a Megatron parameter, from its name (LoRA wrappers add `.base` / `.lora_*`)."""
     parts = name.split(".")
+    if parts[-1] == "lora_magnitude_vector":
+        # DoRA's magnitude, one per output row: split like B
+        parts = [*parts[:-1], "lora_B", "weight"]
     lora = parts[-2] if parts[-2] in ("lora_A", "lora_B") else None
     module = parts[-3] if lora or parts[-2] == "base" else parts[-2]
     if lora and module.startswith("adapter_"):
