@@ -1,7 +1,7 @@
 """`lora-rl run A.yaml B.yaml [KEY=VALUE...]`: several recipes, one job, one base model.
 
 Each recipe is validated as `run` validates one, with the same overrides applied to all of
-them; then the cross-recipe checks (`config.joint`: LR700-LR702) run; then every recipe's
+them; then the cross-recipe checks (`config.joint`: LR700-LR703) run; then every recipe's
 output directories are checked and locked, and the adapters train in turns on one loaded base
 (`algorithms.joint`)."""
 
