@@ -103,9 +103,11 @@ class JointRun:
     def _share_vllm(self) -> None:
         """One vLLM engine for the GRPO adapters that sample with vLLM, a LoRA slot each."""
         from lora_rl.config.joint import uses_vllm
-        from lora_rl.generation.shared_vllm import SharedVllmEngine
+        from lora_rl.generation.shared_vllm import ServedAdapter, SharedVllmEngine
 
-        adapters = [(member.name, cfg, member.algorithm.backend)
+        adapters = [ServedAdapter(member.name, cfg.policy, member.algorithm.backend,
+                                  cfg.grpo.num_prompts_per_step
+                                  * cfg.grpo.num_generations_per_prompt)
                     for member, cfg in zip(self.members, self.cfgs, strict=True)
                     if uses_vllm(cfg)]
         if not adapters:

@@ -16,13 +16,26 @@ rules LR702 and LR703 check both at validate time.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from lora_rl.backends.base import TrainingBackend
-from lora_rl.config.recipe import RecipeConfig
+from lora_rl.config.policy import PolicyConfig
 from lora_rl.generation.torch_generator import Generated, SamplingParams
 from lora_rl.generation.vllm_engine import LoraSlot, VllmEngine
+
+
+@dataclass(frozen=True)
+class ServedAdapter:
+    """A GRPO adapter the shared engine serves."""
+
+    name: str
+    policy: PolicyConfig
+    backend: TrainingBackend
+    """Its training backend: `generation_model()` holds its current adapter in its turn."""
+    rollouts_per_step: int
+    """Prompts x generations of one of its steps (the engine's KV cache holds the largest)."""
 
 
 class SlotEngine:
@@ -42,19 +55,17 @@ class SlotEngine:
 
 
 class SharedVllmEngine:
-    def __init__(self, adapters: Sequence[tuple[str, RecipeConfig, TrainingBackend]]) -> None:
-        """`adapters`: (name, recipe, training backend) of every GRPO adapter that samples with
-        vLLM, in run order."""
+    def __init__(self, adapters: Sequence[ServedAdapter]) -> None:
+        """`adapters`: every GRPO adapter of the run that samples with vLLM, in run order."""
         if not adapters:
             raise ValueError("a shared vLLM engine needs at least one adapter")
-        _, first, backend = adapters[0]
-        rollouts = max(cfg.grpo.num_prompts_per_step * cfg.grpo.num_generations_per_prompt
-                       for _, cfg, _ in adapters)
+        first = adapters[0]
         # The tokenizer is not needed: vLLM loads its own from the model directory.
-        self.engine = VllmEngine(first.policy, backend, None, rollouts,
-                                 adapters=[cfg.policy for _, cfg, _ in adapters])
-        self.slots = {name: SlotEngine(self.engine, LoraSlot(name, member_backend))
-                      for name, _, member_backend in adapters}
+        self.engine = VllmEngine(first.policy, first.backend, None,
+                                 max(a.rollouts_per_step for a in adapters),
+                                 adapters=[a.policy for a in adapters])
+        self.slots = {a.name: SlotEngine(self.engine, LoraSlot(a.name, a.backend))
+                      for a in adapters}
 
     def close(self) -> None:
         for slot in self.slots.values():
