@@ -86,7 +86,7 @@ def validate(
                             "adapter and data paths) is an error, as in `run`")] = False,
     joint: Annotated[bool, typer.Option(
         "--joint", help="The recipes are one multi-adapter run (`lora-rl run A.yaml B.yaml`): "
-                        "also check that they fit together (LR700-LR702)")] = False,
+                        "also check that they fit together (LR700-LR703)")] = False,
 ) -> None:
     """Check recipes: schema, cross-field rules, and (with --model) the model's shape."""
     from lora_rl import report

@@ -1,7 +1,7 @@
 """`lora-rl run A.yaml B.yaml [KEY=VALUE...]`: several recipes, one job, one base model.
 
 Each recipe is validated as `run` validates one, with the same overrides applied to all of
-them; then the cross-recipe checks (`config.joint`: LR700-LR702) run; then every recipe's
+them; then the cross-recipe checks (`config.joint`: LR700-LR703) run; then every recipe's
 output directories are checked and locked, and the adapters train in turns on one loaded base
 (`algorithms.joint`)."""
 
@@ -73,6 +73,12 @@ def run_joint_command(recipes: Sequence[Path], overrides: Sequence[str], force: 
     if dry_run:
         console().print(f"multi-adapter run: {len(cfgs)} adapters on one "
                         f"{cfgs[0].policy.model_name}, in turns ({', '.join(names)})")
+        from lora_rl.config.joint import uses_vllm
+
+        sampled = [name for name, cfg in zip(names, cfgs, strict=True) if uses_vllm(cfg)]
+        if sampled:
+            console().print(f"GRPO rollouts of {', '.join(sampled)} from one vLLM engine, a "
+                            "LoRA slot each", highlight=False)
         for name, cfg in zip(names, cfgs, strict=True):
             for line in plan_lines(cfg, fresh):
                 console().print(f"[{name}] {line}", highlight=False, markup=False)

@@ -30,6 +30,9 @@ if ! "$PY" -c "import vllm" >/dev/null 2>&1; then
   echo "vllm tier: installed $VLLM_SPEC into $VENV in $(( $(date +%s) - started )) s"
 fi
 
+# This checkout's lora_rl, also in the `python -m lora_rl` runs the tests start from temporary
+# directories (the venv's editable install may point at another checkout, e.g. a worktree's main).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # In-process vLLM on CPU: no engine-core subprocess, writable caches, eager mode.
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
 export TMPDIR="${TMPDIR:-/tmp}"

@@ -72,9 +72,10 @@ class GRPO(Algorithm):
             stop_token_ids=frozenset([self.tokenizer.eos_token_id,
                                       *(self.gen_cfg.stop_token_ids or [])]),
             stop_strings=tuple(self.gen_cfg.stop_strings or ()))
-        self.engine = build_engine(self.cfg.policy, self.backend, self.tokenizer,
-                                   self.algo.num_prompts_per_step
-                                   * self.algo.num_generations_per_prompt)
+        if self.engine is None:  # a multi-adapter run hands in its shared engine's slot
+            self.engine = build_engine(self.cfg.policy, self.backend, self.tokenizer,
+                                       self.algo.num_prompts_per_step
+                                       * self.algo.num_generations_per_prompt)
         return train
 
     def items_per_step(self) -> int:

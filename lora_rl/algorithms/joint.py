@@ -26,6 +26,9 @@ GRPO: the torch generator samples from the model the backend trains, so the shar
 one generation engine and the adapters are its LoRA slots. A GRPO adapter samples in its own
 turn, with its adapter installed (merged in fp32 and restored bit for bit, or split) and its
 own seed (`seed_step(seed, step, 0)`): its rollouts are its solo run's, whatever the others did.
+GRPO adapters that sample with vLLM share one vLLM engine, the base loaded into it once, each
+adapter in a LoRA slot of its own, synced split-weight in its turn
+(`generation.shared_vllm`); their rollouts are their solo runs' too.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class JointRun:
         self.runtime = runtime
         self.members = [Member(name) for name in names]
         self.slots: AdapterSlots | None = None
+        self.vllm = None
+        """The vLLM engine the GRPO adapters that sample with vLLM share (None: none do)."""
 
     # ---- build ----------------------------------------------------------------------------
 
@@ -93,6 +98,24 @@ class JointRun:
         if policy.dtensor_cfg.activation_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._share_vllm()
+
+    def _share_vllm(self) -> None:
+        """One vLLM engine for the GRPO adapters that sample with vLLM, a LoRA slot each."""
+        from lora_rl.config.joint import uses_vllm
+        from lora_rl.generation.shared_vllm import ServedAdapter, SharedVllmEngine
+
+        adapters = [ServedAdapter(member.name, cfg.policy, member.algorithm.backend,
+                                  cfg.grpo.num_prompts_per_step
+                                  * cfg.grpo.num_generations_per_prompt)
+                    for member, cfg in zip(self.members, self.cfgs, strict=True)
+                    if uses_vllm(cfg)]
+        if not adapters:
+            return
+        self.vllm = SharedVllmEngine(adapters)
+        for member in self.members:
+            if member.name in self.vllm.slots:
+                member.algorithm.engine = self.vllm.slots[member.name]
 
     def _mesh(self):
         """The (dp, tp) mesh of a tensor-parallel joint run (dp = 1: rule LR702); None in one
@@ -141,6 +164,10 @@ class JointRun:
                       file=sys.stderr, flush=True)
 
     def cleanup(self) -> None:
+        # The shared engine first (as a solo GRPO run closes its own first): vLLM's shutdown
+        # needs the process groups the run tears down afterwards.
+        if self.vllm is not None:
+            self.vllm.close()
         for member in self.members:
             if member.algorithm is not None:
                 member.algorithm.cleanup()

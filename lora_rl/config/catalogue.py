@@ -31,8 +31,10 @@ JOINT_RULES: dict[str, str] = {
     "LR700": "Recipes of one multi-adapter run must agree on base model, backend, precision "
              "and parallel layout",
     "LR701": "Recipes of one multi-adapter run need their own checkpoint and log directories",
-    "LR702": "Multi-adapter runs: LoRA on DTensor, tensor-parallel at most, GRPO with the "
-             "torch generator in one process",
+    "LR702": "Multi-adapter runs: LoRA on DTensor, tensor-parallel at most, GRPO in one "
+             "process (vLLM only with split-weight sync)",
+    "LR703": "GRPO recipes of one multi-adapter run that sample with vLLM share one engine: "
+             "its vllm_cfg must agree",
 }
 """Checks across the recipes of one multi-adapter run (`lora_rl.config.joint`)."""
 

@@ -7,7 +7,9 @@ location:
 - LR700: what the shared base is loaded and laid out with must agree (`SHARED_KEYS`);
 - LR701: no two recipes write the same checkpoint or log directory;
 - LR702: what multi-adapter runs are not built for (Megatron, data parallelism, GRPO in several
-  processes or with vLLM generation, full fine-tuning) is refused rather than half-run.
+  processes or with merge-weight vLLM sync, full fine-tuning) is refused rather than half-run;
+- LR703: the GRPO recipes that sample with vLLM share one engine (a LoRA slot per adapter), so
+  what that engine is started with (`ENGINE_KEYS`) must agree between them.
 Everything else may differ: algorithm (SFT, DPO and GRPO together), LoRA rank, alpha, targets,
 optimizer, schedule, data, seeds, steps, checkpointing and logging.
 """
@@ -46,6 +48,15 @@ SHARED_KEYS: tuple[str, ...] = (
 """The base model, backend, precision and parallel layout: one loaded base serves every
 adapter, so every recipe must load and lay it out the same way."""
 
+ENGINE_KEYS: tuple[str, ...] = tuple(
+    f"policy.generation.vllm_cfg.{key}" for key in (
+        "tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization",
+        "max_model_len", "precision", "enforce_eager", "kv_cache_memory_bytes"))
+"""What the shared vLLM engine is started with (`generation.vllm_engine`). The adapters' ranks
+may differ (the engine takes the largest), and so may their sampling settings, prompts and
+`max_total_sequence_length` (each request carries its own; with `max_model_len` null the
+engine holds the longest)."""
+
 FIXES: dict[str, str] = {
     "LR700": "give every recipe of the run the same value (the message names the other "
              "recipe's line), or run the recipes separately",
@@ -53,7 +64,10 @@ FIXES: dict[str, str] = {
     "LR702": "run this recipe on its own (`lora-rl run RECIPE`); multi-adapter runs train LoRA "
              "SFT, DPO and GRPO adapters on the DTensor backend: SFT and DPO in one process or "
              "tensor-parallel (ranks = tensor_parallel_size), GRPO in one process with the "
-             "torch generator",
+             "torch generator or with vLLM and lora_weight_sync: split",
+    "LR703": "give every GRPO recipe that samples with vLLM the same policy.generation.vllm_cfg "
+             "value (the message names the other recipe's line), or sample one of them with "
+             "policy.generation.backend: torch",
 }
 
 
@@ -67,9 +81,17 @@ def check_joint(results: Sequence[ValidationResult]) -> None:
     for index, result in enumerate(results):
         found[index] += _not_built(result)
     _disagreements(results, found)
+    _engine_disagreements(results, found)
     _collisions(results, found)
     for index, result in enumerate(results):
         result.diagnostics = [*result.diagnostics, *found[index]]
+
+
+def uses_vllm(cfg: RecipeConfig) -> bool:
+    """Whether `cfg` is a GRPO recipe that samples with vLLM (in a multi-adapter run: from the
+    engine those recipes share, `generation.shared_vllm`)."""
+    gen = cfg.policy.generation
+    return cfg.algorithm == "grpo" and gen is not None and gen.backend == "vllm"
 
 
 def _value(cfg: RecipeConfig, key: str) -> Any:
@@ -105,22 +127,40 @@ def _diagnostic(rule: str, result: ValidationResult, key: str, message: str) -> 
 def _disagreements(results: Sequence[ValidationResult],
                    found: dict[int, list[Diagnostic]]) -> None:
     """LR700, against the first recipe: each differing key is reported in both files."""
-    first = results[0]
-    for index, other in enumerate(results[1:], start=1):
-        for key in SHARED_KEYS:
+    _compare("LR700", SHARED_KEYS, list(enumerate(results)), found,
+             "the recipes of one multi-adapter run share one base model, loaded and laid out "
+             "once")
+
+
+def _engine_disagreements(results: Sequence[ValidationResult],
+                          found: dict[int, list[Diagnostic]]) -> None:
+    """LR703, against the first GRPO recipe that samples with vLLM."""
+    _compare("LR703", ENGINE_KEYS,
+             [(i, r) for i, r in enumerate(results) if uses_vllm(r.config)], found,
+             "the GRPO adapters of one multi-adapter run that sample with vLLM share one "
+             "engine, started once, each adapter in a LoRA slot of its own")
+
+
+def _compare(rule: str, keys: Sequence[str], members: list[tuple[int, ValidationResult]],
+             found: dict[int, list[Diagnostic]], why: str) -> None:
+    """`rule` for every key of `keys` on which a member differs from the first member:
+    reported in both files, each naming the other's location."""
+    if len(members) < 2:
+        return
+    (first_index, first), *others = members
+    for index, other in others:
+        for key in keys:
             ours, theirs = _value(first.config, key), _value(other.config, key)
             if ours == theirs:
                 continue
             found[index].append(_diagnostic(
-                "LR700", other, key,
+                rule, other, key,
                 f"{key} is {_shown(theirs)} here but {_shown(ours)} in {_cite(first, key)}: "
-                "the recipes of "
-                "one multi-adapter run share one base model, loaded and laid out once"))
-            found[0].append(_diagnostic(
-                "LR700", first, key,
+                f"{why}"))
+            found[first_index].append(_diagnostic(
+                rule, first, key,
                 f"{key} is {_shown(ours)} here but {_shown(theirs)} in {_cite(other, key)}: "
-                "the recipes of "
-                "one multi-adapter run share one base model, loaded and laid out once"))
+                f"{why}"))
 
 
 def _shown(value: Any) -> str:
@@ -180,13 +220,13 @@ def _not_built(result: ValidationResult) -> list[Diagnostic]:
                                "give each GRPO adapter its own unsharded copy of the base to "
                                "sample from, not the shared one)"))
     generation = cfg.policy.generation
-    if cfg.algorithm == "grpo" and generation is not None and generation.backend == "vllm":
-        out.append(_diagnostic("LR702", result, "policy.generation.backend",
-                               "GRPO adapters of a multi-adapter run generate with the torch "
-                               "generator on the shared base (each with its own adapter "
-                               "active); one vLLM engine with several LoRA slots "
-                               "(max_loras) is not built: set policy.generation.backend: "
-                               "torch to train it here"))
+    if uses_vllm(cfg) and generation.lora_weight_sync != "split":
+        out.append(_diagnostic("LR702", result, "policy.generation.lora_weight_sync",
+                               "the GRPO adapters of a multi-adapter run that sample with "
+                               "vLLM share one engine, each adapter in a LoRA slot of its "
+                               f"own; lora_weight_sync {generation.lora_weight_sync} would "
+                               "merge this adapter into the base weights every adapter reads: "
+                               "set lora_weight_sync: split (or backend: torch)"))
     lora = cfg.policy.active_lora
     init = getattr(lora, "init_lora_weights", True)
     if init is not True:

@@ -9,6 +9,13 @@ current weights, per `policy.generation.lora_weight_sync`:
 - split: the adapter is written in PEFT layout and loaded under a fresh LoRA id; vLLM runs base +
   adapter unmerged, like the trainer, so base weights are never touched.
 
+Several adapters, one engine (a multi-adapter run, lora_rl.generation.shared_vllm): with
+split-weight sync the base is never written, so one engine serves several adapters, each in a
+LoRA slot of its own (`LoraSlot`: its training backend and the LoRARequest of its latest sync).
+The engine is sized for all of them (`adapters`: `max_loras`, the largest rank, the longest
+sequence) and `sample_for(slot, ...)` syncs and samples one adapter; `sample` is the engine's
+own single slot.
+
 Tensor parallel (`vllm_cfg.tensor_parallel_size > 1`): the engine core stays in a training
 process, the model runs sharded in vLLM worker processes (lora_rl.generation.vllm_processes).
 Merge-weight sync sends the same full HF-named tensors to every worker and each one's weight
@@ -42,8 +49,10 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -153,18 +162,29 @@ def _kv_cache_bytes(model_dir: Path, trust_remote_code: bool, max_model_len: int
     return max(min(2 * rows * sequence, 1024 * _MiB), 2 * sequence, 64 * _MiB)
 
 
+@dataclass
+class LoraSlot:
+    """One adapter served by the engine: the training backend whose current adapter it
+    samples, and (split-weight sync) the LoRARequest of that adapter's latest sync."""
+
+    name: str
+    backend: TrainingBackend
+    request: Any = None
+
+
 class VllmEngine:
     def __init__(self, policy: PolicyConfig, backend: TrainingBackend, tokenizer,
-                 rollouts_per_step: int) -> None:
-        """`rollouts_per_step`: the sequences one step samples (prompts x generations), which
-        size the KV cache on CPU."""
+                 rollouts_per_step: int, adapters: Sequence[PolicyConfig] = ()) -> None:
+        """`rollouts_per_step`: the most sequences one `sample` call asks for (prompts x
+        generations), which size the KV cache on CPU. `adapters`: the policies of every adapter
+        the engine serves when it serves several (split-weight sync; a multi-adapter run, whose
+        recipes agree on `vllm_cfg`: rule LR703); empty: `policy`'s adapter alone."""
         gen = policy.generation
         vcfg = gen.vllm_cfg
         # tp x pp dividing the training ranks per node, heads dividing by tp, and a
         # split-servable rank are validated up front (rule LR308).
         lora = policy.active_lora
         self.split = lora is not None and gen.lora_weight_sync == "split"
-        self.backend = backend
         self.tokenizer = tokenizer
         self.model_dir = Path(backend.model_dir)
         self.world = torch.distributed.get_world_size() \
@@ -187,18 +207,20 @@ class VllmEngine:
         self._packed: dict[str, list[str]] = {}
         self._adapters = tempfile.TemporaryDirectory(prefix="lora-rl-vllm-")
         self._lora_id = 0
-        self._lora_request = None
+        self._own = LoraSlot("lora-rl", backend)
         if self.group is None or self.group.is_owner:
-            self._start(policy, rollouts_per_step, _import_vllm())
+            self._start(policy, rollouts_per_step, list(adapters) or [policy], _import_vllm())
 
-    def _start(self, policy: PolicyConfig, rollouts_per_step: int, vllm) -> None:
+    def _start(self, policy: PolicyConfig, rollouts_per_step: int,
+               served: list[PolicyConfig], vllm) -> None:
         from vllm.platforms import current_platform
 
         vcfg = policy.generation.vllm_cfg
-        lora = policy.active_lora
         on_cpu = current_platform.is_cpu()
         dtype = vcfg.precision or policy.precision
-        max_model_len = vcfg.max_model_len or policy.max_total_sequence_length
+        # Each adapter's rollouts are capped to its own max_total_sequence_length (GRPO's
+        # capped_to_context); the engine only has to hold the longest.
+        max_model_len = vcfg.max_model_len or max(p.max_total_sequence_length for p in served)
         kv_bytes = vcfg.kv_cache_memory_bytes
         if kv_bytes is None and on_cpu:
             # Without an explicit size vLLM's CPU backend claims gpu_memory_utilization of RAM.
@@ -206,8 +228,12 @@ class VllmEngine:
                                        dtype, rollouts_per_step)
         options = {}
         if self.split:
-            options = {"enable_lora": True, "max_loras": 2, "max_cpu_loras": 2,
-                       "max_lora_rank": next(r for r in _LORA_RANKS if r >= lora.dim)}
+            # A slot per adapter (at least 2: a batch's adapter + 1, measured), and room in the
+            # CPU cache for every adapter plus the one a sync loads before dropping the old.
+            rank = max(p.active_lora.dim for p in served)
+            options = {"enable_lora": True, "max_loras": max(2, len(served)),
+                       "max_cpu_loras": len(served) + 1,
+                       "max_lora_rank": next(r for r in _LORA_RANKS if r >= rank)}
         placed = contextlib.nullcontext()
         if self.group is not None:
             # The model in its own worker processes, one per TP rank of each pipeline stage
@@ -267,22 +293,33 @@ class VllmEngine:
             "weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
 
-    def _sync_split(self, model: torch.nn.Module) -> None:
+    def _sync_split(self, model: torch.nn.Module, slot: LoraSlot) -> None:
         from vllm.lora.request import LoRARequest
 
-        previous = self._lora_request
+        previous = slot.request
         self._lora_id += 1
         path = Path(self._adapters.name) / f"step-{self._lora_id}"
         write_peft_adapter(model, path, base_model=str(self.model_dir))
-        # A fresh id per step: vLLM keys its LoRA cache and prefix cache by id, so nothing
-        # computed with the previous adapter is reused. Loading it here (rather than marking the
-        # request load_inplace, which re-reads the files on every engine step) makes the
-        # load part of the sync and leaves generation to use the loaded copy.
-        self._lora_request = LoRARequest(f"lora-rl-{self._lora_id}", self._lora_id, str(path))
-        self.llm.llm_engine.add_lora(self._lora_request)
+        # A fresh id per step (unique across the engine's adapters): vLLM keys its LoRA cache
+        # and prefix cache by id, so nothing computed with the previous adapter is reused.
+        # Loading it here (rather than marking the request load_inplace, which re-reads the
+        # files on every engine step) makes the load part of the sync and leaves generation to
+        # use the loaded copy.
+        slot.request = LoRARequest(f"{slot.name}-{self._lora_id}", self._lora_id, str(path))
+        self.llm.llm_engine.add_lora(slot.request)
         if previous is not None:
-            self.llm.llm_engine.remove_lora(previous.lora_int_id)
-            shutil.rmtree(previous.lora_path, ignore_errors=True)
+            self._drop(previous)
+
+    def _drop(self, request) -> None:
+        self.llm.llm_engine.remove_lora(request.lora_int_id)
+        shutil.rmtree(request.lora_path, ignore_errors=True)
+
+    def release(self, slot: LoraSlot) -> None:
+        """Unload `slot`'s adapter (its run is over; the engine goes on serving the others)."""
+        if slot.request is not None and self.llm is not None and self._closer is not None \
+                and self._closer.alive:
+            self._drop(slot.request)
+        slot.request = None
 
     # ---- sampling -------------------------------------------------------------------------
 
@@ -302,6 +339,12 @@ class VllmEngine:
 
     def sample(self, prompts: list[list[int]], params: SamplingParams,
                generator: torch.Generator) -> tuple[Generated, dict[str, float]]:
+        return self.sample_for(self._own, prompts, params, generator)
+
+    def sample_for(self, slot: LoraSlot, prompts: list[list[int]], params: SamplingParams,
+                   generator: torch.Generator) -> tuple[Generated, dict[str, float]]:
+        """`sample` for the adapter of `slot`: its current weights synced, its rollouts
+        generated with its own LoRARequest."""
         from vllm.inputs import TokensPrompt
 
         started = time.perf_counter()
@@ -309,11 +352,11 @@ class VllmEngine:
         # Collective: every rank gathers the policy (generation_model); a group's owner
         # pushes it into the engine they share.
         try:
-            with self._workers_watched("weight sync"), self.backend.eval_mode(), \
-                    self.backend.generation_model() as model:
+            with self._workers_watched("weight sync"), slot.backend.eval_mode(), \
+                    slot.backend.generation_model() as model:
                 if self.llm is not None:
                     if self.split:
-                        self._sync_split(model)
+                        self._sync_split(model, slot)
                     else:
                         self._sync_merged(model)
         except LoraRlError as exc:
@@ -334,7 +377,7 @@ class VllmEngine:
                 outputs = self.llm.generate(
                     [TokensPrompt(prompt_token_ids=list(ids)) for _, ids in batch],
                     self._sampling_params(params, seed, [i for i, _ in batch]),
-                    lora_request=self._lora_request, use_tqdm=False)
+                    lora_request=slot.request, use_tqdm=False)
             return [_completion(output) for output in outputs]
 
         local = self.group.served(requests, generate) if self.group else generate(requests)

@@ -1,4 +1,4 @@
-"""Checks across the recipes of one multi-adapter run (lora_rl.config.joint: LR700-LR702):
+"""Checks across the recipes of one multi-adapter run (lora_rl.config.joint: LR700-LR703):
 each finding sits in its own recipe, at the key, and names the other recipe's location."""
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ def _own_dirs(name: str) -> dict[str, Any]:
     return {"logger.log_dir": f"logs/{name}", "checkpointing.checkpoint_dir": f"ck/{name}"}
 
 
-def _pair(recipe_dir: Any, a: dict[str, Any], b: dict[str, Any], kind_b: str = "sft"):
-    pa = recipe_dir.write({**_own_dirs("a"), **a}, name="a.yaml")
+def _pair(recipe_dir: Any, a: dict[str, Any], b: dict[str, Any], kind_b: str = "sft",
+          kind_a: str = "sft"):
+    pa = recipe_dir.write({**_own_dirs("a"), **a}, name="a.yaml", kind=kind_a)
     pb = recipe_dir.write({**_own_dirs("b"), **b}, name="b.yaml", kind=kind_b)
     results = [validate_recipe(pa), validate_recipe(pb)]
     assert all(r.ok for r in results), [r.errors for r in results]
@@ -88,7 +89,7 @@ def test_a_shared_checkpoint_or_log_directory_is_refused(recipe_dir):
 @pytest.mark.parametrize("changes, kind, path", [
     ({"cluster.gpus_per_node": 2, "policy.train_global_batch_size": 4}, "sft",
      "cluster.gpus_per_node"),
-    ({"policy.generation.backend": "vllm"}, "grpo", "policy.generation.backend"),
+    ({"policy.generation.backend": "vllm"}, "grpo", "policy.generation.lora_weight_sync"),
     ({**TP2, "policy.train_global_batch_size": 4}, "grpo", "cluster.gpus_per_node"),
     ({"policy.dtensor_cfg.lora_cfg.enabled": False}, "sft", "policy.dtensor_cfg.lora_cfg.enabled"),
     ({}, "megatron", "policy.megatron_cfg.enabled"),
@@ -118,8 +119,44 @@ def test_grpo_with_the_torch_generator_may_join(recipe_dir):
     assert _joint(results[0]) == [] and _joint(results[1]) == []
 
 
+VLLM_SPLIT = {"policy.generation.backend": "vllm", "policy.generation.lora_weight_sync": "split"}
+
+
+def test_grpo_adapters_on_one_split_weight_vllm_engine_may_join(recipe_dir):
+    """Ranks, sampling and sequence lengths may differ: each request carries its own, and the
+    engine takes the largest rank and the longest sequence."""
+    a, b = _pair(recipe_dir, {**VLLM_SPLIT, "grpo.seed": 1}, {
+        **VLLM_SPLIT, "policy.dtensor_cfg.lora_cfg.dim": 16,
+        "policy.dtensor_cfg.lora_cfg.alpha": 32, "policy.generation.temperature": 0.7,
+        "policy.max_total_sequence_length": 64}, kind_b="grpo", kind_a="grpo")
+    assert _joint(a) == [] and _joint(b) == []
+
+
+def test_grpo_adapters_on_one_vllm_engine_must_agree_on_its_settings(recipe_dir):
+    """LR703 in both files, each naming the other's line; a recipe that samples with the torch
+    generator starts no engine, so its vllm_cfg is not compared."""
+    gmu = "policy.generation.vllm_cfg.gpu_memory_utilization"
+    pa = recipe_dir.write({**_own_dirs("a"), **VLLM_SPLIT, gmu: 0.5}, name="a.yaml",
+                          kind="grpo")
+    pb = recipe_dir.write({**_own_dirs("b"), **VLLM_SPLIT, gmu: 0.3}, name="b.yaml",
+                          kind="grpo")
+    pc = recipe_dir.write({**_own_dirs("c"), gmu: 0.9}, name="c.yaml", kind="grpo")
+    results = [validate_recipe(pa), validate_recipe(pb), validate_recipe(pc)]
+    assert all(r.ok for r in results), [r.errors for r in results]
+    check_joint(results)
+    (in_a,), (in_b,) = _joint(results[0]), _joint(results[1])
+    assert in_a.rule == in_b.rule == "LR703" and in_a.severity == "error"
+    assert in_a.dotted_path == in_b.dotted_path == gmu
+    at_a, at_b = recipe_dir.position(gmu, "a.yaml"), recipe_dir.position(gmu, "b.yaml")
+    assert (in_a.location.file, in_a.location.line) == ("a.yaml", at_a.line)
+    assert (in_b.location.file, in_b.location.line) == ("b.yaml", at_b.line)
+    assert f"b.yaml:{at_b.line}:{at_b.value_column}" in in_a.message and "0.3" in in_a.message
+    assert f"a.yaml:{at_a.line}:{at_a.value_column}" in in_b.message and "0.5" in in_b.message
+    assert _joint(results[2]) == []
+
+
 def test_every_joint_rule_has_a_case_here() -> None:
-    covered = {"LR700", "LR701", "LR702"}
+    covered = {"LR700", "LR701", "LR702", "LR703"}
     assert covered == set(catalogue.JOINT_RULES)
 
 
