@@ -14,7 +14,7 @@ from benchmarks.common import result_path, save, utc_now
 
 MODES = (("stored_activations", ""), ("activation_checkpointing", ", act. ckpt"))
 BENCHMARKS = ["lora_layer", "train_step", "trl_compare", "generation", "validate_startup",
-              "packing", "multi_adapter"]
+              "packing", "multi_adapter", "adapter_batching"]
 
 
 def _rows(name: str, result: dict) -> list[tuple[str, str, str, str]]:
@@ -53,6 +53,15 @@ def _rows(name: str, result: dict) -> list[tuple[str, str, str, str]]:
         return [("multi-adapter: joint peak RSS / solo peaks added", fmt(result["memory_ratio"]),
                  f"<= {result['memory_target']}", fmt(result["met"])),
                 ("  joint wall / solo walls added", fmt(result["wall_ratio"]), "", "")]
+    if name == "adapter_batching":
+        rows = []
+        for part in result["by_adapters"]:
+            k = part["adapters"]
+            rows += [(f"{k} adapters, batched / in turns: layer fwd+bwd time",
+                      fmt(part["time_ratio_batched_over_turns"]), "", ""),
+                     ("  activations held at once, batched / in turns",
+                      fmt(part["activation_ratio_batched_over_turns"]), "", "")]
+        return rows
     if name == "validate_startup":
         return [("validate 1 recipe: s over python -c pass", fmt(result["one_recipe_overhead_s"]),
                  f"<= {result['target_overhead_s']}", fmt(result["within_target"])),
