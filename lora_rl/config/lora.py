@@ -59,7 +59,8 @@ class DTensorLoraConfig(Section):
     decomposition; both rewrite the base weight to the residual W - scale * B A, so step 0 is
     still the base model and exports convert to a plain LoRA of rank 2 * dim. Not with DoRA,
     tensor parallelism, split-weight vLLM sync or `init_adapter_path` (`lora-rl validate` says
-    why); the Megatron backend has its own (`megatron_cfg.peft.init_lora_weights`). PEFT's fast-SVD `pissa_niter_N` is not offered."""
+    why); the Megatron backend has its own (`megatron_cfg.peft.init_lora_weights`). PEFT's
+    fast-SVD `pissa_niter_N` is not offered."""
     lora_dtype: DType | None = None
     """Adapter weight dtype (NeMo Automodel's `lora_dtype`); null follows the base layer.
     Required when the base is quantized (`policy.quantization`, or a quantized checkpoint)."""
