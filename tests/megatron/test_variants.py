@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lora_rl.checkpoint import save_checkpoint
+from lora_rl.config.lora import MegatronPeftConfig
 from lora_rl.interop.export import export_checkpoint
 from tests.megatron._worker import fixed_batch
 from tests.megatron.conftest import MEGATRON_MISSING, megatron_available
@@ -171,3 +172,80 @@ def test_megatron_pissa_on_canonical_targets_is_peft_pissa(megatron_run, tiny_ll
     with torch.no_grad():
         merged = _logprobs(_hf_model(tmp_path / "merged"), batch)
     assert (merged - trained)[real].abs().max() < 1e-4
+
+
+class _FusedQkv(torch.nn.Module):
+    """A stand-in for Megatron's linear_qkv: one weight, rows [q heads of group 0, k0, v0, q
+    heads of group 1, ...], returning (output, bias) as the parallel linears do."""
+
+    def __init__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: int) -> None:
+        super().__init__()
+        rows = [part for g in range(groups)
+                for part in (q.chunk(groups)[g], k.chunk(groups)[g], v.chunk(groups)[g])]
+        self.weight = torch.nn.Parameter(torch.cat(rows), requires_grad=False)
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight), None
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_canonical_residual_init_is_peft_init_on_each_projection(init):
+    """PiSSA and OLoRA on canonical q and v inside a fused linear_qkv (4 heads, 2 query groups):
+    A, B, the output and A/B's gradients equal PEFT's on separate q/k/v Linears (k not
+    targeted, its rows untouched), and the disabled layer is the original fused linear."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from lora_rl.backends.megatron.canonical_lora import SplitLoraLinear
+    from lora_rl.lora import lora_spec_from_config
+
+    torch.manual_seed(0)
+    hidden, d, groups = 32, 8, 2
+    q, k, v = torch.randn(4 * d, hidden), torch.randn(groups * d, hidden), \
+        torch.randn(groups * d, hidden)
+    fused = _FusedQkv(q, k, v, groups)
+    original = fused.weight.detach().clone()
+    spec = lora_spec_from_config(MegatronPeftConfig(enabled=True, dim=4, alpha=8,
+                                                    init_lora_weights=init))
+    layer = SplitLoraLinear(fused, "linear_qkv", ["linear_q", "linear_v"], spec,
+                            {"linear_q": 4 * d, "linear_k": groups * d, "linear_v": groups * d},
+                            groups, torch.nn.Linear)
+    layer.start_from_residual(init)
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for name, weight in (("q", q), ("k", k), ("v", v)):
+                linear = torch.nn.Linear(hidden, weight.shape[0], bias=False)
+                linear.weight.data.copy_(weight)
+                setattr(self, name, linear)
+
+    peft = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v"],
+                                              init_lora_weights=init), Attention())
+    adapters = layer.adapters()
+    for name, projection in (("q", "linear_q"), ("v", "linear_v")):
+        for part in ("lora_A", "lora_B"):
+            theirs = getattr(getattr(peft, name), part)["default"].weight
+            ours = getattr(adapters[projection], part).weight
+            assert (ours - theirs).abs().max() < 1e-5, (name, part)
+    k_rows = layer.projection_rows()["linear_k"]
+    assert torch.equal(fused.weight[k_rows], k)
+
+    x = torch.randn(3, 5, hidden)
+    cotangent = torch.randn(3, 5, 8 * d)
+    out = layer(x)[0]
+    expected_out = torch.cat([c for g in range(groups) for c in
+                              (peft.q(x).chunk(groups, -1)[g], peft.k(x).chunk(groups, -1)[g],
+                               peft.v(x).chunk(groups, -1)[g])], dim=-1)
+    assert (out - expected_out).abs().max() < 1e-5
+    assert (out - x @ original.T).abs().max() < 1e-4  # step 0 is the base
+    (out * cotangent).sum().backward()
+    (expected_out * cotangent).sum().backward()
+    for name, projection in (("q", "linear_q"), ("v", "linear_v")):
+        for part in ("lora_A", "lora_B"):
+            theirs = getattr(getattr(peft, name), part)["default"].weight.grad
+            ours = getattr(adapters[projection], part).weight.grad
+            # float32 rounding of gradients of size ~25: 1e-5 relative to their largest entry
+            assert (ours - theirs).abs().max() < 1e-5 * theirs.abs().max(), (name, part)
+    layer.disabled = True
+    with torch.no_grad():
+        assert (layer(x)[0] - x @ original.T).abs().max() < 1e-4
