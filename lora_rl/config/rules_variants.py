@@ -164,19 +164,21 @@ def _residual_tp(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     init = _residual_init(cfg)
     if init is None:
         return
-    key = _lora_key(cfg)
+    why = (f"{init} factorises whole weights, and its reference policy (adapters off) adds "
+           "the init back with whole-weight factors, which tensor parallelism splits")
     if cfg.policy.megatron_cfg.enabled:
-        tp, field = cfg.policy.megatron_cfg.tensor_model_parallel_size, \
-            f"{MG}.tensor_model_parallel_size"
-    else:
-        tp, field = cfg.policy.dtensor_cfg.tensor_parallel_size, f"{DT}.tensor_parallel_size"
+        tp = cfg.policy.megatron_cfg.tensor_model_parallel_size
+        if tp > 1:
+            yield Finding(f"{PEFT}.init_lora_weights", f"{why} (tensor_model_parallel_size "
+                          f"{tp}; not built)",
+                          f"set {MG}.tensor_model_parallel_size: 1 (use data or pipeline "
+                          f"parallelism), or {PEFT}.init_lora_weights: true")
+        return
+    tp = cfg.policy.dtensor_cfg.tensor_parallel_size
     if tp > 1:
-        yield Finding(f"{key}.init_lora_weights", f"{init} factorises whole weights, and its "
-                      "reference policy (adapters off) adds the init back with whole-weight "
-                      f"factors, which tensor parallelism splits ({field.rsplit('.', 1)[-1]} "
-                      f"{tp}; not built)",
-                      f"set {field}: 1 (use data or pipeline parallelism), or "
-                      f"{key}.init_lora_weights: true")
+        yield Finding(f"{LORA}.init_lora_weights", f"{why} (tensor_parallel_size {tp})",
+                      f"set {DT}.tensor_parallel_size: 1 (use data parallelism), or "
+                      f"{LORA}.init_lora_weights: true")
 
 
 _MEGATRON_LINEARS = ("decoder.layers.0.self_attention.linear_qkv",
