@@ -209,7 +209,7 @@ def _residual_megatron(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]
         adapted = select(names, lora)
     except LoraMatchError:
         return  # the matcher's own rule says what is wrong with the targets
-    fused = sorted({short_name(n) for n in adapted if short_name(n) in CANONICAL_PARTS})
+    fused = [f for f in CANONICAL_PARTS if any(short_name(n) == f for n in adapted)]
     if fused:
         canonical = [part for f in fused for part in CANONICAL_PARTS[f]]
         yield Finding(f"{PEFT}.target_modules", f"{init} factorises each PEFT module's weight "
