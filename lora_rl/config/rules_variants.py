@@ -213,7 +213,7 @@ def _residual_megatron(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]
     if fused:
         canonical = [part for f in fused for part in CANONICAL_PARTS[f]]
         yield Finding(f"{PEFT}.target_modules", f"{init} factorises each PEFT module's weight "
-                      f"(q, k, v, gate, up separately), but the fused {', '.join(fused)} "
+                      f"(q, k, v, gate, up separately), but a fused {' / '.join(fused)} "
                       "adapter has one A shared by its projections, which no per-module "
                       "factorisation gives",
                       f"name the projections instead (canonical LoRA): {PEFT}.target_modules: "
