@@ -54,7 +54,11 @@ def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
         rows.append(("fused qkv / fc1", "canonical: one adapter per projection"
                      if ModuleMatcher.from_config(peft).canonical
                      else "one shared A per fused module"))
-        rows.append(("A / B init", f"{peft.lora_A_init_method} / {peft.lora_B_init_method}"))
+        if peft.init_lora_weights is True:
+            rows.append(("A / B init", f"{peft.lora_A_init_method} / "
+                         f"{peft.lora_B_init_method}"))
+        else:
+            rows.append(("init", _residual_row(peft.init_lora_weights, peft.dim)))
         rows.append(("adapter dtype", peft.lora_dtype or "follows the base layer"))
         rows += _variant_rows(peft, cfg.policy.megatron_cfg.optimizer.lr)
     else:
@@ -69,10 +73,7 @@ def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
         if init is True:
             rows.append(("A init", dt_lora.lora_A_init))
         else:
-            how = "SVD" if init == "pissa" else "QR"
-            rows.append(("init", f"{init}: A, B from each base weight's {how}; the base is "
-                         "rewritten to the residual; PEFT export is a plain LoRA of rank "
-                         f"{2 * dt_lora.dim}"))
+            rows.append(("init", _residual_row(init, dt_lora.dim)))
         rows += _variant_rows(dt_lora, cfg.policy.optimizer.kwargs.lr
                               if cfg.policy.optimizer is not None else None)
         if dt_lora.use_triton:
@@ -82,6 +83,13 @@ def lora_rows(cfg: RecipeConfig) -> list[tuple[str, str]]:
             kernel = "torch path (use_triton: false)"
         rows.append(("kernel", kernel))
     return rows
+
+
+def _residual_row(init: str, dim: int) -> str:
+    how = "SVD" if init == "pissa" else "QR"
+    return (f"{init}: A, B from each adapted weight's {how} (each projection's own rows of a "
+            "fused weight on Megatron); the base is rewritten to the residual; PEFT export "
+            f"is a plain LoRA of rank {2 * dim}")
 
 
 def adapted_group_rows(cfg: RecipeConfig, model: ModelFacts | None) -> list[tuple[str, str]]:

@@ -230,7 +230,9 @@ def _not_built(result: ValidationResult) -> list[Diagnostic]:
     lora = cfg.policy.active_lora
     init = getattr(lora, "init_lora_weights", True)
     if init is not True:
-        out.append(_diagnostic("LR702", result, "policy.dtensor_cfg.lora_cfg.init_lora_weights",
+        key = "policy.megatron_cfg.peft" if cfg.policy.megatron_cfg.enabled \
+            else "policy.dtensor_cfg.lora_cfg"
+        out.append(_diagnostic("LR702", result, f"{key}.init_lora_weights",
                                f"{init} rewrites the base weights that the other adapters "
                                "share"))
     if cfg.policy.active_lora is None and not cfg.policy.megatron_cfg.enabled:

@@ -58,8 +58,9 @@ class DTensorLoraConfig(Section):
     r principal singular directions of each adapted weight (exact SVD), `olora`: from its QR
     decomposition; both rewrite the base weight to the residual W - scale * B A, so step 0 is
     still the base model and exports convert to a plain LoRA of rank 2 * dim. Not with DoRA,
-    tensor parallelism, split-weight vLLM sync, `init_adapter_path` or the Megatron backend
-    (`lora-rl validate` says why). PEFT's fast-SVD `pissa_niter_N` is not offered."""
+    tensor parallelism, split-weight vLLM sync or `init_adapter_path` (`lora-rl validate` says
+    why); the Megatron backend has its own (`megatron_cfg.peft.init_lora_weights`). PEFT's
+    fast-SVD `pissa_niter_N` is not offered."""
     lora_dtype: DType | None = None
     """Adapter weight dtype (NeMo Automodel's `lora_dtype`); null follows the base layer.
     Required when the base is quantized (`policy.quantization`, or a quantized checkpoint)."""
@@ -112,6 +113,15 @@ class MegatronPeftConfig(Section):
     Fused targets only (not canonical ones), no MoE experts, and merged-weight vLLM sync
     (`lora-rl validate` says why); with tensor parallelism the row-parallel modules' row norms
     are summed over the ranks."""
+    init_lora_weights: Literal[True, "pissa", "olora"] = True
+    """PEFT's `init_lora_weights`. `true`: A and B from `lora_A_init_method` /
+    `lora_B_init_method`. `pissa` (exact SVD) / `olora` (QR): A and B from each adapted
+    projection's weight, which is rewritten to the residual W - scale * B A, so step 0 is still
+    the base model and exports convert to a plain LoRA of rank 2 * dim. Canonical targets
+    (`linear_q`, `linear_k`, `linear_v`, `linear_fc1_gate`, `linear_fc1_up`) and the unfused
+    `linear_proj`, `linear_fc2` only (one adapter per PEFT module), at
+    `tensor_model_parallel_size` 1, without DoRA, split-weight vLLM sync or `init_adapter_path`
+    (`lora-rl validate` says why)."""
     lora_plus_lr_ratio: float | None = Field(None, gt=0)
     """LoRA+ (PEFT's `create_loraplus_optimizer`): the B matrices (and DoRA magnitudes) train
     with `optimizer.lr` times this ratio, A keeps `optimizer.lr`; null trains both at one rate.

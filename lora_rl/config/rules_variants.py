@@ -11,13 +11,17 @@ adapter refit rejects `use_dora` too), so DoRA syncs merged weights. On Megatron
 fused modules only: canonical targets (one adapter per projection) and MoE expert linears have
 no DoRA (LR169).
 
-PiSSA/OLoRA (`init_lora_weights: pissa|olora`, DTensor block only) rewrite the base weights to a
+PiSSA/OLoRA (`init_lora_weights: pissa|olora`, both blocks) rewrite the base weights to a
 residual at init, so everything that pairs the adapter with the *original* base is refused:
 vLLM's split-weight sync (the engine holds the original base; the torch generator samples from
-the training module itself, so its split mode is fine), `init_adapter_path` (an adapter trained
-on another base), DoRA (not built together), tensor parallelism (the disabled layer, the
-reference policy, adds the init back with whole-weight factors) and the Megatron backend (not
-built there: its block has no `init_lora_weights`).
+the training module itself, or on Megatron from an HF copy that recomputes the init, so its
+split mode is fine), `init_adapter_path` (an adapter trained on another base), DoRA (not built
+together) and tensor parallelism on either backend (the factorisation and the disabled layer,
+the reference policy, need whole weights). On Megatron the init is PEFT's per-module one, so it
+needs canonical targets for the fused modules (`linear_q`, `linear_k`, `linear_v`,
+`linear_fc1_gate`, `linear_fc1_up`: one adapter per projection, factorised from its rows of the
+fused weight) beside the unfused `linear_proj`/`linear_fc2`; fused `linear_qkv`/`linear_fc1`
+targets (one A shared by the projections) and MoE expert linears are refused (LR159).
 """
 
 from __future__ import annotations
@@ -114,11 +118,10 @@ def _dora_megatron_modules(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Find
 
 
 def _residual_init(cfg: RecipeConfig) -> str | None:
-    """`pissa`/`olora` when the DTensor LoRA that runs starts from a residual init."""
-    lora = _dtensor_lora(cfg)
-    if lora is None or lora.init_lora_weights is True:
-        return None
-    return lora.init_lora_weights
+    """`pissa`/`olora` when the LoRA that runs (either block) starts from a residual init."""
+    lora = cfg.policy.active_lora
+    init = getattr(lora, "init_lora_weights", True) if lora is not None else True
+    return None if init is True else init
 
 
 @rule("LR155", "error", "init_lora_weights pissa/olora cannot sync split weights to vLLM")
@@ -130,7 +133,8 @@ def _residual_split(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
         yield Finding(f"{GEN}.lora_weight_sync", f"{init} rewrites the base weights to a "
                       "residual, but split-weight sync serves the adapter on vLLM's original "
                       "base, which would sample from another model",
-                      f"set {GEN}.lora_weight_sync: merge, or {LORA}.init_lora_weights: true")
+                      f"set {GEN}.lora_weight_sync: merge, or "
+                      f"{_lora_key(cfg)}.init_lora_weights: true")
 
 
 @rule("LR156", "error", "init_lora_weights pissa/olora cannot start from init_adapter_path")
@@ -140,38 +144,84 @@ def _residual_init_adapter(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Find
         yield Finding("policy.init_adapter_path", f"{init} takes A and B from the base weights "
                       "and rewrites the base; a loaded adapter would replace that init on a "
                       "base it was not trained with",
-                      f"remove policy.init_adapter_path, or set {LORA}.init_lora_weights: true")
+                      f"remove policy.init_adapter_path, or set "
+                      f"{_lora_key(cfg)}.init_lora_weights: true")
 
 
 @rule("LR157", "error", "init_lora_weights pissa/olora is not supported with use_dora")
 def _residual_dora(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     init = _residual_init(cfg)
-    lora = _dtensor_lora(cfg)
-    if init is not None and lora is not None and lora.use_dora:
-        yield Finding(f"{LORA}.init_lora_weights", f"{init} together with DoRA is not built "
-                      "(nor its conversion to a plain LoRA for export)",
-                      f"set {LORA}.init_lora_weights: true, or {LORA}.use_dora: false")
+    if init is not None and cfg.policy.active_lora.use_dora:
+        key = _lora_key(cfg)
+        yield Finding(f"{key}.init_lora_weights", f"{init} together with DoRA is not built "
+                      "on either backend (nor its conversion to a plain LoRA for export)",
+                      f"set {key}.init_lora_weights: true, or {key}.use_dora: false")
 
 
 @rule("LR158", "error", "init_lora_weights pissa/olora is not supported with "
-      "tensor_parallel_size > 1")
+      "tensor parallelism")
 def _residual_tp(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     init = _residual_init(cfg)
+    if init is None:
+        return
+    why = (f"{init} factorises whole weights, and its reference policy (adapters off) adds "
+           "the init back with whole-weight factors, which tensor parallelism splits")
+    if cfg.policy.megatron_cfg.enabled:
+        tp = cfg.policy.megatron_cfg.tensor_model_parallel_size
+        if tp > 1:
+            yield Finding(f"{PEFT}.init_lora_weights", f"{why} (tensor_model_parallel_size "
+                          f"{tp}; not built)",
+                          f"set {MG}.tensor_model_parallel_size: 1 (use data or pipeline "
+                          f"parallelism), or {PEFT}.init_lora_weights: true")
+        return
     tp = cfg.policy.dtensor_cfg.tensor_parallel_size
-    if init is not None and tp > 1:
-        yield Finding(f"{LORA}.init_lora_weights", f"{init}'s reference policy (adapters off) "
-                      "adds the init back with whole-weight factors, which tensor parallelism "
-                      f"splits (tensor_parallel_size {tp})",
+    if tp > 1:
+        yield Finding(f"{LORA}.init_lora_weights", f"{why} (tensor_parallel_size {tp})",
                       f"set {DT}.tensor_parallel_size: 1 (use data parallelism), or "
                       f"{LORA}.init_lora_weights: true")
 
 
-@rule("LR159", "error", "init_lora_weights pissa/olora exists on the DTensor backend only")
+_MEGATRON_LINEARS = ("decoder.layers.0.self_attention.linear_qkv",
+                     "decoder.layers.0.self_attention.linear_proj",
+                     "decoder.layers.0.mlp.linear_fc1", "decoder.layers.0.mlp.linear_fc2")
+"""One dense layer's linears, to see which a target list adapts when no model is loaded."""
+
+
+@rule("LR159", "error", "Megatron init_lora_weights pissa/olora needs canonical targets")
 def _residual_megatron(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
-    init = cfg.policy.dtensor_cfg.lora_cfg.init_lora_weights
-    if cfg.policy.megatron_cfg.enabled and init is not True:
-        yield Finding(f"{LORA}.init_lora_weights", f"the Megatron backend runs, and its LoRA "
-                      f"has no {init} init (not built there: policy.megatron_cfg.peft has no "
-                      "init_lora_weights; rsLoRA, LoRA+ and DoRA are in that block)",
-                      f"set {LORA}.init_lora_weights: true, or run on the DTensor backend "
-                      f"({MG}.enabled: false, {DT}.enabled: true)")
+    from lora_rl.lora.matching import CANONICAL_PARTS, LoraMatchError, select, short_name
+
+    if not cfg.policy.megatron_cfg.enabled:
+        return
+    dt_init = cfg.policy.dtensor_cfg.lora_cfg.init_lora_weights
+    if dt_init is not True:
+        yield Finding(f"{LORA}.init_lora_weights", f"the Megatron backend runs, which reads "
+                      f"its own LoRA block, so the DTensor block's {dt_init} does nothing",
+                      f"set {LORA}.init_lora_weights: true, and {PEFT}.init_lora_weights: "
+                      f"{dt_init} (with canonical targets)")
+    init = _residual_init(cfg)
+    lora = cfg.policy.active_lora
+    if init is None or not isinstance(lora, MegatronPeftConfig):
+        return
+    names = ctx.model.linear_names("megatron") if ctx.model is not None \
+        else list(_MEGATRON_LINEARS)
+    try:
+        adapted = select(names, lora)
+    except LoraMatchError:
+        return  # the matcher's own rule says what is wrong with the targets
+    fused = [f for f in CANONICAL_PARTS if any(short_name(n) == f for n in adapted)]
+    if fused:
+        canonical = [part for f in fused for part in CANONICAL_PARTS[f]]
+        yield Finding(f"{PEFT}.target_modules", f"{init} factorises each PEFT module's weight "
+                      f"(q, k, v, gate, up separately), but a fused {' / '.join(fused)} "
+                      "adapter has one A shared by its projections, which no per-module "
+                      "factorisation gives",
+                      f"name the projections instead (canonical LoRA): {PEFT}.target_modules: "
+                      f"[{', '.join(canonical)}, linear_proj, linear_fc2], or set "
+                      f"{PEFT}.init_lora_weights: true")
+    if any(".mlp.experts." in name for name in adapted):
+        yield Finding(f"{PEFT}.init_lora_weights", f"{ctx.model.model_type} is a MoE model, "
+                      f"and {init} on its expert linears is not built (the DTensor backend "
+                      "refuses it too)",
+                      f"set {PEFT}.init_lora_weights: true, or leave the experts out "
+                      f"({PEFT}.target_modules: [linear_q, linear_k, linear_v, linear_proj])")

@@ -45,7 +45,10 @@ ONLY_IN: dict[Schema, dict[str, Any]] = {
     # Keys with no counterpart elsewhere, with the value at which dropping them loses nothing.
     "dtensor": {"use_triton": None,  # a kernel choice: never changes the adapter's maths
                 "init_lora_weights": True},
-    "megatron": {"lora_B_init_method": "zero", "a2a_experimental": False, "lora_dtype": None},
+    "megatron": {"lora_B_init_method": "zero", "a2a_experimental": False, "lora_dtype": None,
+                 # Both blocks have it, but Megatron needs canonical targets for it (LR159),
+                 # which the converter does not write: reported as lost either way.
+                 "init_lora_weights": True},
     "areal": {"peft_type": "lora"},
 }
 

@@ -180,14 +180,14 @@ def _megatron_adapter_in_hf_names(adapter: dict[str, torch.Tensor], base_model: 
 def _write_peft(target: Path, adapter: dict[str, torch.Tensor],
                 lora: DTensorLoraConfig | MegatronPeftConfig, base_model: str) -> None:
     rank, alpha = lora.dim, lora.alpha
-    if isinstance(lora, DTensorLoraConfig) and lora.init_lora_weights is not True:
+    if lora.init_lora_weights is not True:
         # PiSSA/OLoRA trained on a rewritten base: a plain LoRA of rank 2 * dim for the
         # original base (what peft itself writes with path_initial_model_for_weight_conversion).
         from lora_rl.interop.residual_export import as_plain_lora, init_factors
 
         try:
-            adapter, rank, alpha = as_plain_lora(adapter, init_factors(base_model, lora), rank,
-                                                 alpha, lora.use_rslora)
+            init = init_factors(base_model, lora, adapter)
+            adapter, rank, alpha = as_plain_lora(adapter, init, rank, alpha, lora.use_rslora)
         except ValueError as exc:
             raise ExportError(f"cannot convert the {lora.init_lora_weights} adapter to a plain "
                               f"LoRA: {exc}") from None

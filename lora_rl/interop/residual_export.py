@@ -14,21 +14,27 @@ import math
 
 import torch
 
-from lora_rl.config.lora import DTensorLoraConfig
+from lora_rl.config.lora import DTensorLoraConfig, MegatronPeftConfig
 
 
-def init_factors(base_model: str, lora: DTensorLoraConfig) -> dict[str, torch.Tensor]:
+def init_factors(base_model: str, lora: DTensorLoraConfig | MegatronPeftConfig,
+                 adapter: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """{`<module>.lora_A.weight`: A0, `<module>.lora_B.weight`: B0} of `lora` applied to the
-    base model's original weights (lora_state_dict keys)."""
+    base model's original weights (lora_state_dict keys). A Megatron adapter (HF names, one
+    module per canonical projection) is factorised on exactly the HF modules it names."""
     from transformers import AutoModelForCausalLM
 
-    from lora_rl.lora import apply_lora, iter_lora_layers
+    from lora_rl.interop.peft_format import wrap_adapter_modules
+    from lora_rl.lora import apply_lora, iter_lora_layers, lora_spec_from_config
     from lora_rl.model_source import check_weights, require_local_model_dir
 
     directory = require_local_model_dir(base_model)
     check_weights(directory, allow_pickle=False)  # safetensors only (LR804)
     model = AutoModelForCausalLM.from_pretrained(directory)
-    apply_lora(model, lora)
+    if isinstance(lora, MegatronPeftConfig):
+        wrap_adapter_modules(model, adapter, lora_spec_from_config(lora))
+    else:
+        apply_lora(model, lora)
     out = {}
     for name, layer in iter_lora_layers(model):
         a0, b0 = getattr(layer, "lora_A_init", None), getattr(layer, "lora_B_init", None)

@@ -198,9 +198,15 @@ class LoraLinear(AdapterLayer):
             raise SetupError(f"{spec.weight_init} rewrites plain floating-point linear weights, "
                              f"not {type(self.base).__name__} with a {type(weight).__name__} "
                              f"{weight.dtype} weight (quantized bases are not supported)")
+        self.start_from_residual(spec.weight_init)
+
+    def start_from_residual(self, method: str) -> None:
+        """PiSSA/OLoRA (`method`): set A and B from the base weight, rewrite the base to the
+        residual and keep the init factors. The Megatron backend calls it itself, after its
+        own A/B init, on a parallel linear whose weight is whole (tensor_model_parallel_size
+        1)."""
         try:
-            a0, b0 = residual_init(self.base, self.lora_A, self.lora_B, spec.weight_init,
-                                   spec.scale)
+            a0, b0 = residual_init(self.base, self.lora_A, self.lora_B, method, self.scale)
         except ValueError as exc:
             raise SetupError(str(exc)) from None
         self.register_buffer("lora_A_init", a0, persistent=False)

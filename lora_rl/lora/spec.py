@@ -91,7 +91,9 @@ def lora_spec_from_config(cfg: DTensorLoraConfig | MegatronPeftConfig) -> LoraSp
         return LoraSpec(rank=cfg.dim, alpha=cfg.alpha, dropout=cfg.dropout,
                         dropout_position=cfg.dropout_position, a_init=cfg.lora_A_init_method,
                         b_init=cfg.lora_B_init_method, dtype=cfg.lora_dtype, use_triton=False,
-                        use_rslora=cfg.use_rslora, use_dora=cfg.use_dora)
+                        use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
+                        # validate refuses a residual init with DoRA (LR157)
+                        weight_init="default" if cfg.use_dora else weight_init_of(cfg))
     if isinstance(cfg, DTensorLoraConfig):
         # Automodel always starts B at zero; adapters follow the base dtype unless lora_dtype.
         return LoraSpec(rank=cfg.dim, alpha=cfg.alpha, dropout=cfg.dropout,
@@ -104,7 +106,7 @@ def lora_spec_from_config(cfg: DTensorLoraConfig | MegatronPeftConfig) -> LoraSp
     raise TypeError(f"expected DTensorLoraConfig or MegatronPeftConfig, got {type(cfg).__name__}")
 
 
-def weight_init_of(cfg: DTensorLoraConfig) -> WeightInit:
+def weight_init_of(cfg: DTensorLoraConfig | MegatronPeftConfig) -> WeightInit:
     """The spec's `weight_init` for the recipe's `init_lora_weights` (PEFT's `true` is
     `default`)."""
     value = cfg.init_lora_weights

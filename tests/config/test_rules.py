@@ -67,6 +67,8 @@ LLAMA_6_HEADS = {"num_attention_heads": 6, "num_key_value_heads": 6, "hidden_siz
 LORA = "policy.dtensor_cfg.lora_cfg"
 PEFT = "policy.megatron_cfg.peft"
 GEN = "policy.generation"
+MEGATRON_CANONICAL = ["linear_q", "linear_k", "linear_v", "linear_proj", "linear_fc1_gate",
+                      "linear_fc1_up", "linear_fc2"]
 
 CHAT_LINE = ('{"messages": [{"role": "user", "content": "1+1="}, '
              '{"role": "assistant", "content": "2"}]}\n')
@@ -437,6 +439,27 @@ RULE_CASES: list[Case] = [
          f"{LORA}.init_lora_weights"),
     Case("LR159", "olora-on-megatron", {f"{LORA}.init_lora_weights": "olora"}, {},
          f"{LORA}.init_lora_weights", kind="megatron"),
+    Case("LR159", "megatron-pissa-fused",
+         {f"{PEFT}.init_lora_weights": "pissa",
+          f"{PEFT}.target_modules": ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]},
+         {f"{PEFT}.init_lora_weights": "pissa", f"{PEFT}.target_modules": MEGATRON_CANONICAL},
+         f"{PEFT}.target_modules", point="key", kind="megatron"),
+    Case("LR158", "megatron-olora-tp2",
+         {f"{PEFT}.init_lora_weights": "olora", f"{PEFT}.target_modules": MEGATRON_CANONICAL,
+          "policy.megatron_cfg.tensor_model_parallel_size": 2, "cluster.gpus_per_node": 2},
+         {f"{PEFT}.init_lora_weights": "olora", f"{PEFT}.target_modules": MEGATRON_CANONICAL,
+          "policy.megatron_cfg.pipeline_model_parallel_size": 2, "cluster.gpus_per_node": 2},
+         f"{PEFT}.init_lora_weights", kind="megatron"),
+    Case("LR157", "megatron-olora-dora",
+         {f"{PEFT}.init_lora_weights": "olora", f"{PEFT}.target_modules": MEGATRON_CANONICAL,
+          f"{PEFT}.use_dora": True},
+         {f"{PEFT}.init_lora_weights": "olora", f"{PEFT}.target_modules": MEGATRON_CANONICAL},
+         f"{PEFT}.init_lora_weights", kind="megatron"),
+    Case("LR156", "megatron-pissa-init-adapter",
+         {f"{PEFT}.init_lora_weights": "pissa", f"{PEFT}.target_modules": MEGATRON_CANONICAL,
+          "policy.init_adapter_path": "adapter"},
+         {f"{PEFT}.init_lora_weights": "pissa", f"{PEFT}.target_modules": MEGATRON_CANONICAL},
+         "policy.init_adapter_path", kind="megatron"),
     Case("LR160", "quantization-no-width", {f"{QUANT}.bnb_4bit_quant_type": "nf4"},
          {f"{QUANT}.load_in_4bit": True, f"{LORA}.lora_dtype": "float32"},
          f"{QUANT}.load_in_4bit", anchor=QUANT, point="key"),

@@ -65,3 +65,16 @@ def test_residual_init_reaches_the_spec_explain_and_convert():
     spec, _ = read_block("dtensor", {"init_lora_weights": "pissa", "dim": 4})
     _, losses = write_block("megatron", spec, "dtensor")
     assert "init_lora_weights" in {loss.key for loss in losses}
+    # The Megatron block has its own (canonical targets), which the converter does not carry.
+    assert lora_spec_from_config(MegatronPeftConfig(init_lora_weights="olora")).weight_init \
+        == "olora"
+    peft = "policy.megatron_cfg.peft"
+    cfg = load_config(RECIPES / "sft-tiny-megatron-lora.yaml",
+                      [f"{peft}.init_lora_weights=olora", f"{peft}.dim=4",
+                       f"{peft}.target_modules=[linear_q,linear_v,linear_fc2]",
+                       "policy.megatron_cfg.tensor_model_parallel_size=1"])
+    rows = dict(lora_rows(cfg))
+    assert "QR" in rows["init"] and "rank 8" in rows["init"]
+    spec, _ = read_block("megatron", {"init_lora_weights": "olora", "dim": 4})
+    _, losses = write_block("dtensor", spec, "megatron")
+    assert "init_lora_weights" in {loss.key for loss in losses}

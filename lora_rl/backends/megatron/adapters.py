@@ -17,12 +17,17 @@ initial adapter is the same whatever the tp/pp layout, and xavier/kaiming see th
 
 Canonical targets (`linear_q`, `linear_fc1_up`, ...) give a fused module one adapter per
 projection instead (canonical_lora.py); each is column-parallel like its slice of the output.
+
+PiSSA/OLoRA (`init_lora_weights`) replace that init after it: each adapter is factorised from
+its own (whole, tensor_model_parallel_size 1) weight, or a canonical projection's rows of the
+fused weight, and the base is rewritten to the residual (`_refuse_residual` says what is not
+built; validate refuses the same as LR158/LR159).
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +41,13 @@ from lora_rl.config.lora import MegatronPeftConfig
 from lora_rl.errors import SetupError
 from lora_rl.lora import LoraLinear, linear_module_names, lora_spec_from_config, match_names
 from lora_rl.lora.init import init_weight
-from lora_rl.lora.matching import LoraMatchError, ModuleMatcher, fused_module_of, short_name
+from lora_rl.lora.matching import (
+    CANONICAL_PARTS,
+    LoraMatchError,
+    ModuleMatcher,
+    fused_module_of,
+    short_name,
+)
 
 
 class _SumGradOverTensorParallel(nn.Linear):
@@ -115,7 +126,32 @@ def _split_lora(base: nn.Module, full: str, projections: list[str], spec, sharde
                             _SumGradOverTensorParallel)
     for projection, adapter in layer.adapters().items():
         _init_whole(adapter, f"{full}.{adapter_module_name(projection)}", spec, sharder, seed)
+    if spec.weight_init != "default":
+        try:
+            layer.start_from_residual(spec.weight_init)
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
     return layer
+
+
+def _refuse_residual(adapted: list[str], projections: dict[str, list[str]], method: str,
+                     tp: int) -> None:
+    """What PiSSA/OLoRA is not built for on this backend (validate: LR158, LR159)."""
+    problems = []
+    if tp > 1:
+        problems.append(f"tensor_model_parallel_size {tp} (the factorisation needs whole "
+                        "weights; use 1)")
+    fused = sorted({short_name(m) for m, parts in projections.items()
+                    if short_name(m) in CANONICAL_PARTS and not parts})
+    if fused:
+        canonical = ", ".join(p for f in fused for p in CANONICAL_PARTS[f])
+        problems.append(f"fused targets {', '.join(fused)} (one A shared by their projections, "
+                        f"not PEFT's per-module init; name the projections: {canonical})")
+    if any(is_expert_parameter(unit + ".") for unit in adapted):
+        problems.append("MoE expert linears")
+    if problems:
+        raise SetupError(f"peft.init_lora_weights {method} is not supported with "
+                         + "; ".join(problems))
 
 
 def _sum_over_tp(row_squares: torch.Tensor) -> torch.Tensor:
@@ -157,6 +193,8 @@ def apply_megatron_lora(model: nn.Module, cfg: MegatronPeftConfig, all_linear: l
         projections.setdefault(module, [])
         if projection:
             projections[module].append(projection)
+    if spec.weight_init != "default":
+        _refuse_residual(adapted, projections, spec.weight_init, sharder.layout.tp)
     model.requires_grad_(False)
     local = []
     for name in linear_module_names(model):
@@ -171,12 +209,17 @@ def apply_megatron_lora(model: nn.Module, cfg: MegatronPeftConfig, all_linear: l
             local += [f"{full.rpartition('.')[0]}.{p}" for p in projections[full]]
         else:
             row_split = sharder.layout.tp > 1 and not isinstance(base, ColumnParallelLinear)
-            layer = LoraLinear(base, spec, row_norm_reduce=_sum_over_tp if row_split else None)
+            # The residual init runs after the seeded init below, on the parallel linear.
+            layer = LoraLinear(base, replace(spec, weight_init="default"),
+                               row_norm_reduce=_sum_over_tp if row_split else None)
             if isinstance(base, ColumnParallelLinear):
                 layer.lora_B = _with_communication(layer.lora_B, _SumGradOverTensorParallel)
             else:
                 layer.lora_A = _with_communication(layer.lora_A, _SumOutputOverTensorParallel)
             _init_whole(layer, full, spec, sharder, seed)
+            if spec.weight_init != "default":
+                layer.spec = spec
+                layer.start_from_residual(spec.weight_init)
             local.append(full)
         setattr(parent, child, layer)
     return MegatronLora(tuple(adapted), tuple(local), spec.scale)

@@ -109,6 +109,9 @@ class MegatronBackend:
 
         if self.lora is None:
             raise SetupError("policy.init_adapter_path needs megatron_cfg.peft.enabled")
+        if peft.init_lora_weights is not True:  # validate: LR156
+            raise SetupError(f"policy.init_adapter_path cannot replace the "
+                             f"{peft.init_lora_weights} init, which rewrote the base weights")
         config, tensors = read_adapter(directory)
         problem = adapter_fit_problem(config, peft.dim,
                                       lora_scale(peft.dim, peft.alpha, peft.use_rslora))

@@ -11,6 +11,11 @@ is split by rows, so each tensor-parallel rank computes whole query groups (q he
 its groups) or its [gate; up] shard. The per-projection updates are then laid out the way the
 base layer lays out its local output, and added to it. A projection the recipe does not target
 contributes nothing (zeros), so `[linear_q, linear_v]` is exactly PEFT's q/v LoRA.
+
+PiSSA/OLoRA (`start_from_residual`, tensor_model_parallel_size 1): each projection's A and B
+come from its own rows of the fused weight (the q, k, v or gate, up weight PEFT factorises),
+and those rows are rewritten to the residual; the disabled layer (the reference policy) adds
+the init back.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from torch import nn
 
 from lora_rl.lora.layer import AdapterLayer, low_rank_update
 from lora_rl.lora.matching import CANONICAL_PARTS
+from lora_rl.lora.residual_init import factorise
 from lora_rl.lora.spec import LoraSpec
 
 ADAPTER_PREFIX = "adapter_"
@@ -47,9 +53,18 @@ class ProjectionAdapter(nn.Module):
         self.lora_B = b_class(spec.rank, out_features, bias=False, dtype=dtype,
                               device=weight.device)
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        self.register_buffer("lora_A_init", None, persistent=False)
+        self.register_buffer("lora_B_init", None, persistent=False)
+        """PiSSA/OLoRA's init factors (what the base rows lost); None otherwise."""
 
     def forward(self, x: torch.Tensor, scale: float, dropout_position: str) -> torch.Tensor:
         return low_rank_update(x, self.lora_A, self.lora_B, scale, self.dropout, dropout_position)
+
+    def init_delta(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+        """scale * B0 A0 x, what a residual init took out of the base rows (no dropout)."""
+        a0, b0 = self.lora_A_init, self.lora_B_init
+        h = x.to(a0.dtype) if x.dtype != a0.dtype else x
+        return nn.functional.linear(nn.functional.linear(h, a0) * scale, b0)
 
 
 class SplitLoraLinear(AdapterLayer):
@@ -78,14 +93,53 @@ class SplitLoraLinear(AdapterLayer):
         return {p: getattr(self, adapter_module_name(p)) for p in self.order
                 if hasattr(self, adapter_module_name(p))}
 
+    def projection_rows(self) -> dict[str, torch.Tensor]:
+        """This rank's rows of the fused weight that each projection's output comes from, in
+        the projection's own order (linear_q: the q rows of every query group, in turn)."""
+        ids, start = [], 0
+        for p in self.order:
+            ids.append(torch.arange(start, start + self.local_rows[p]))
+            start += self.local_rows[p]
+        where = torch.argsort(self._fused_layout(ids))  # projection row id -> fused row
+        return {p: where[int(i[0]):int(i[-1]) + 1] for p, i in zip(self.order, ids, strict=True)}
+
+    @torch.no_grad()
+    def start_from_residual(self, method: str) -> None:
+        """PiSSA/OLoRA (`method`): each adapter's A and B from the factorisation of its
+        projection's rows of the base weight (PEFT's per-module init), and those rows rewritten
+        to the residual. The weight must be whole (tensor_model_parallel_size 1)."""
+        weight = self.base.weight
+        rows = self.projection_rows()
+        for projection, adapter in self.adapters().items():
+            index = rows[projection].to(weight.device)
+            part = weight.index_select(0, index)
+            rank = adapter.lora_A.out_features
+            if rank > min(part.shape):
+                raise ValueError(f"{method} needs rank <= min(out, in) = {min(part.shape)} of "
+                                 f"{projection}, got rank {rank}")
+            a, b = factorise(part, method, rank, self.scale)
+            residual = part.to(device=a.device, dtype=torch.float32) - self.scale * (b @ a)
+            weight.index_copy_(0, index, residual.to(dtype=weight.dtype, device=weight.device))
+            for linear, value in ((adapter.lora_A, a), (adapter.lora_B, b)):
+                linear.weight.copy_(value.to(dtype=linear.weight.dtype,
+                                             device=linear.weight.device))
+            adapter.lora_A_init = adapter.lora_A.weight.detach().clone()
+            adapter.lora_B_init = adapter.lora_B.weight.detach().clone()
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         output, *rest = self.base(x, *args, **kwargs)
-        if self.disabled:
-            return (output, *rest)
         adapters = self.adapters()
-        updates = [adapters[p](x, self.scale, self.dropout_position) if p in adapters
-                   else output.new_zeros(*output.shape[:-1], self.local_rows[p])
-                   for p in self.order]
+        if self.disabled:
+            if not any(a.lora_A_init is not None for a in adapters.values()):
+                return (output, *rest)
+            # A residual init: the reference policy is the original base, W_res + s B0 A0.
+            updates = [adapters[p].init_delta(x, self.scale) if p in adapters
+                       else output.new_zeros(*output.shape[:-1], self.local_rows[p])
+                       for p in self.order]
+        else:
+            updates = [adapters[p](x, self.scale, self.dropout_position) if p in adapters
+                       else output.new_zeros(*output.shape[:-1], self.local_rows[p])
+                       for p in self.order]
         return (output + self._fused_layout(updates).to(output.dtype), *rest)
 
     def _fused_layout(self, updates: list[torch.Tensor]) -> torch.Tensor:
