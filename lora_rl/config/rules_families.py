@@ -32,7 +32,12 @@ def _family_on_backend(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]
         return
     tp = cfg.policy.megatron_cfg.tensor_model_parallel_size if backend == "megatron" else 1
     problem = arch.unsupported(backend, tensor_parallel=tp)  # type: ignore[arg-type]
-    if problem:
+    if problem and arch.unsupported(backend) is None:  # the family runs, at tp 1 only
+        yield Finding("policy.megatron_cfg.tensor_model_parallel_size", problem,
+                      "set policy.megatron_cfg.tensor_model_parallel_size: 1 (scale with data "
+                      "or expert parallelism), or use the dtensor backend, whose tensor "
+                      "parallelism shards this family")
+    elif problem:
         other = "dtensor" if backend == "megatron" else "megatron"
         yield Finding(_MODEL, problem, f"train this model with the {other} backend "
                       f"(policy.{other}_cfg.enabled: true), or pick a supported family")

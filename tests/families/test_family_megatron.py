@@ -58,4 +58,4 @@ def test_moe_on_megatron_tensor_parallel_is_refused_before_any_process_starts(
                       "--set", f"policy.model_name={family_models['mixtral']}", check=False)
     out = done.stdout + done.stderr
     assert done.returncode != 0 and "LR410" in out and "Traceback" not in out
-    assert "tensor_model_parallel_size 1" in out
+    assert "tensor_model_parallel_size: 1" in out
