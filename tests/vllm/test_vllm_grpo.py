@@ -22,23 +22,26 @@ CANONICAL = ",".join(["linear_q", "linear_k", "linear_v", "linear_proj", "linear
 """Megatron targets that hold the DTensor/PEFT adapter as it is (one A per projection)."""
 
 
-def write_start_adapter(model_dir, target, dim: int = 8):
+def write_start_adapter(model_dir, target, dim: int = 8, **variant):
     """A PEFT adapter at `target` for `model_dir` with the recipe's LoRA shape (dim 8, alpha 16,
-    all linear; or `dim` with alpha 2 x dim) and non-zero B (seeded)."""
+    all linear; or `dim` with alpha 2 x dim), a LoRA `variant` (use_rslora, use_dora) and
+    non-zero B (seeded)."""
 
     from lora_rl.config.lora import DTensorLoraConfig
-    from lora_rl.generation.vllm_engine import write_peft_adapter
-    from lora_rl.lora import apply_lora, iter_lora_layers
+    from lora_rl.interop.peft_format import write_adapter
+    from lora_rl.lora import apply_lora, iter_lora_layers, lora_state_dict
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     apply_lora(model, DTensorLoraConfig(enabled=True, dim=dim, alpha=2 * dim,
-                                        use_triton=False))
+                                        use_triton=False, **variant))
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for _, layer in iter_lora_layers(model):
             layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape,
                                                   generator=generator) * 0.1)
-    write_peft_adapter(model, target, base_model=str(model_dir))
+    target.mkdir(parents=True)
+    write_adapter(target, lora_state_dict(model), rank=dim, alpha=2 * dim, dropout=0.0,
+                  base_model=str(model_dir), **variant)
     return target
 
 
@@ -170,3 +173,45 @@ def test_grpo_adapters_of_a_joint_run_share_one_engine_and_train_as_their_solo_r
             # Synced after each optimizer step: a slot left with an earlier step's adapter
             # samples from another policy than the trainer's (measured: gen_kl_error 1.3-3.2).
             assert abs(row["gen_kl_error"]) < 1e-3, (name, row["step"])
+
+
+VARIANTS = {
+    # Split: vLLM serves the adapter itself, the rsLoRA scale folded into its lora_alpha.
+    "rslora-split": ("split", {"use_rslora": True}),
+    # Merge only (LR152, LR155): DoRA's magnitude and direction, PiSSA's residual base plus
+    # the adapter, folded into vLLM's weights.
+    "dora-merge": ("merge", {"use_dora": True}),
+    "pissa-merge": ("merge", {"init_lora_weights": "pissa"}),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_lora_variants_sync_to_vllm_as_the_trainer_holds_them(variant, vllm_cache, tmp_path):
+    """At every step vLLM samples from the weights the trainer holds (the sampler's and the
+    trainer's log-probs agree: gen_kl_error < 1e-3), for each variant's sync. rsLoRA and DoRA
+    start from a seeded adapter of their own kind, so their runs train and step 2 samples a
+    synced update; PiSSA starts from its own init (LR156: no start adapter), whose base is
+    the residual W - s B0 A0, so a sync that sent the residual without the adapter samples
+    from another model."""
+    from lora_rl.model_source import require_local_model_dir
+
+    mode, fields = VARIANTS[variant]
+    runner = Runner(tmp_path, vllm_cache)
+    lora = "policy.dtensor_cfg.lora_cfg"
+    args = [f"{lora}.{key}={str(value).lower()}" for key, value in fields.items()]
+    if "init_lora_weights" in fields:
+        args.append("policy.init_adapter_path=null")
+    else:
+        adapter = write_start_adapter(require_local_model_dir("lora-rl/tiny-llama"),
+                                      runner.workdir / "adapter", **fields)
+        args.append(f"policy.init_adapter_path={adapter}")
+    done = runner.run("run", "recipes/grpo-tiny-dtensor-lora.yaml", *grpo_args(mode), *args,
+                      "grpo.max_num_steps=2", "policy.train_micro_batch_size=32",
+                      "logger.log_dir=logs/variant", *QUIET)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    rows = [r for r in runner.metrics("logs/variant") if "reward" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert abs(row["gen_kl_error"]) < 1e-3, row
+    if "init_lora_weights" not in fields:
+        assert rows[0]["grad_norm"] > 0, rows[0]  # step 2 samples an updated adapter
