@@ -72,6 +72,12 @@ def _train_five_steps(model, adapter0, b_lr_ratio: float = 1.0):
     """Five single-process SFT steps (AdamW, clipping) from `adapter0`; `b_lr_ratio`: B and
     DoRA magnitudes train at that multiple of the learning rate (LoRA+, PEFT's groups)."""
     load_lora_state_dict(model, adapter0)
+    return {**five_sft_steps(model, b_lr_ratio), "adapter": lora_state_dict(model)}
+
+
+def five_sft_steps(model, b_lr_ratio: float = 1.0) -> dict[str, list[float]]:
+    """The five steps of `_train_five_steps` on `model` (lora-rl's layers or a PEFT model)
+    from its current adapter: losses and gradient norms."""
     params = [p for p in model.parameters() if p.requires_grad]
     fast = [p for n, p in model.named_parameters()
             if p.requires_grad and (".lora_B." in n or n.endswith("lora_magnitude_vector"))]
@@ -89,7 +95,7 @@ def _train_five_steps(model, adapter0, b_lr_ratio: float = 1.0):
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
-    return {"losses": losses, "grad_norms": norms, "adapter": lora_state_dict(model)}
+    return {"losses": losses, "grad_norms": norms}
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from tests.megatron.test_parity import (
     _hf_model,
     _logprobs,
     _train_five_steps,
+    five_sft_steps,
 )
 from tests.training.conftest import model_cache  # noqa: F401  (fixture)
 
@@ -58,8 +59,6 @@ def test_megatron_dora_generation_copy_reference_and_peft_export(dora_run, tiny_
     """The HF generation copy carries the magnitudes; the reference policy is the base; the
     exported PEFT adapter (use_dora) reproduces the trained Megatron model in `peft`, and so
     does the merged export."""
-    from peft import PeftModel
-
     batch = fixed_batch(128)
     real = batch.attention_mask[:, 1:].bool()
     trained = dora_run["logprobs"]
@@ -69,25 +68,41 @@ def test_megatron_dora_generation_copy_reference_and_peft_export(dora_run, tiny_
     assert (dora_run["reference_logprobs"] - base)[real].abs().max() < 1e-5
     assert (trained - base)[real].abs().max() > 1e-3
 
-    # The export writes the base's tokenizer too: the tiny Llama plus the tiny model's.
+    _export_checkpoint_of(dora_run["adapter5"], dict(VARIANT), tiny_llama_dir, model_cache,
+                          tmp_path)
+    assert json.loads((tmp_path / "peft/adapter_config.json").read_text())["use_dora"] is True
+    # The merged export folds the magnitudes in too (PEFT's DoRA merge).
+    _assert_exports_reproduce(trained, tiny_llama_dir, tmp_path)
+
+
+def _export_checkpoint_of(adapter, lora: dict, tiny_llama_dir, cache, tmp_path) -> None:
+    """A Megatron SFT checkpoint of `adapter` (rank 4, alpha 8, `lora`'s other fields) at
+    tmp_path/ckpt, exported to tmp_path/peft and tmp_path/merged. The export writes the base's
+    tokenizer too: the base is the tiny Llama plus the tiny model's tokenizer files."""
     base_dir = tmp_path / "base"
     shutil.copytree(tiny_llama_dir, base_dir)
-    for tokenizer_file in (model_cache / "tiny-llama-v1").glob("*token*"):
+    for tokenizer_file in (cache / "tiny-llama-v1").glob("*token*"):
         shutil.copy(tokenizer_file, base_dir)
     state = {"run": {"algorithm": "sft", "backend": "megatron", "model_name": str(base_dir),
-                     "lora": {"enabled": True, "dim": 4, "alpha": 8, **dict(VARIANT)}},
+                     "lora": {"enabled": True, "dim": 4, "alpha": 8, **lora}},
              "algorithm": {}, "optimizer_meta": {}}
-    save_checkpoint(tmp_path / "ckpt", 5, {"adapter": dora_run["adapter5"]}, state)
-    export_checkpoint(tmp_path / "ckpt", "peft", tmp_path / "peft", None, force=False)
-    assert json.loads((tmp_path / "peft/adapter_config.json").read_text())["use_dora"] is True
+    save_checkpoint(tmp_path / "ckpt", 5, {"adapter": adapter}, state)
+    for form in ("peft", "merged"):
+        export_checkpoint(tmp_path / "ckpt", form, tmp_path / form, None, force=False)
+
+
+def _assert_exports_reproduce(trained, tiny_llama_dir, tmp_path) -> None:
+    """The PEFT export, loaded by `peft` on the base, gives the trained log-probs (1e-5); the
+    merged export, loaded by plain transformers, too (1e-4)."""
+    from peft import PeftModel
+
+    batch = fixed_batch(128)
+    real = batch.attention_mask[:, 1:].bool()
     with torch.no_grad():
         via_peft = _logprobs(PeftModel.from_pretrained(_hf_model(tiny_llama_dir),
                                                        tmp_path / "peft").eval(), batch)
-    assert (via_peft - trained)[real].abs().max() < 1e-5
-    # The merged export folds the magnitudes in too (PEFT's DoRA merge).
-    export_checkpoint(tmp_path / "ckpt", "merged", tmp_path / "merged", None, force=False)
-    with torch.no_grad():
         merged = _logprobs(_hf_model(tmp_path / "merged"), batch)
+    assert (via_peft - trained)[real].abs().max() < 1e-5
     assert (merged - trained)[real].abs().max() < 1e-4
 
 
@@ -103,24 +118,6 @@ def _peft_adapter(model) -> dict[str, torch.Tensor]:
             for k, v in model.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
 
 
-def _peft_five_steps(model) -> dict:
-    """test_parity's five SFT steps (AdamW, clipping) on a PEFT model, from its own init."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01)
-    batch = fixed_batch(128)
-    tokens = batch.target_mask.sum()
-    losses, norms = [], []
-    model.train()
-    for _ in range(5):
-        loss = -(_logprobs(model, batch) * batch.target_mask).sum() / tokens
-        loss.backward()
-        norms.append(float(torch.nn.utils.clip_grad_norm_(params, 1.0)))
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(float(loss.detach()))
-    return {"losses": losses, "grad_norms": norms, "adapter": _peft_adapter(model)}
-
-
 def test_megatron_pissa_on_canonical_targets_is_peft_pissa(megatron_run, tiny_llama_dir,
                                                            model_cache, tmp_path):  # noqa: F811
     """One tp=1 process: the initial adapter is PEFT's PiSSA init of q/v/o/gate/down (each
@@ -128,7 +125,7 @@ def test_megatron_pissa_on_canonical_targets_is_peft_pissa(megatron_run, tiny_ll
     base model, five steps train as PEFT's PiSSA model does, the reference policy and the HF
     generation copy see the original base (resp. the trained model), a resume replays the same
     steps, and the PEFT (plain LoRA of rank 2r) and merged exports reproduce the trained model."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     run = megatron_run(1, 1, 1, targets=RESIDUAL_TARGETS, peft=PISSA)
     batch = fixed_batch(128)
@@ -145,33 +142,20 @@ def test_megatron_pissa_on_canonical_targets_is_peft_pissa(megatron_run, tiny_ll
         assert (run["adapter0"][key] - value).abs().max() < 1e-5, key
     # Residual + init = the base model.
     assert (run["logits"] - base_logits).abs().max() < 1e-5
-    _assert_same_training(run, _peft_five_steps(peft_model))
+    _assert_same_training(run, {**five_sft_steps(peft_model),
+                                 "adapter": _peft_adapter(peft_model)})
     assert run["resumed_losses"] == run["losses"][3:]
     trained = run["logprobs"]
     assert (run["reference_logprobs"] - base)[real].abs().max() < 1e-5
     assert (run["generation_logprobs"] - trained)[real].abs().max() < 1e-5
     assert (trained - base)[real].abs().max() > 1e-3
 
-    base_dir = tmp_path / "base"
-    shutil.copytree(tiny_llama_dir, base_dir)
-    for tokenizer_file in (model_cache / "tiny-llama-v1").glob("*token*"):
-        shutil.copy(tokenizer_file, base_dir)
-    state = {"run": {"algorithm": "sft", "backend": "megatron", "model_name": str(base_dir),
-                     "lora": {"enabled": True, "dim": 4, "alpha": 8,
-                              "target_modules": list(RESIDUAL_TARGETS), **dict(PISSA)}},
-             "algorithm": {}, "optimizer_meta": {}}
-    save_checkpoint(tmp_path / "ckpt", 5, {"adapter": run["adapter5"]}, state)
-    export_checkpoint(tmp_path / "ckpt", "peft", tmp_path / "peft", None, force=False)
+    _export_checkpoint_of(run["adapter5"], {"target_modules": list(RESIDUAL_TARGETS),
+                                            **dict(PISSA)}, tiny_llama_dir, model_cache,
+                          tmp_path)
     config = json.loads((tmp_path / "peft/adapter_config.json").read_text())
     assert config["r"] == 8 and config.get("init_lora_weights", True) is True
-    with torch.no_grad():
-        via_peft = _logprobs(PeftModel.from_pretrained(_hf_model(tiny_llama_dir),
-                                                       tmp_path / "peft").eval(), batch)
-    assert (via_peft - trained)[real].abs().max() < 1e-5
-    export_checkpoint(tmp_path / "ckpt", "merged", tmp_path / "merged", None, force=False)
-    with torch.no_grad():
-        merged = _logprobs(_hf_model(tmp_path / "merged"), batch)
-    assert (merged - trained)[real].abs().max() < 1e-4
+    _assert_exports_reproduce(trained, tiny_llama_dir, tmp_path)
 
 
 class _FusedQkv(torch.nn.Module):
