@@ -103,7 +103,8 @@ def _dora_megatron_modules(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Find
     lora = cfg.policy.active_lora
     if not isinstance(lora, MegatronPeftConfig) or not lora.use_dora:
         return
-    if ModuleMatcher.from_config(lora).canonical:
+    # With PiSSA/OLoRA the targets are canonical by LR159: LR157 refuses the pair instead.
+    if ModuleMatcher.from_config(lora).canonical and lora.init_lora_weights is True:
         yield Finding(f"{PEFT}.target_modules", "DoRA on Megatron is built for the fused "
                       "modules (linear_qkv, linear_fc1 with one adapter each), not for canonical "
                       "targets (one adapter per projection)",
