@@ -279,15 +279,20 @@ class LoraLinear(AdapterLayer):
         (output, bias); its bias is in the output unless `skip_bias_add`."""
         if isinstance(result, tuple):
             output, *rest = result
-            bias = None if getattr(self.base, "skip_bias_add", False) else self.base.bias
-            return (self._dora_output(x, output, bias, self._parallel_matmul), *rest)
+            return (self._dora_output(x, output, self._output_bias(), self._parallel_matmul),
+                    *rest)
         return self._dora_output(x, result, self.base.bias, None)
+
+    def _output_bias(self) -> torch.Tensor | None:
+        """The bias a Megatron parallel linear has added to its output (none with
+        `skip_bias_add`, which returns it apart)."""
+        return None if getattr(self.base, "skip_bias_add", False) else self.base.bias
 
     def _parallel_matmul(self, h: torch.Tensor) -> torch.Tensor:
         """h W^T through the parallel linear itself (its tensor-parallel communication
         included), without the bias."""
         output, _ = self.base(h.to(self.base.weight.dtype))
-        bias = None if getattr(self.base, "skip_bias_add", False) else self.base.bias
+        bias = self._output_bias()
         return (output - bias if bias is not None else output).to(h.dtype)
 
     def _dora_output(self, x: torch.Tensor, result: torch.Tensor, bias: torch.Tensor | None,

@@ -51,21 +51,37 @@ def factorise(weight: torch.Tensor, method: str, rank: int,
 
 
 @torch.no_grad()
-def residual_init(base: nn.Module, lora_a: nn.Linear, lora_b: nn.Linear, method: str,
-                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Set `lora_a`/`lora_b` from `base.weight` and rewrite the base to the residual, in place;
-    returns the (A, B) it set, in the adapters' dtype and device."""
-    weight = base.weight
-    rank = lora_a.out_features
+def residual_factors(weight: torch.Tensor, rank: int, method: str, scale: float,
+                     what: str = "the adapted weight"
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(residual W - scale * B A in `weight`'s dtype and device, A, B) for `weight`; nothing is
+    written. `what` names the weight in errors (a canonical projection's rows of a fused one)."""
     if weight.is_meta:
         raise ValueError(f"{method} needs the base weights, not meta tensors (load the model "
                          "before applying LoRA)")
     if rank > min(weight.shape):
-        raise ValueError(f"{method} needs rank <= min(out, in) = {min(weight.shape)} of the "
-                         f"adapted weight, got rank {rank}")
+        raise ValueError(f"{method} needs rank <= min(out, in) = {min(weight.shape)} of "
+                         f"{what}, got rank {rank}")
     a, b = factorise(weight, method, rank, scale)
     residual = weight.detach().to(device=a.device, dtype=torch.float32) - scale * (b @ a)
-    weight.copy_(residual.to(dtype=weight.dtype, device=weight.device))
+    return residual.to(dtype=weight.dtype, device=weight.device), a, b
+
+
+@torch.no_grad()
+def set_adapter(lora_a: nn.Linear, lora_b: nn.Linear, a: torch.Tensor,
+                b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy the init's A and B into the adapter; returns them in its dtype and device (the
+    init factors a rebuild and the disabled layer use)."""
     lora_a.weight.copy_(a.to(dtype=lora_a.weight.dtype, device=lora_a.weight.device))
     lora_b.weight.copy_(b.to(dtype=lora_b.weight.dtype, device=lora_b.weight.device))
     return lora_a.weight.detach().clone(), lora_b.weight.detach().clone()
+
+
+@torch.no_grad()
+def residual_init(base: nn.Module, lora_a: nn.Linear, lora_b: nn.Linear, method: str,
+                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set `lora_a`/`lora_b` from `base.weight` and rewrite the base to the residual, in place;
+    returns the (A, B) it set, in the adapters' dtype and device."""
+    residual, a, b = residual_factors(base.weight, lora_a.out_features, method, scale)
+    base.weight.copy_(residual)
+    return set_adapter(lora_a, lora_b, a, b)

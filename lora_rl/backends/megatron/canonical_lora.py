@@ -27,7 +27,7 @@ from torch import nn
 
 from lora_rl.lora.layer import AdapterLayer, low_rank_update
 from lora_rl.lora.matching import CANONICAL_PARTS
-from lora_rl.lora.residual_init import factorise
+from lora_rl.lora.residual_init import residual_factors, set_adapter
 from lora_rl.lora.spec import LoraSpec
 
 ADAPTER_PREFIX = "adapter_"
@@ -112,34 +112,28 @@ class SplitLoraLinear(AdapterLayer):
         rows = self.projection_rows()
         for projection, adapter in self.adapters().items():
             index = rows[projection].to(weight.device)
-            part = weight.index_select(0, index)
-            rank = adapter.lora_A.out_features
-            if rank > min(part.shape):
-                raise ValueError(f"{method} needs rank <= min(out, in) = {min(part.shape)} of "
-                                 f"{projection}, got rank {rank}")
-            a, b = factorise(part, method, rank, self.scale)
-            residual = part.to(device=a.device, dtype=torch.float32) - self.scale * (b @ a)
-            weight.index_copy_(0, index, residual.to(dtype=weight.dtype, device=weight.device))
-            for linear, value in ((adapter.lora_A, a), (adapter.lora_B, b)):
-                linear.weight.copy_(value.to(dtype=linear.weight.dtype,
-                                             device=linear.weight.device))
-            adapter.lora_A_init = adapter.lora_A.weight.detach().clone()
-            adapter.lora_B_init = adapter.lora_B.weight.detach().clone()
+            residual, a, b = residual_factors(weight.index_select(0, index),
+                                              adapter.lora_A.out_features, method, self.scale,
+                                              what=projection)
+            weight.index_copy_(0, index, residual)
+            adapter.lora_A_init, adapter.lora_B_init = set_adapter(adapter.lora_A,
+                                                                   adapter.lora_B, a, b)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         output, *rest = self.base(x, *args, **kwargs)
         adapters = self.adapters()
-        if self.disabled:
-            if not any(a.lora_A_init is not None for a in adapters.values()):
-                return (output, *rest)
+        if not self.disabled:
+            def update(adapter: ProjectionAdapter) -> torch.Tensor:
+                return adapter(x, self.scale, self.dropout_position)
+        elif any(a.lora_A_init is not None for a in adapters.values()):
             # A residual init: the reference policy is the original base, W_res + s B0 A0.
-            updates = [adapters[p].init_delta(x, self.scale) if p in adapters
-                       else output.new_zeros(*output.shape[:-1], self.local_rows[p])
-                       for p in self.order]
+            def update(adapter: ProjectionAdapter) -> torch.Tensor:
+                return adapter.init_delta(x, self.scale)
         else:
-            updates = [adapters[p](x, self.scale, self.dropout_position) if p in adapters
-                       else output.new_zeros(*output.shape[:-1], self.local_rows[p])
-                       for p in self.order]
+            return (output, *rest)
+        updates = [update(adapters[p]) if p in adapters
+                   else output.new_zeros(*output.shape[:-1], self.local_rows[p])
+                   for p in self.order]
         return (output + self._fused_layout(updates).to(output.dtype), *rest)
 
     def _fused_layout(self, updates: list[torch.Tensor]) -> torch.Tensor:
