@@ -89,15 +89,6 @@ class Family:
     """Why DTensor tensor parallelism cannot shard it."""
     qkv_bias: bool = False
     """q/k/v projections always carry a bias (Qwen2), whatever `attention_bias` says."""
-    megatron_tensor_parallel: bool = True
-    """Whether the Megatron backend can shard it over tensor-parallel ranks."""
-    megatron_tp_note: str = ""
-    """Why Megatron tensor parallelism cannot shard it."""
-
-
-_MOE_MEGATRON_TP = ("megatron-core trains a MoE layer with tensor parallelism only under sequence "
-                    "parallelism (MoELayer raises otherwise), which lora-rl's Megatron path and "
-                    "its LoRA adapters do not implement")
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("llama", _plan(_ATTN, _MLP), frozenset({"dtensor", "megatron"}), _LLAMA_MEGATRON),
@@ -122,10 +113,9 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            note="Phi-3's fused qkv_proj/gate_up_proj are not mapped to Megatron"),
     Family("qwen3_moe", _plan(_ATTN, _QK_NORM, _EXPERTS, _MLP),
            frozenset({"dtensor", "megatron"}),
-           {**_MOE_MEGATRON_LAYER, **_QK_NORM_MEGATRON}, megatron_tensor_parallel=False,
-           megatron_tp_note=_MOE_MEGATRON_TP),
+           {**_MOE_MEGATRON_LAYER, **_QK_NORM_MEGATRON}),
     Family("mixtral", _plan(_ATTN, _EXPERTS), frozenset({"dtensor", "megatron"}),
-           _MOE_MEGATRON_LAYER, megatron_tensor_parallel=False, megatron_tp_note=_MOE_MEGATRON_TP),
+           _MOE_MEGATRON_LAYER),
 )}
 
 EXPERT_PARAMETERS = ("gate_up_proj", "down_proj")
@@ -326,11 +316,6 @@ class Architecture:
             return (f"model_type {self.model_type!r} is not supported on the {backend} backend "
                     f"({self.family.note}); {backend} supports: "
                     f"{', '.join(supported_families(backend))}")
-        if backend == "megatron" and tensor_parallel > 1 \
-                and not self.family.megatron_tensor_parallel:
-            return (f"model_type {self.model_type!r} cannot use Megatron tensor parallelism "
-                    f"({self.family.megatron_tp_note}); tensor_model_parallel_size > 1 supports: "
-                    f"{', '.join(supported_families('megatron', tensor_parallel=True))}")
         if backend == "dtensor" and tensor_parallel > 1 and not self.family.tensor_parallel:
             return (f"model_type {self.model_type!r} cannot use DTensor tensor parallelism "
                     f"({self.family.tp_note}); tensor_parallel_size > 1 supports: "
@@ -339,11 +324,10 @@ class Architecture:
 
 
 def supported_families(backend: Backend, tensor_parallel: bool = False) -> list[str]:
-    def shards(f: Family) -> bool:
-        return f.tensor_parallel if backend == "dtensor" else f.megatron_tensor_parallel
-
-    return sorted(t for t, f in FAMILIES.items()
-                  if backend in f.backends and (shards(f) or not tensor_parallel))
+    """The families `backend` runs (with `tensor_parallel`: those it also shards over
+    tensor-parallel ranks; Megatron shards every family it runs)."""
+    return sorted(t for t, f in FAMILIES.items() if backend in f.backends
+                  and (f.tensor_parallel or backend == "megatron" or not tensor_parallel))
 
 
 def _moe_layers(raw: Mapping[str, Any], layers: int) -> tuple[int, ...]:

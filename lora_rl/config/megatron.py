@@ -127,8 +127,11 @@ class MegatronConfig(Section):
     """MoE expert parallelism: each group of this many data-parallel ranks splits every MoE
     layer's experts among its ranks (tokens move by all-to-all); must divide the experts and the
     data-parallel size (LR414)."""
-    sequence_parallel: bool = compat(False)
-    """Megatron sequence parallelism."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism: with tensor parallelism, embeddings, norms and MoE layers
+    each hold 1/tp of the sequence (less activation memory; micro-batches are right-padded to
+    a multiple of tp). Needs tensor_model_parallel_size > 1 (LR207); MoE families need it at
+    tp > 1 (LR415), as megatron-core does."""
     activation_checkpointing: bool = False
     """Full activation recompute per layer."""
     pipeline_dtype: DType | None = None

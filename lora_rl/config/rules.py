@@ -302,6 +302,16 @@ def _pp_divides_layers(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]
                       f"choose a divisor of {ctx.model.num_hidden_layers}")
 
 
+@rule("LR207", "error", "Megatron sequence parallelism needs tensor parallelism")
+def _sequence_parallel_needs_tp(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    mg = cfg.policy.megatron_cfg
+    if mg.enabled and mg.sequence_parallel and mg.tensor_model_parallel_size <= 1:
+        yield Finding(f"{MG}.sequence_parallel", "sequence_parallel splits the sequence over "
+                      "tensor-parallel ranks, and tensor_model_parallel_size is 1 (megatron-core "
+                      "refuses it)", f"set {MG}.sequence_parallel: false, or "
+                      f"{MG}.tensor_model_parallel_size: 2 or more")
+
+
 @rule("LR206", "error", "Validation batch must be a multiple of validation micro batch x dp")
 def _val_batch_divisible(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     algo = cfg.sft or cfg.dpo

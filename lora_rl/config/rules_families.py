@@ -30,14 +30,8 @@ def _family_on_backend(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]
                           "any Hugging Face decoder) or a supported family: "
                           + ", ".join(supported_families("megatron")))
         return
-    tp = cfg.policy.megatron_cfg.tensor_model_parallel_size if backend == "megatron" else 1
-    problem = arch.unsupported(backend, tensor_parallel=tp)  # type: ignore[arg-type]
-    if problem and arch.unsupported(backend) is None:  # the family runs, at tp 1 only
-        yield Finding("policy.megatron_cfg.tensor_model_parallel_size", problem,
-                      "set policy.megatron_cfg.tensor_model_parallel_size: 1 (scale with data "
-                      "or expert parallelism), or use the dtensor backend, whose tensor "
-                      "parallelism shards this family")
-    elif problem:
+    problem = arch.unsupported(backend)  # type: ignore[arg-type]
+    if problem:
         other = "dtensor" if backend == "megatron" else "megatron"
         yield Finding(_MODEL, problem, f"train this model with the {other} backend "
                       f"(policy.{other}_cfg.enabled: true), or pick a supported family")
@@ -122,3 +116,18 @@ def _expert_parallel(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     elif arch.dims.experts % ep:
         yield Finding(key, f"expert_model_parallel_size {ep} does not divide the model's "
                       f"{arch.dims.experts} experts per layer", "pick a divisor of the experts")
+
+
+@rule("LR415", "error", "MoE models need sequence parallelism under Megatron tensor parallelism")
+def _moe_sequence_parallel(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
+    mg = cfg.policy.megatron_cfg
+    arch = ctx.model.architecture if ctx.model is not None else None
+    if not mg.enabled or mg.tensor_model_parallel_size <= 1 or mg.sequence_parallel \
+            or arch is None or not arch.is_moe:
+        return
+    yield Finding("policy.megatron_cfg.sequence_parallel",
+                  f"model_type {arch.model_type!r} has MoE layers, which megatron-core trains "
+                  f"with tensor_model_parallel_size {mg.tensor_model_parallel_size} only under "
+                  "sequence parallelism (each rank routes its part of the sequence)",
+                  "set policy.megatron_cfg.sequence_parallel: true, or "
+                  "tensor_model_parallel_size: 1")

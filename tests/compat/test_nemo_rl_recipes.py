@@ -48,8 +48,6 @@ MEGATRON_CKPT = {"policy.megatron_cfg.checkpoint.async_save",
                  "policy.megatron_cfg.checkpoint.ckpt_assume_constant_structure"}
 WEIGHT_DECAY_RAMP = {"policy.megatron_cfg.scheduler.start_weight_decay",
                      "policy.megatron_cfg.scheduler.end_weight_decay"}
-# expert_model_parallel_size is acted on (Megatron MoE, LR414), sequence parallelism is not.
-MOE_PARALLEL = {"policy.megatron_cfg.sequence_parallel"}
 GRPO_MEGATRON = GRPO_GEN | GRPO_PACKING | MOE_ROUTER | MEGATRON_CKPT | WEIGHT_DECAY_RAMP
 GRPO_LORA = GRPO_GEN | LOGGER
 SFT_LLAMA_LORA = SFT_BASE | {"data.add_generation_prompt",
@@ -72,7 +70,7 @@ EXPECTED_COMPAT = {
     "grpo_math_8B_megatron.yaml": GRPO_MEGATRON,
     "grpo_math_70B_megatron.yaml": GRPO_MEGATRON | {"policy.make_sequence_length_divisible_by"},
     "grpo_math_qwen30ba3b_megatron.yaml":
-        GRPO_GEN | MOE_ROUTER | MEGATRON_CKPT | WEIGHT_DECAY_RAMP | MOE_PARALLEL
+        GRPO_GEN | MOE_ROUTER | MEGATRON_CKPT | WEIGHT_DECAY_RAMP
         | {"policy.generation.vllm_kwargs", "policy.make_sequence_length_divisible_by"},
     f"{LLM}/sft-llama3.1-8b-1n8g-fsdp2tp1-lora.yaml": SFT_LLAMA_LORA,
     f"{LLM}/sft-llama3.1-8b-1n8g-megatron-lora.yaml": SFT_LLAMA_LORA | WEIGHT_DECAY_RAMP,
@@ -84,7 +82,7 @@ EXPECTED_COMPAT = {
         GRPO_LORA | MOE_ROUTER | MEGATRON_CKPT | WEIGHT_DECAY_RAMP,
     f"{LLM}/grpo-nanov3-30BA3B-2n8g-fsdp2-lora.yaml": GRPO_LORA | AUTOMODEL,
     f"{LLM}/grpo-nanov3-30BA3B-2n8g-megatron-lora.yaml":
-        GRPO_LORA | MOE_ROUTER | MEGATRON_CKPT | WEIGHT_DECAY_RAMP | MOE_PARALLEL
+        GRPO_LORA | MOE_ROUTER | MEGATRON_CKPT | WEIGHT_DECAY_RAMP
         | {"policy.megatron_cfg.bias_activation_fusion"},
 }
 

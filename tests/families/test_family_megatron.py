@@ -1,7 +1,7 @@
 """The Megatron backend on every family it maps (Llama, Mistral, Qwen2 with q/k/v biases,
-Qwen3 with q/k norms; tp=2 on gloo) and the MoE families (Mixtral, Qwen3-MoE; tp=1 x dp=2, LoRA
-on every expert): the first SFT loss (LoRA B starts at zero, so it is the base model's) equals
-the DTensor backend's within 1e-3, and training lowers the loss."""
+Qwen3 with q/k norms) and the MoE families (Mixtral, Qwen3-MoE, under sequence parallelism, LoRA
+on every expert), at tp=2 on gloo: the first SFT loss (LoRA B starts at zero, so it is the base
+model's) equals the DTensor backend's within 1e-3, and training lowers the loss."""
 
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ def _losses(runner: Runner, recipe: str, model_dir, tag: str, *extra: str) -> li
     return [r["loss"] for r in runner.metrics(f"logs/{tag}") if "loss" in r]
 
 
-def _megatron_tp(family: str) -> int:
-    """The recipe's tp=2 where the family shards over Megatron tensor parallelism; MoE layers
-    run tp=1 (the recipe's two processes are then two data-parallel ranks)."""
-    return 2 if FAMILIES[family].megatron_tensor_parallel else 1
+def _megatron_parallel(family: str) -> list[str]:
+    """tp=2 (the recipe's two processes); MoE layers need sequence parallelism with it."""
+    moe = any(style == "moe_tp_experts" for style in FAMILIES[family].tp_plan.values())
+    return ["policy.megatron_cfg.tensor_model_parallel_size=2",
+            *(["policy.megatron_cfg.sequence_parallel=true"] if moe else [])]
 
 
 @pytest.mark.slow
@@ -35,7 +36,7 @@ def test_megatron_first_loss_equals_dtensor(family, family_models, tiny_cache, t
     model_dir = family_models[family]
     dtensor = _losses(runner, "sft-tiny-dtensor-lora.yaml", model_dir, "dtensor")
     megatron = _losses(runner, "sft-tiny-megatron-lora.yaml", model_dir, "megatron",
-                       f"policy.megatron_cfg.tensor_model_parallel_size={_megatron_tp(family)}")
+                       *_megatron_parallel(family))
     assert len(megatron) == 5
     assert abs(megatron[0] - dtensor[0]) < 1e-3, (dtensor, megatron)
     assert min(megatron[1:]) < megatron[0]
@@ -51,11 +52,11 @@ def test_unsupported_family_is_refused_before_any_process_starts(family_models, 
     assert "Traceback" not in done.stdout + done.stderr
 
 
-def test_moe_on_megatron_tensor_parallel_is_refused_before_any_process_starts(
+def test_moe_on_megatron_tensor_parallel_without_sequence_parallel_is_refused(
         family_models, tiny_cache, tmp_path):
     runner = Runner(tmp_path, tiny_cache)
     done = runner.run("validate", "recipes/sft-tiny-megatron-lora.yaml",
                       "--set", f"policy.model_name={family_models['mixtral']}", check=False)
     out = done.stdout + done.stderr
-    assert done.returncode != 0 and "LR410" in out and "Traceback" not in out
-    assert "tensor_model_parallel_size: 1" in out
+    assert done.returncode != 0 and "LR415" in out and "Traceback" not in out
+    assert "sequence_parallel: true" in out

@@ -1,10 +1,11 @@
 """One rank of a Megatron backend check, started by `conftest.run_ranks` (torchrun-style env).
 
-    python tests/megatron/_worker.py MODEL_DIR TP PP RECOMPUTE OUT_DIR [TARGETS [EP [PEFT]]]
+    python tests/megatron/_worker.py MODEL_DIR TP PP RECOMPUTE OUT_DIR [TARGETS [EP [PEFT [SP]]]]
 
 RECOMPUTE (0/1) turns on activation checkpointing; TARGETS, comma-separated `peft.target_modules`
 (default: empty, i.e. the four fused modules); EP, `expert_model_parallel_size` (default 1);
-PEFT, a JSON object of further `peft` fields (the LoRA variants: `{"use_dora": true}`).
+PEFT, a JSON object of further `peft` fields (the LoRA variants: `{"use_dora": true}`); SP (0/1),
+`sequence_parallel`.
 
 Builds the backend with LoRA on a fixed batch and writes, from one rank, `result.pt`:
 - `logits`: whole-vocabulary logits before training (LoRA B starts at zero, so = base model);
@@ -45,7 +46,8 @@ def fixed_batch(vocab: int) -> TokenBatch:
 
 
 def recipe(model_dir: str, tp: int, pp: int, recompute: bool, world: int,
-           targets: list[str], ep: int = 1, peft: dict | None = None) -> RecipeConfig:
+           targets: list[str], ep: int = 1, peft: dict | None = None,
+           sp: bool = False) -> RecipeConfig:
     return RecipeConfig.model_validate({
         "sft": {"max_num_steps": 5, "seed": 7},
         "policy": {
@@ -55,7 +57,7 @@ def recipe(model_dir: str, tp: int, pp: int, recompute: bool, world: int,
             "megatron_cfg": {
                 "enabled": True, "tensor_model_parallel_size": tp,
                 "pipeline_model_parallel_size": pp, "activation_checkpointing": recompute,
-                "expert_model_parallel_size": ep,
+                "expert_model_parallel_size": ep, "sequence_parallel": sp,
                 "optimizer": {"lr": 1e-2, "weight_decay": 0.01, "clip_grad": 1.0},
                 "peft": {"enabled": True, "dim": 4, "alpha": 8, "target_modules": targets,
                          **(peft or {})},
@@ -76,10 +78,11 @@ def whole_logits(backend, batch: TokenBatch) -> torch.Tensor | None:
     with backend.eval_mode():
         if not layout.first_stage:
             size, length = batch.input_ids.shape
-            hidden = torch.empty(length, size, backend.shape.hidden_size)
+            hidden = torch.empty(length // (layout.tp if layout.sp else 1), size,
+                                 backend.shape.hidden_size)
             dist.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
             backend.model.set_input_tensor(hidden)
-        output = backend.model(*model_inputs(batch))
+        output = backend.model(*model_inputs(batch, layout))
     if not layout.last_stage:
         dist.send(output.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())
         return None
@@ -109,13 +112,13 @@ def train_steps(backend, batch: TokenBatch, steps: int) -> tuple[list[float], li
 
 
 def main(model_dir: str, tp: int, pp: int, recompute: bool, out_dir: str,
-         targets: list[str], ep: int, peft: dict) -> None:
+         targets: list[str], ep: int, peft: dict, sp: bool) -> None:
     runtime = start_runtime()
     from lora_rl.backends.megatron import MegatronBackend
 
     backend = MegatronBackend(
         backend_inputs(recipe(model_dir, tp, pp, recompute, runtime.world_size, targets, ep,
-                              peft)),
+                              peft, sp)),
         runtime)
     batch = fixed_batch(backend.shape.vocab_size)
     result = {"logits": whole_logits(backend, batch),
@@ -146,4 +149,5 @@ if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5],
          sys.argv[6].split(",") if len(sys.argv) > 6 and sys.argv[6] else [],
          int(sys.argv[7]) if len(sys.argv) > 7 else 1,
-         json.loads(sys.argv[8]) if len(sys.argv) > 8 else {})
+         json.loads(sys.argv[8]) if len(sys.argv) > 8 else {},
+         len(sys.argv) > 9 and sys.argv[9] == "1")

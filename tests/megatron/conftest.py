@@ -84,23 +84,26 @@ def run_ranks(world: int, args: list[str], timeout: float = 300, worker: Path = 
 
 @pytest.fixture(scope="session")
 def megatron_run(request, tmp_path_factory):
-    """(tp, pp, world, recompute, targets, model, ep, peft) -> the worker's result.pt, each run
-    once per session; `targets` are `peft.target_modules` (default: the four fused modules);
+    """(tp, pp, world, recompute, targets, model, ep, peft, sp) -> the worker's result.pt, each
+    run once per session; `targets` are `peft.target_modules` (default: the four fused modules);
     `model` is "llama" (tiny_llama_dir) or "moe" (tiny_moe_dir); `ep` expert parallelism;
-    `peft` further `peft` fields as (key, value) pairs (`(("use_dora", True),)`)."""
+    `peft` further `peft` fields as (key, value) pairs (`(("use_dora", True),)`); `sp`
+    sequence parallelism."""
     cache: dict[tuple, dict] = {}
     # Built on first use only: a dense-only session does not pay for the MoE model.
     models = {"llama": "tiny_llama_dir", "moe": "tiny_moe_dir"}
 
     def run(tp: int, pp: int, world: int, recompute: bool = False,
             targets: tuple[str, ...] = (), model: str = "llama", ep: int = 1,
-            peft: tuple[tuple[str, object], ...] = ()) -> dict:
-        key = (tp, pp, world, recompute, targets, model, ep, peft)
+            peft: tuple[tuple[str, object], ...] = (), sp: bool = False) -> dict:
+        key = (tp, pp, world, recompute, targets, model, ep, peft, sp)
         if key not in cache:
-            out = tmp_path_factory.mktemp(f"megatron-{model}-tp{tp}-pp{pp}-ep{ep}-w{world}")
+            out = tmp_path_factory.mktemp(f"megatron-{model}-tp{tp}-pp{pp}-ep{ep}-w{world}"
+                                          f"{'-sp' if sp else ''}")
             model_dir = request.getfixturevalue(models[model])
             run_ranks(world, [str(model_dir), str(tp), str(pp), str(int(recompute)),
-                              str(out), ",".join(targets), str(ep), json.dumps(dict(peft))])
+                              str(out), ",".join(targets), str(ep), json.dumps(dict(peft)),
+                              str(int(sp))])
             cache[key] = torch.load(out / "result.pt")
         return cache[key]
 

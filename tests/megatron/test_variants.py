@@ -192,7 +192,7 @@ def test_canonical_residual_init_is_peft_init_on_each_projection(init):
                                                     init_lora_weights=init))
     layer = SplitLoraLinear(fused, "linear_qkv", ["linear_q", "linear_v"], spec,
                             {"linear_q": 4 * d, "linear_k": groups * d, "linear_v": groups * d},
-                            groups, torch.nn.Linear)
+                            groups, torch.nn.Linear, torch.nn.Linear)
     layer.start_from_residual(init)
 
     class Attention(torch.nn.Module):

@@ -11,6 +11,17 @@ Row-parallel base (`linear_proj`, `linear_fc2`): A is split on its input like th
 r-wide output is summed over ranks, and B is replicated.
 DoRA's magnitude goes with B: split by rows on a column-parallel base, whose rows are whole on
 each rank; replicated on a row-parallel one, whose row norms are summed over ranks.
+Under sequence parallelism a column-parallel base gathers its sequence-split input and a
+row-parallel one reduce-scatters its output by sequence; the adapter follows: A of a column
+base runs on the gathered input (its backward keeps this rank's part of the input gradient,
+already whole after B's all-reduce), and B of a row base keeps this rank's part of the sequence
+(its backward gathers the output gradient, so B's gradient is whole on every rank). Every
+adapter weight then sees the whole sequence, and its gradient needs no further sum over
+tensor-parallel ranks, except the DoRA magnitude of a row-parallel base: it scales the base's
+sequence-split output, so it is marked `sequence_parallel` like a norm (summed in `optim`).
+MoE expert linears are never split by tensor parallelism (expert_tensor_parallel_size 1) and
+see their own rank's tokens: their adapters communicate nothing, and `optim` sums their
+gradients over the ranks holding the same experts.
 
 A and B are initialised whole, from a seed and the module's global name, and then sharded: the
 initial adapter is the same whatever the tp/pp layout, and xavier/kaiming see the true fan-in.
@@ -68,6 +79,37 @@ class _SumOutputOverTensorParallel(nn.Linear):
         return reduce_from_tensor_model_parallel_region(F.linear(x, self.weight))
 
 
+class _GatherSequenceFirst(nn.Linear):
+    """A of a column-parallel base under sequence parallelism: on the whole sequence."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+
+        whole = gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False)
+        return F.linear(whole, self.weight)
+
+
+class _ScatterSequenceAfter(nn.Linear):
+    """B of a row-parallel base under sequence parallelism: this rank's part of the sequence."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from megatron.core.tensor_parallel import scatter_to_sequence_parallel_region
+
+        return scatter_to_sequence_parallel_region(F.linear(x, self.weight))
+
+
+def _communicating_classes(base: nn.Module, sp: bool
+                           ) -> tuple[type[nn.Linear], type[nn.Linear]]:
+    """(A's class, B's class) for an adapter on the parallel linear `base`."""
+    from megatron.core.tensor_parallel import ColumnParallelLinear
+
+    if getattr(base, "is_expert", False):
+        return nn.Linear, nn.Linear
+    if isinstance(base, ColumnParallelLinear):
+        return (_GatherSequenceFirst if sp else nn.Linear), _SumGradOverTensorParallel
+    return _SumOutputOverTensorParallel, (_ScatterSequenceAfter if sp else nn.Linear)
+
+
 @dataclass(frozen=True)
 class MegatronLora:
     adapted: tuple[str, ...]
@@ -79,6 +121,8 @@ class MegatronLora:
 
 
 def _with_communication(linear: nn.Linear, cls: type[nn.Linear]) -> nn.Linear:
+    if cls is nn.Linear:
+        return linear
     swapped = cls(linear.in_features, linear.out_features, bias=False, device="meta")
     swapped.weight = linear.weight  # same Parameter: dtype, values and name are kept
     return swapped
@@ -123,7 +167,7 @@ def _split_lora(base: nn.Module, full: str, projections: list[str], spec, sharde
     fused = short_name(full)
     rows, groups = _projection_rows(base, fused, sharder.layout.tp)
     layer = SplitLoraLinear(base, fused, projections, spec, rows, groups,
-                            _SumGradOverTensorParallel)
+                            *_communicating_classes(base, sharder.layout.sp))
     for projection, adapter in layer.adapters().items():
         _init_whole(adapter, f"{full}.{adapter_module_name(projection)}", spec, sharder, seed)
     if spec.weight_init != "default":
@@ -178,8 +222,6 @@ def _refuse_dora(adapted: list[str]) -> None:
 def apply_megatron_lora(model: nn.Module, cfg: MegatronPeftConfig, all_linear: list[str],
                         sharder: Sharder, seed: int) -> MegatronLora:
     """Freeze `model` and wrap the matched linears of this stage (in place)."""
-    from megatron.core.tensor_parallel import ColumnParallelLinear
-
     conflict = ModuleMatcher.from_config(cfg).conflict()
     if conflict:
         raise LoraMatchError(conflict)
@@ -208,14 +250,16 @@ def apply_megatron_lora(model: nn.Module, cfg: MegatronPeftConfig, all_linear: l
             layer = _split_lora(base, full, projections[full], spec, sharder, seed)
             local += [f"{full.rpartition('.')[0]}.{p}" for p in projections[full]]
         else:
-            row_split = sharder.layout.tp > 1 and not isinstance(base, ColumnParallelLinear)
+            a_class, b_class = _communicating_classes(base, sharder.layout.sp)
+            row_split = a_class is _SumOutputOverTensorParallel and sharder.layout.tp > 1
             # The residual init runs after the seeded init below, on the parallel linear.
             layer = LoraLinear(base, replace(spec, weight_init="default"),
                                row_norm_reduce=_sum_over_tp if row_split else None)
-            if isinstance(base, ColumnParallelLinear):
-                layer.lora_B = _with_communication(layer.lora_B, _SumGradOverTensorParallel)
-            else:
-                layer.lora_A = _with_communication(layer.lora_A, _SumOutputOverTensorParallel)
+            layer.lora_A = _with_communication(layer.lora_A, a_class)
+            layer.lora_B = _with_communication(layer.lora_B, b_class)
+            if spec.use_dora and b_class is _ScatterSequenceAfter:
+                # It scales this rank's part of the sequence only: its gradient is partial.
+                layer.lora_magnitude_vector.sequence_parallel = True
             _init_whole(layer, full, spec, sharder, seed)
             if spec.weight_init != "default":
                 layer.spec = spec

@@ -38,13 +38,12 @@ from lora_rl.backends.megatron.optim import (
     build_optimizer,
     build_scheduler,
     clip_gradients,
-    counted_once,
-    sum_gradients_over_data_parallel,
+    sum_gradients,
+    whole_model_sum,
 )
 from lora_rl.backends.megatron.parallel import (
     all_reduce_sum,
     init_model_parallel,
-    is_expert_parameter,
 )
 from lora_rl.backends.megatron.sharding import Sharder, kind_of
 from lora_rl.config.lora import MegatronPeftConfig
@@ -66,7 +65,7 @@ class MegatronBackend:
         self.runtime = runtime
         self.layout = init_model_parallel(runtime, mg.tensor_model_parallel_size,
                                           mg.pipeline_model_parallel_size, seed,
-                                          mg.expert_model_parallel_size)
+                                          mg.expert_model_parallel_size, mg.sequence_parallel)
         self.dp_rank, self.dp_size = self.layout.dp_rank, self.layout.dp
         self.model_dir = require_local_model_dir(policy.model_name)
         self.shape = load_shape(self.model_dir, policy.trust_remote_code)
@@ -143,18 +142,9 @@ class MegatronBackend:
                 return param.numel() - padding * param.shape[1]
             return param.numel()
 
-        params = [(n, p) for n, p in named_parameters(self.model) if counted_once(n, self.layout)]
-        counts = torch.tensor([sum(real(n, p) for n, p in params if p.requires_grad),
-                               sum(real(n, p) for n, p in params)], dtype=torch.int64)
-        if self.layout.ep > 1:  # each expert-parallel rank holds different experts
-            experts = [(n, p) for n, p in params if is_expert_parameter(n)]
-            mine = torch.tensor([sum(p.numel() for _, p in experts if p.requires_grad),
-                                 sum(p.numel() for _, p in experts)], dtype=torch.int64)
-            everyone = mine.clone()
-            dist.all_reduce(everyone, group=self.layout.ep_group)
-            counts += everyone - mine
-        if self.layout.tp * self.layout.pp > 1:
-            dist.all_reduce(counts, group=self.layout.model_parallel_group)
+        counts = whole_model_sum(
+            [(n, torch.tensor([real(n, p) if p.requires_grad else 0, real(n, p)]))
+             for n, p in named_parameters(self.model)], self.layout)
         report: dict[str, int | float | str] = {"trainable_params": int(counts[0]),
                                                 "total_params": int(counts[1])}
         if self.lora is not None:
@@ -191,7 +181,8 @@ class MegatronBackend:
     def optimizer_step(self) -> StepStats:
         main = self.weights.main
         main.take_grads()
-        sum_gradients_over_data_parallel(self.weights.names, main.params, self.layout)
+        sum_gradients(self.weights.names, main.params,
+                      [getattr(p, "sequence_parallel", False) for p in main.model], self.layout)
         norm = clip_gradients(self.weights.names, main.params, self.max_grad_norm, self.layout)
         finite = math.isfinite(norm)
         if finite:

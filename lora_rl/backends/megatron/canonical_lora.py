@@ -41,14 +41,16 @@ def adapter_module_name(projection: str) -> str:
 
 
 class ProjectionAdapter(nn.Module):
-    """The A and B of one projection inside a fused linear. `b_class` is the caller's
-    communicating linear for B (its input gradient is summed over tensor-parallel ranks)."""
+    """The A and B of one projection inside a fused linear. `a_class` and `b_class` are the
+    caller's communicating linears (B's input gradient is summed over tensor-parallel ranks;
+    under sequence parallelism A gathers the sequence)."""
 
     def __init__(self, in_features: int, out_features: int, spec: LoraSpec,
-                 weight: torch.Tensor, b_class: type[nn.Linear]) -> None:
+                 weight: torch.Tensor, a_class: type[nn.Linear],
+                 b_class: type[nn.Linear]) -> None:
         super().__init__()
         dtype = getattr(torch, spec.dtype) if spec.dtype else weight.dtype
-        self.lora_A = nn.Linear(in_features, spec.rank, bias=False, dtype=dtype,
+        self.lora_A = a_class(in_features, spec.rank, bias=False, dtype=dtype,
                                 device=weight.device)
         self.lora_B = b_class(spec.rank, out_features, bias=False, dtype=dtype,
                               device=weight.device)
@@ -71,7 +73,8 @@ class SplitLoraLinear(AdapterLayer):
     """A fused Megatron linear (`linear_qkv` or `linear_fc1`) with per-projection adapters."""
 
     def __init__(self, base: nn.Module, fused: str, projections: list[str], spec: LoraSpec,
-                 local_rows: dict[str, int], local_groups: int, b_class: type[nn.Linear]) -> None:
+                 local_rows: dict[str, int], local_groups: int, a_class: type[nn.Linear],
+                 b_class: type[nn.Linear]) -> None:
         """`local_rows`: this rank's output rows of every projection of the fused module;
         `local_groups`: this rank's query groups (linear_qkv only)."""
         super().__init__()
@@ -87,7 +90,7 @@ class SplitLoraLinear(AdapterLayer):
         for projection in projections:
             self.add_module(adapter_module_name(projection),
                             ProjectionAdapter(in_features, local_rows[projection], spec,
-                                              base.weight, b_class))
+                                              base.weight, a_class, b_class))
 
     def adapters(self) -> dict[str, ProjectionAdapter]:
         return {p: getattr(self, adapter_module_name(p)) for p in self.order

@@ -11,6 +11,7 @@ names inside a stage count layers from 0; lora-rl names them by *global* layer i
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import warnings
@@ -53,7 +54,8 @@ def transformer_config(shape: LlamaShape, layout: Layout, dtype: torch.dtype):
         params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
-        expert_model_parallel_size=layout.ep,
+        expert_model_parallel_size=layout.ep, expert_tensor_parallel_size=1,
+        sequence_parallel=layout.sp,
         # Weights come from the HF checkpoint: skip Megatron's random init, build on the CPU.
         use_cpu_initialization=True, perform_initialization=False,
         # Micro-batches are padded per batch, so shapes differ; pipeline stages exchange them.
@@ -91,15 +93,17 @@ def build_stage(shape: LlamaShape, layout: Layout, dtype: torch.dtype,
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    if shape.num_experts and layout.tp > 1:
+    if shape.num_experts and layout.tp > 1 and not layout.sp:
         # validate refuses it first (LR410); this guards callers that skipped validation.
-        raise SetupError(f"model_type {shape.model_type!r} cannot use Megatron tensor "
-                         f"parallelism ({FAMILIES[shape.model_type].megatron_tp_note})")
+        raise SetupError(f"model_type {shape.model_type!r} needs "
+                         "policy.megatron_cfg.sequence_parallel: true with tensor parallelism "
+                         f"({FAMILIES[shape.model_type].megatron_tp_note})")
+    config = transformer_config(shape, layout, dtype)
     spec = get_gpt_layer_local_spec(num_experts=shape.num_experts or None,
                                     moe_grouped_gemm=False, normalization="RMSNorm",
                                     qk_layernorm=shape.qk_norm)
     model = GPTModel(
-        transformer_config(shape, layout, dtype), spec,
+        config, _with_norm(spec, RMSNorm, config),
         vocab_size=padded_vocab_size(shape.vocab_size, layout.tp),
         max_sequence_length=shape.max_positions,
         pre_process=layout.first_stage, post_process=layout.last_stage,
@@ -112,6 +116,41 @@ def build_stage(shape: LlamaShape, layout: Layout, dtype: torch.dtype,
             # restores CUDA RNG states.
             layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
     return model
+
+
+class RMSNorm:
+    """torch's RMSNorm for Megatron's layer specs (what the local spec's `WrappedTorchNorm`
+    builds), whose weight is marked `sequence_parallel` under sequence parallelism: each
+    tensor-parallel rank then normalises its own slice of the sequence (or, for q/k norms, its
+    own heads), so the weight's gradient is summed over those ranks (`optim`). The local spec's
+    class refuses sequence parallelism for want of that mark."""
+
+    def __new__(cls, config, hidden_size: int, eps: float = 1e-5, **_: object) -> torch.nn.Module:
+        norm = torch.nn.RMSNorm(hidden_size, eps=eps)
+        norm.weight.sequence_parallel = config.sequence_parallel
+        return norm
+
+
+def _with_norm(spec, norm: type, config):
+    """The block spec of `spec`'s layers with every norm built by `norm`, the final one too."""
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+    from megatron.core.transformer.transformer_block import (
+        TransformerBlockSubmodules,
+        get_num_layers_to_build,
+    )
+
+    def swap(node):
+        if node is WrappedTorchNorm:
+            return norm
+        if dataclasses.is_dataclass(node) and not isinstance(node, type):
+            return dataclasses.replace(node, **{f.name: swap(getattr(node, f.name))
+                                                for f in dataclasses.fields(node)
+                                                if f.init})
+        return node
+
+    layer = swap(spec)
+    return TransformerBlockSubmodules(layer_specs=[layer] * get_num_layers_to_build(config),
+                                      layer_norm=norm)
 
 
 def global_name(model: torch.nn.Module, local: str) -> str:

@@ -102,16 +102,25 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: MegatronOptimizerCo
     return torch.optim.lr_scheduler.LambdaLR(optimizer, MegatronLR(optim, sched, total_steps))
 
 
-def sum_gradients_over_data_parallel(names: list[str], params: list[torch.nn.Parameter],
-                                     layout: Layout) -> None:
+def sum_gradients(names: list[str], params: list[torch.nn.Parameter],
+                  sequence_split: list[bool], layout: Layout) -> None:
     """Each replica's loss is already a share of the global-batch mean: sum, do not average.
-    One flat buffer per group per step (gloo is latency-bound on many small tensors). Under
-    expert parallelism an expert's gradient already holds every data-parallel rank's tokens
-    (the token all-to-all's backward): it is summed only over the ranks holding that expert."""
+    One flat buffer per group per step (gloo is latency-bound on many small tensors).
+    - Under expert parallelism or sequence parallelism an expert's gradient holds the tokens of
+      some ranks only (the token all-to-all's, or this rank's part of the sequence): it is
+      summed over every rank holding that expert (Megatron's expert data-parallel group).
+    - `sequence_split` marks the weights that, under sequence parallelism, saw this rank's part
+      of the sequence only (norms, the MoE router; Megatron's `sequence_parallel` mark): they
+      are summed over tensor-parallel ranks too. LoRA weights always see the whole sequence."""
+    experts_apart = layout.ep > 1 or layout.sp
     dense = [p.grad for n, p in zip(names, params, strict=True)
-             if p.grad is not None and not (layout.ep > 1 and is_expert_parameter(n))]
+             if p.grad is not None and not (experts_apart and is_expert_parameter(n))]
     experts = [p.grad for n, p in zip(names, params, strict=True)
-               if p.grad is not None and layout.ep > 1 and is_expert_parameter(n)]
+               if p.grad is not None and experts_apart and is_expert_parameter(n)]
+    if layout.sp:
+        _all_reduce_flat([p.grad for n, p, split in zip(names, params, sequence_split, strict=True)
+                          if split and p.grad is not None and not is_expert_parameter(n)],
+                         layout.tp_group)
     if layout.dp > 1:
         _all_reduce_flat(dense, layout.dp_group)
     if layout.expert_dp > 1:
@@ -130,9 +139,27 @@ def _all_reduce_flat(grads: list[torch.Tensor], group: dist.ProcessGroup) -> Non
 
 
 def counted_once(name: str, layout: Layout) -> bool:
-    """Whether this rank contributes parameter `name` to whole-model sums: every shard of a
-    split parameter, a replicated one on tensor-parallel rank 0 only."""
+    """Whether this rank contributes non-expert parameter `name` to whole-model sums: every
+    shard of a split parameter, a replicated one on tensor-parallel rank 0 only."""
     return kind_of(name) != "replicated" or layout.tp_rank == 0
+
+
+def whole_model_sum(named: list[tuple[str, torch.Tensor]], layout: Layout) -> torch.Tensor:
+    """The sum over the whole model of per-parameter `named` tensors (collective): each
+    non-expert parameter once (`counted_once`, then over tensor and pipeline ranks); experts,
+    whole on every tensor-parallel rank and split among expert-parallel ranks, over the
+    expert-parallel group and the pipeline stages."""
+    zero = torch.zeros_like(named[0][1]) if named else torch.zeros((), dtype=torch.float64)
+    dense = sum((v for n, v in named if not is_expert_parameter(n) and counted_once(n, layout)),
+                zero.clone())
+    experts = sum((v for n, v in named if is_expert_parameter(n)), zero.clone())
+    if layout.ep > 1:
+        dist.all_reduce(experts, group=layout.ep_group)
+    if layout.pp > 1:
+        dist.all_reduce(experts, group=layout.pp_group)
+    if layout.tp * layout.pp > 1:
+        dist.all_reduce(dense, group=layout.model_parallel_group)
+    return dense + experts
 
 
 def clip_gradients(names: list[str], params: list[torch.nn.Parameter], max_norm: float | None,
@@ -140,22 +167,8 @@ def clip_gradients(names: list[str], params: list[torch.nn.Parameter], max_norm:
     """Global L2 norm over the whole model (sharded parameters in full, replicated ones once),
     as a single process would compute it; scales gradients down to `max_norm`."""
     grads = [(n, p.grad) for n, p in zip(names, params, strict=True) if p.grad is not None]
-    squares = torch.zeros((), dtype=torch.float64)
-    expert_squares = torch.zeros((), dtype=torch.float64)
-    for name, grad in grads:
-        if counted_once(name, layout):
-            norm2 = torch.linalg.vector_norm(grad, 2).double() ** 2
-            if layout.ep > 1 and is_expert_parameter(name):
-                expert_squares += norm2
-            else:
-                squares += norm2
-    if layout.ep > 1:
-        # Each expert-parallel rank holds different experts of this stage.
-        dist.all_reduce(expert_squares, group=layout.ep_group)
-    squares += expert_squares
-    if layout.tp * layout.pp > 1:
-        dist.all_reduce(squares, group=layout.model_parallel_group)
-    total = float(squares.sqrt())
+    squares = [(n, torch.linalg.vector_norm(g, 2).double() ** 2) for n, g in grads]
+    total = float(whole_model_sum(squares, layout).sqrt())
     if max_norm is not None and math.isfinite(total):
         coef = max_norm / (total + 1e-6)
         if coef < 1.0:

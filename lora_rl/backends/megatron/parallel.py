@@ -29,6 +29,11 @@ class Layout:
     ep: int = 1
     """MoE expert parallelism: each of `ep` ranks of a data-parallel group holds 1/ep of every
     MoE layer's experts (`is_expert_parameter`); the other parameters are replicated."""
+    sp: bool = False
+    """Megatron sequence parallelism (tp > 1): outside attention and the MLP's parallel
+    linears (embeddings, norms, MoE layers) each tensor-parallel rank holds 1/tp of the
+    sequence. Experts are never split by tensor parallelism (expert_tensor_parallel_size 1):
+    each rank's experts see that rank's tokens."""
 
     @property
     def first_stage(self) -> bool:
@@ -91,7 +96,8 @@ def is_expert_parameter(name: str) -> bool:
     return ".mlp.experts.local_experts." in name
 
 
-def init_model_parallel(runtime: Runtime, tp: int, pp: int, seed: int, ep: int = 1) -> Layout:
+def init_model_parallel(runtime: Runtime, tp: int, pp: int, seed: int, ep: int = 1,
+                        sp: bool = False) -> Layout:
     """Create Megatron's tp/pp/dp groups (collective). A one-process run gets a one-rank group:
     Megatron's layers call collectives even when they have nobody to talk to."""
     from megatron.core import parallel_state
@@ -107,6 +113,7 @@ def init_model_parallel(runtime: Runtime, tp: int, pp: int, seed: int, ep: int =
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp,
                                              pipeline_model_parallel_size=pp,
                                              expert_model_parallel_size=ep,
+                                             expert_tensor_parallel_size=1,
                                              create_gloo_process_groups=False)
     if not cpu_shim.needed():
         from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
@@ -115,7 +122,7 @@ def init_model_parallel(runtime: Runtime, tp: int, pp: int, seed: int, ep: int =
     return Layout(tp=tp, pp=pp, dp=parallel_state.get_data_parallel_world_size(),
                   tp_rank=parallel_state.get_tensor_model_parallel_rank(),
                   pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
-                  dp_rank=parallel_state.get_data_parallel_rank(), ep=ep)
+                  dp_rank=parallel_state.get_data_parallel_rank(), ep=ep, sp=sp and tp > 1)
 
 
 def from_last_stage(value: Any, layout: Layout) -> Any:

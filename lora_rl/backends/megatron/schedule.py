@@ -10,19 +10,33 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from lora_rl.backends.base import LossFn, TokenBatch
 from lora_rl.backends.megatron.parallel import Layout, from_last_stage
 
 
-def model_inputs(batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def model_inputs(batch: TokenBatch, layout: Layout | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, position_ids, attention_mask). The mask is explicit (cpu_shim item 5):
-    True where attention is blocked — future tokens and right padding."""
-    size, length = batch.input_ids.shape
+    True where attention is blocked — future tokens and right padding. Under sequence
+    parallelism the sequence is right-padded to a multiple of tp (each rank holds an equal
+    part); callers drop the extra positions with `[:, :length - 1]`."""
+    ids, attention = batch.input_ids, batch.attention_mask
+    extra = -ids.shape[1] % layout.tp if layout is not None and layout.sp else 0
+    if extra:
+        ids, attention = F.pad(ids, (0, extra)), F.pad(attention, (0, extra))
+    size, length = ids.shape
     positions = torch.arange(length).expand(size, length)
     future = torch.ones(length, length, dtype=torch.bool).triu(1)
-    padding = batch.attention_mask[:, None, None, :] == 0
-    return batch.input_ids, positions, future[None, None] | padding
+    padding = attention[:, None, None, :] == 0
+    return ids, positions, future[None, None] | padding
+
+
+def _batch_logprobs(logits: torch.Tensor, ids: torch.Tensor, batch: TokenBatch, layout: Layout,
+                    vocab_size: int) -> torch.Tensor:
+    """`token_logprobs` of the (maybe padded) `ids`, cut to the batch's own [B, L-1]."""
+    return token_logprobs(logits, ids, layout, vocab_size)[:, :batch.input_ids.shape[1] - 1]
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, layout: Layout,
@@ -44,10 +58,11 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, layout: Layout
 def _forward_step(loss_fn: LossFn | None, layout: Layout, vocab_size: int):
     def step(batches: Iterator[TokenBatch], model: torch.nn.Module):
         batch = next(batches)
-        output = model(*model_inputs(batch))
+        inputs = model_inputs(batch, layout)
+        output = model(*inputs)
 
         def loss(logits: torch.Tensor, non_loss_data: bool = False):
-            logprobs = token_logprobs(logits, batch.input_ids, layout, vocab_size)
+            logprobs = _batch_logprobs(logits, inputs[0], batch, layout, vocab_size)
             if non_loss_data:
                 return logprobs
             value, metrics = loss_fn(logprobs, batch)
@@ -87,6 +102,7 @@ def logprobs(model: torch.nn.Module, layout: Layout, vocab_size: int,
     """[B, L-1] on every stage. Differentiable with one stage; with several the pipeline runs
     forward-only (callers use it under no_grad: reference and rollout log-probabilities)."""
     if layout.pp == 1:
-        return token_logprobs(model(*model_inputs(batch)), batch.input_ids, layout, vocab_size)
+        inputs = model_inputs(batch, layout)
+        return _batch_logprobs(model(*inputs), inputs[0], batch, layout, vocab_size)
     outputs = _run(model, layout, vocab_size, [batch], None, forward_only=True)
     return from_last_stage(outputs[0] if outputs else None, layout)

@@ -9,7 +9,9 @@
   split on its input);
 - `gated_rows`: `linear_fc1` and its LoRA B. Each rank holds [gate shard; up shard], because the
   MLP halves its *local* output into gate and up, so the whole tensor is not a plain row concat;
-- `replicated`: norms, and the LoRA A of a column-parallel base / B of a row-parallel base.
+- `replicated`: norms, the LoRA A of a column-parallel base / B of a row-parallel base, and
+  MoE experts with their adapters (expert_tensor_parallel_size is 1: expert parallelism, not
+  tensor parallelism, splits them).
 A DoRA magnitude (`<module>.lora_magnitude_vector`, one per output row) is split like its B.
 Canonical LoRA's per-projection adapters (`linear_qkv.adapter_q.lora_B`, ...) have A replicated
 and B in `rows`: each projection's rows are ordered by head (q) or by half (gate/up), so a row
@@ -35,6 +37,8 @@ _VOCAB = ("output_layer", "word_embeddings")
 
 def kind_of(name: str) -> Kind:
     """Sharding of a Megatron parameter, from its name (LoRA wrappers add `.base` / `.lora_*`)."""
+    if is_expert_parameter(name):
+        return "replicated"
     parts = name.split(".")
     if parts[-1] == "lora_magnitude_vector":
         # DoRA's magnitude, one per output row: split like B
