@@ -22,13 +22,18 @@ from tests.megatron.conftest import MEGATRON_MISSING, megatron_available
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not megatron_available(), reason=MEGATRON_MISSING)]
 
-# (tp, pp, processes, activation checkpointing)
-LAYOUTS = {"tp1": (1, 1, 1, False), "tp2": (2, 1, 2, False), "pp2": (1, 2, 2, False),
-           "tp2-dp2": (2, 1, 4, False), "tp2-pp2-recompute": (2, 2, 4, True)}
-# The tiny Mixtral (MoE layers, SequentialMLP experts, LoRA on every expert): tp 1 only;
-# (tp, pp, processes, activation checkpointing, expert parallelism).
-MOE_LAYOUTS = {"moe-tp1": (1, 1, 1, False, 1), "moe-dp2": (1, 1, 2, False, 1),
-               "moe-pp2": (1, 2, 2, False, 1), "moe-ep2": (1, 1, 2, False, 2)}
+# megatron_run's layout arguments: tp, pp, world (processes), recompute (activation
+# checkpointing), sp (sequence parallelism), ep (expert parallelism), model.
+LAYOUTS = {"tp1": dict(tp=1, pp=1, world=1), "tp2": dict(tp=2, pp=1, world=2),
+           "pp2": dict(tp=1, pp=2, world=2), "tp2-dp2": dict(tp=2, pp=1, world=4),
+           "tp2-pp2-sp-recompute": dict(tp=2, pp=2, world=4, recompute=True, sp=True)}
+# The tiny Mixtral (MoE layers, SequentialMLP experts, LoRA on every expert); with tensor
+# parallelism under sequence parallelism, as megatron-core requires.
+MOE_LAYOUTS = {name: {**layout, "model": "moe"} for name, layout in {
+    "moe-tp1": dict(tp=1, pp=1, world=1), "moe-dp2": dict(tp=1, pp=1, world=2),
+    "moe-pp2": dict(tp=1, pp=2, world=2), "moe-ep2": dict(tp=1, pp=1, world=2, ep=2),
+    "moe-tp2-sp": dict(tp=2, pp=1, world=2, sp=True),
+    "moe-tp2-ep2-sp": dict(tp=2, pp=1, world=4, ep=2, sp=True)}.items()}
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
@@ -101,18 +106,13 @@ def five_sft_steps(model, b_lr_ratio: float = 1.0) -> dict[str, list[float]]:
 @pytest.fixture(scope="module")
 def hf_reference(tiny_llama_dir, megatron_run):
     return _train_five_steps(_fused_lora(_hf_model(tiny_llama_dir)),
-                             megatron_run(*LAYOUTS["tp1"])["adapter0"])
-
-
-def _moe_run(megatron_run, layout: str) -> dict:
-    *rest, ep = MOE_LAYOUTS[layout]
-    return megatron_run(*rest, model="moe", ep=ep)
+                             megatron_run(**LAYOUTS["tp1"])["adapter0"])
 
 
 @pytest.fixture(scope="module")
 def hf_moe_reference(tiny_moe_dir, megatron_run):
     return _train_five_steps(_fused_lora(_hf_model(tiny_moe_dir)),
-                             megatron_run(*MOE_LAYOUTS["moe-tp1"][:4], model="moe")["adapter0"])
+                             megatron_run(**MOE_LAYOUTS["moe-tp1"])["adapter0"])
 
 
 def _assert_same_training(run, reference):
@@ -127,7 +127,8 @@ def _assert_same_training(run, reference):
         assert (run["adapter5"][key] - value).abs().max() < 1e-3, key
 
 
-@pytest.mark.parametrize("layout", ["tp1", "tp2", "pp2", "moe-tp1", "moe-ep2"])
+@pytest.mark.parametrize("layout", ["tp1", "tp2", "pp2", "tp2-pp2-sp-recompute", "moe-tp1",
+                                    "moe-ep2", "moe-tp2-sp"])
 def test_imported_gptmodel_gives_the_hf_logits(layout, megatron_run, tiny_llama_dir,
                                                tiny_moe_dir):
     """Dense Llama, and Mixtral's MoE layers (router + per-expert linears sliced from the
@@ -138,17 +139,16 @@ def test_imported_gptmodel_gives_the_hf_logits(layout, megatron_run, tiny_llama_
     batch = fixed_batch(hf.config.vocab_size)
     with torch.no_grad():
         expected = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    got = (_moe_run(megatron_run, layout) if moe
-           else megatron_run(*LAYOUTS[layout]))["logits"]
+    got = megatron_run(**{**LAYOUTS, **MOE_LAYOUTS}[layout])["logits"]
     real = batch.attention_mask.bool()  # HF and Megatron may differ on padding positions
     assert got.shape == expected.shape
     assert (got - expected)[real].abs().max() < 1e-5
 
 
 def test_initial_adapter_does_not_depend_on_the_layout(megatron_run):
-    reference = megatron_run(*LAYOUTS["tp1"])["adapter0"]
+    reference = megatron_run(**LAYOUTS["tp1"])["adapter0"]
     for layout in ("tp2", "pp2"):
-        adapter = megatron_run(*LAYOUTS[layout])["adapter0"]
+        adapter = megatron_run(**LAYOUTS[layout])["adapter0"]
         assert adapter.keys() == reference.keys()
         assert all(torch.equal(adapter[k], reference[k]) for k in reference)
     assert torch.equal(reference["model.layers.1.self_attn.q_proj.lora_A.weight"],
@@ -157,7 +157,7 @@ def test_initial_adapter_does_not_depend_on_the_layout(megatron_run):
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_first_five_sft_losses_match_single_process_hf_lora(layout, megatron_run, hf_reference):
-    _assert_same_training(megatron_run(*LAYOUTS[layout]), hf_reference)
+    _assert_same_training(megatron_run(**LAYOUTS[layout]), hf_reference)
 
 
 @pytest.mark.parametrize("layout", list(MOE_LAYOUTS))
@@ -166,9 +166,9 @@ def test_moe_expert_lora_trains_like_hf_with_per_expert_adapters(layout, megatro
     """LoRA on every expert's linear_fc1/linear_fc2 (and attention): the five losses, gradient
     norms and adapters of single-process HF with lora-rl's expert adapters (PEFT's
     target_parameters layout); the adapter comes back in that layout; the router is frozen."""
-    run = _moe_run(megatron_run, layout)
+    run = megatron_run(**MOE_LAYOUTS[layout])
     _assert_same_training(run, hf_moe_reference)
-    one_rank = _moe_run(megatron_run, "moe-tp1")["losses"]
+    one_rank = megatron_run(**MOE_LAYOUTS["moe-tp1"])["losses"]
     assert max(abs(a - b) for a, b in zip(run["losses"], one_rank, strict=True)) < 1e-4
     experts, rank, hidden, ffn = 4, 4, 64, 128
     a = run["adapter5"]["model.layers.1.mlp.experts.gate_up_proj.lora_A.weight"]
@@ -199,12 +199,12 @@ CANONICAL = ("linear_q", "linear_v", "linear_proj", "linear_fc1_gate", "linear_f
 CANONICAL_HF = ("q_proj", "v_proj", "o_proj", "gate_proj", "down_proj")
 
 
-@pytest.mark.parametrize("layout", ["tp1", "tp2", "tp2-pp2-recompute"])
+@pytest.mark.parametrize("layout", ["tp1", "tp2", "tp2-pp2-sp-recompute"])
 def test_canonical_lora_trains_like_hf_lora_with_one_adapter_per_projection(
         layout, megatron_run, tiny_llama_dir):
     """Canonical targets on the fused linear_qkv/linear_fc1 are PEFT's per-projection LoRA:
     same five losses, gradient norms and adapters as plain LoRA on the HF modules."""
-    run = megatron_run(*LAYOUTS[layout], targets=CANONICAL)
+    run = megatron_run(**LAYOUTS[layout], targets=CANONICAL)
     adapter0 = run["adapter0"]
     assert {k.split(".")[-3] for k in adapter0} == set(CANONICAL_HF)
     q, v = (adapter0[f"model.layers.1.self_attn.{m}.lora_A.weight"] for m in ("q_proj", "v_proj"))
@@ -225,13 +225,13 @@ def test_canonical_lora_trains_like_hf_lora_with_one_adapter_per_projection(
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_restoring_a_checkpoint_replays_the_same_steps(layout, megatron_run):
-    run = megatron_run(*LAYOUTS[layout])
+    run = megatron_run(**LAYOUTS[layout])
     assert run["resumed_losses"] == run["losses"][3:]
 
 
-@pytest.mark.parametrize("layout", ["tp2", "tp2-pp2-recompute"])
+@pytest.mark.parametrize("layout", ["tp2", "tp2-pp2-sp-recompute"])
 def test_generation_copy_and_reference_policy(layout, megatron_run, tiny_llama_dir):
-    run = megatron_run(*LAYOUTS[layout])
+    run = megatron_run(**LAYOUTS[layout])
     batch = fixed_batch(128)
     real = batch.attention_mask[:, 1:].bool()
     assert (run["generation_logprobs"] - run["logprobs"])[real].abs().max() < 1e-5
@@ -248,8 +248,8 @@ def test_trainable_report_counts_the_whole_model(megatron_run, tiny_llama_dir):
                  + rank * hidden + hidden * rank                 # linear_proj
                  + rank * hidden + 2 * ffn * rank                # linear_fc1
                  + rank * ffn + hidden * rank)                   # linear_fc2
-    for layout in ("tp1", "tp2-pp2-recompute"):
-        report = megatron_run(*LAYOUTS[layout])["report"]
+    for layout in ("tp1", "tp2-pp2-sp-recompute"):
+        report = megatron_run(**LAYOUTS[layout])["report"]
         assert report["trainable_params"] == 4 * per_layer
         assert report["total_params"] == total + 4 * per_layer
         assert report["lora_scale"] == 2.0 and report["lora_modules"] == 16

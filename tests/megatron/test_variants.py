@@ -1,6 +1,8 @@
-"""LoRA variants on the Megatron backend (DoRA, LoRA+), one gloo run at tp=2 (two processes:
-~20 s here, against ~11 s for one process at tp=1; tp=2 is what exercises the row-parallel
-modules' row norms summed over ranks and the magnitude's sharding) against the HF + LoRA-core
+"""LoRA variants on the Megatron backend (DoRA, LoRA+), one gloo run at tp=2 under sequence
+parallelism (two processes: ~20 s here, against ~11 s for one process at tp=1; tp=2 is what
+exercises the row-parallel modules' row norms summed over ranks, the magnitude's sharding and,
+with the sequence split, the row-parallel magnitude's gradient summed over ranks; the test
+passed without sequence parallelism before it was switched on) against the HF + LoRA-core
 reference of test_parity: the same DoRA layer on HF's modules (with q/k/v and gate/up sharing A
 as Megatron's fused modules do) and PEFT's LoRA+ optimizer groups built by hand. The trained
 adapter then goes through the PEFT and merged exports and `peft` itself."""
@@ -34,7 +36,7 @@ VARIANT = (("use_dora", True), ("lora_plus_lr_ratio", RATIO))
 
 @pytest.fixture(scope="module")
 def dora_run(megatron_run):
-    return megatron_run(2, 1, 2, peft=VARIANT)
+    return megatron_run(2, 1, 2, peft=VARIANT, sp=True)
 
 
 def test_megatron_dora_with_lora_plus_trains_like_the_hf_reference(dora_run, tiny_llama_dir):

@@ -38,6 +38,7 @@ from lora_rl.backends.megatron.optim import (
     build_optimizer,
     build_scheduler,
     clip_gradients,
+    partial_over_tensor_parallel,
     sum_gradients,
     whole_model_sum,
 )
@@ -91,6 +92,9 @@ class MegatronBackend:
         self.scheduler = build_scheduler(self.optimizer, mg.optimizer, mg.scheduler,
                                          inputs.max_num_steps)
         self.max_grad_norm = mg.optimizer.clip_grad or None  # 0: no clipping, as Megatron
+        self._partial_over_tp = [partial_over_tensor_parallel(n, p, self.layout)
+                                 for n, p in zip(self.weights.names, self.weights.main.model,
+                                                 strict=True)]
         self.lora_dropout = mg.peft.dropout if self.lora is not None else 0.0
         self._report = self._count_parameters()
         self._generation_copy = GenerationCopy(
@@ -181,8 +185,7 @@ class MegatronBackend:
     def optimizer_step(self) -> StepStats:
         main = self.weights.main
         main.take_grads()
-        sum_gradients(self.weights.names, main.params,
-                      [getattr(p, "sequence_parallel", False) for p in main.model], self.layout)
+        sum_gradients(self.weights.names, main.params, self._partial_over_tp, self.layout)
         norm = clip_gradients(self.weights.names, main.params, self.max_grad_norm, self.layout)
         finite = math.isfinite(norm)
         if finite:

@@ -121,9 +121,9 @@ def build_stage(shape: LlamaShape, layout: Layout, dtype: torch.dtype,
 class RMSNorm:
     """torch's RMSNorm for Megatron's layer specs (what the local spec's `WrappedTorchNorm`
     builds), whose weight is marked `sequence_parallel` under sequence parallelism: each
-    tensor-parallel rank then normalises its own slice of the sequence (or, for q/k norms, its
-    own heads), so the weight's gradient is summed over those ranks (`optim`). The local spec's
-    class refuses sequence parallelism for want of that mark."""
+    tensor-parallel rank then normalises its own slice of the sequence, so the weight's gradient
+    is summed over those ranks (`optim.partial_over_tensor_parallel`). The local spec's class
+    refuses sequence parallelism for want of that mark."""
 
     def __new__(cls, config, hidden_size: int, eps: float = 1e-5, **_: object) -> torch.nn.Module:
         norm = torch.nn.RMSNorm(hidden_size, eps=eps)

@@ -102,25 +102,35 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: MegatronOptimizerCo
     return torch.optim.lr_scheduler.LambdaLR(optimizer, MegatronLR(optim, sched, total_steps))
 
 
+def partial_over_tensor_parallel(name: str, param: torch.nn.Parameter, layout: Layout) -> bool:
+    """Whether a replicated weight's gradient holds only this tensor-parallel rank's share, to be
+    summed over the tp group (megatron-core's `finalize_model_grads` rule): under sequence
+    parallelism the weights Megatron marks `sequence_parallel` (norms, the MoE router; here also
+    a row-parallel DoRA magnitude) saw this rank's part of the sequence only; q/k layernorms
+    always see this rank's heads only. Experts are summed over their own group instead."""
+    if layout.tp == 1 or is_expert_parameter(name):
+        return False
+    return (layout.sp and getattr(param, "sequence_parallel", False)) \
+        or name.split(".")[-2] in ("q_layernorm", "k_layernorm")
+
+
 def sum_gradients(names: list[str], params: list[torch.nn.Parameter],
-                  sequence_split: list[bool], layout: Layout) -> None:
+                  partial_over_tp: list[bool], layout: Layout) -> None:
     """Each replica's loss is already a share of the global-batch mean: sum, do not average.
     One flat buffer per group per step (gloo is latency-bound on many small tensors).
+    - `partial_over_tp` (`partial_over_tensor_parallel`): summed over tensor-parallel ranks
+      first. LoRA's A and B always see the whole sequence and every head they act on.
     - Under expert parallelism or sequence parallelism an expert's gradient holds the tokens of
       some ranks only (the token all-to-all's, or this rank's part of the sequence): it is
-      summed over every rank holding that expert (Megatron's expert data-parallel group).
-    - `sequence_split` marks the weights that, under sequence parallelism, saw this rank's part
-      of the sequence only (norms, the MoE router; Megatron's `sequence_parallel` mark): they
-      are summed over tensor-parallel ranks too. LoRA weights always see the whole sequence."""
+      summed over every rank holding that expert (Megatron's expert data-parallel group)."""
     experts_apart = layout.ep > 1 or layout.sp
     dense = [p.grad for n, p in zip(names, params, strict=True)
              if p.grad is not None and not (experts_apart and is_expert_parameter(n))]
     experts = [p.grad for n, p in zip(names, params, strict=True)
                if p.grad is not None and experts_apart and is_expert_parameter(n)]
-    if layout.sp:
-        _all_reduce_flat([p.grad for n, p, split in zip(names, params, sequence_split, strict=True)
-                          if split and p.grad is not None and not is_expert_parameter(n)],
-                         layout.tp_group)
+    if layout.tp > 1:
+        _all_reduce_flat([p.grad for p, partial in zip(params, partial_over_tp, strict=True)
+                          if partial and p.grad is not None], layout.tp_group)
     if layout.dp > 1:
         _all_reduce_flat(dense, layout.dp_group)
     if layout.expert_dp > 1:
