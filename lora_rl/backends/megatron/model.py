@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lora_rl.architecture import FAMILIES
 from lora_rl.backends.megatron import cpu_shim
 from lora_rl.backends.megatron.bridge import LlamaShape, hf_to_megatron
 from lora_rl.backends.megatron.parallel import Layout
@@ -94,10 +93,10 @@ def build_stage(shape: LlamaShape, layout: Layout, dtype: torch.dtype,
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     if shape.num_experts and layout.tp > 1 and not layout.sp:
-        # validate refuses it first (LR410); this guards callers that skipped validation.
-        raise SetupError(f"model_type {shape.model_type!r} needs "
-                         "policy.megatron_cfg.sequence_parallel: true with tensor parallelism "
-                         f"({FAMILIES[shape.model_type].megatron_tp_note})")
+        # validate refuses it first (LR415); this guards callers that skipped validation.
+        raise SetupError(f"model_type {shape.model_type!r} has MoE layers, which megatron-core "
+                         "trains under tensor parallelism only with sequence parallelism: set "
+                         "policy.megatron_cfg.sequence_parallel: true")
     config = transformer_config(shape, layout, dtype)
     spec = get_gpt_layer_local_spec(num_experts=shape.num_experts or None,
                                     moe_grouped_gemm=False, normalization="RMSNorm",
