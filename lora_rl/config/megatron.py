@@ -124,9 +124,9 @@ class MegatronConfig(Section):
     expert_tensor_parallel_size: PositiveInt = compat(1)
     """MoE expert tensor parallelism."""
     expert_model_parallel_size: PositiveInt = 1
-    """MoE expert parallelism: each group of this many data-parallel ranks splits every MoE
-    layer's experts among its ranks (tokens move by all-to-all); must divide the experts and the
-    data-parallel size (LR414)."""
+    """MoE expert parallelism: each group of this many ranks splits every MoE layer's experts
+    among its ranks (tokens move by all-to-all); must divide the experts and the data-parallel
+    size, times tensor_model_parallel_size under sequence parallelism (LR414)."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism: with tensor parallelism, embeddings, norms and MoE layers
     each hold 1/tp of the sequence (less activation memory; micro-batches are right-padded to

@@ -95,18 +95,26 @@ def _expert_dropout(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
 
 
 @rule("LR414", "error", "Megatron expert parallelism needs a MoE model whose experts and "
-      "data-parallel ranks it divides")
+      "data-parallel (x sequence-parallel) ranks it divides")
 def _expert_parallel(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
-    ep = cfg.policy.megatron_cfg.expert_model_parallel_size
-    if ep <= 1 or not cfg.policy.megatron_cfg.enabled:
+    mg = cfg.policy.megatron_cfg
+    ep = mg.expert_model_parallel_size
+    if ep <= 1 or not mg.enabled:
         return
     key = "policy.megatron_cfg.expert_model_parallel_size"
     lay = layout(cfg)
-    if lay.world % lay.model_parallel == 0 and lay.dp % ep:
-        yield Finding(key, f"expert_model_parallel_size {ep} does not divide the data-parallel "
-                      f"size {lay.dp} (world {lay.world} / tp x pp {lay.model_parallel}): each "
-                      "expert-parallel group is made of data-parallel ranks",
-                      "pick an expert_model_parallel_size that divides the data-parallel size")
+    # Experts are never split by tensor parallelism, so under sequence parallelism (each tp
+    # rank routes its own tokens) the tp ranks of a replica can hold different experts too.
+    sp = mg.sequence_parallel and lay.tp > 1
+    ranks = lay.dp * lay.tp if sp else lay.dp
+    if lay.world % lay.model_parallel == 0 and ranks % ep:
+        what = (f"the {ranks} ranks of a pipeline stage (data-parallel {lay.dp} x "
+                f"tensor-parallel {lay.tp}, whose ranks route their own tokens under sequence "
+                "parallelism)") if sp else \
+            (f"the data-parallel size {lay.dp} (world {lay.world} / tp x pp "
+             f"{lay.model_parallel}): each expert-parallel group is made of data-parallel ranks")
+        yield Finding(key, f"expert_model_parallel_size {ep} does not divide {what}",
+                      "pick an expert_model_parallel_size that divides it")
     arch = ctx.model.architecture if ctx.model is not None else None
     if arch is None:
         return

@@ -33,7 +33,7 @@ MOE_LAYOUTS = {name: {**layout, "model": "moe"} for name, layout in {
     "moe-tp1": dict(tp=1, pp=1, world=1), "moe-dp2": dict(tp=1, pp=1, world=2),
     "moe-pp2": dict(tp=1, pp=2, world=2), "moe-ep2": dict(tp=1, pp=1, world=2, ep=2),
     "moe-tp2-sp": dict(tp=2, pp=1, world=2, sp=True),
-    "moe-tp2-ep2-sp": dict(tp=2, pp=1, world=4, ep=2, sp=True)}.items()}
+    "moe-tp2-ep2-sp": dict(tp=2, pp=1, world=2, ep=2, sp=True)}.items()}
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 

@@ -27,8 +27,9 @@ class Layout:
     pp_rank: int
     dp_rank: int
     ep: int = 1
-    """MoE expert parallelism: each of `ep` ranks of a data-parallel group holds 1/ep of every
-    MoE layer's experts (`is_expert_parameter`); the other parameters are replicated."""
+    """MoE expert parallelism: each rank of an expert-parallel group (Megatron's; data-parallel
+    ranks, and under sequence parallelism tensor-parallel ones too) holds 1/ep of every MoE
+    layer's experts (`is_expert_parameter`); the other parameters are replicated."""
     sp: bool = False
     """Megatron sequence parallelism (tp > 1): outside attention and the MLP's parallel
     linears (embeddings, norms, MoE layers) each tensor-parallel rank holds 1/tp of the
