@@ -60,3 +60,22 @@ def test_moe_on_megatron_tensor_parallel_without_sequence_parallel_is_refused(
     out = done.stdout + done.stderr
     assert done.returncode != 0 and "LR415" in out and "Traceback" not in out
     assert "sequence_parallel: true" in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not megatron_available(), reason=MEGATRON_MISSING)
+def test_megatron_full_fine_tuning_at_tp2_equals_one_process(family_models, tiny_cache,
+                                                             tmp_path):
+    """Full fine-tuning trains the replicated weights whose gradients each tensor-parallel rank
+    holds only a share of: Qwen3's q/k norms (this rank's heads) and, under sequence
+    parallelism, every norm (this rank's part of the sequence). Summed over ranks (megatron-core's
+    finalize_model_grads rule), tp=2 takes the single process's steps; before the q/k norm sum,
+    step 2 was already 4.6e-3 off."""
+    runner = Runner(tmp_path, tiny_cache)
+    full = ["policy.megatron_cfg.peft.enabled=false"]
+    one = _losses(runner, "sft-tiny-megatron-lora.yaml", family_models["qwen3"], "tp1", *full,
+                  "policy.megatron_cfg.tensor_model_parallel_size=1", "cluster.gpus_per_node=1")
+    two = _losses(runner, "sft-tiny-megatron-lora.yaml", family_models["qwen3"], "tp2", *full,
+                  "policy.megatron_cfg.sequence_parallel=true")
+    assert len(two) == 5
+    assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-4, (one, two)
