@@ -95,11 +95,15 @@ def test_training_steps_equal_peft_with_its_optimizer(tiny_llama, ratio):
             model(TOKENS).logits.float().log_softmax(-1).mean().neg().backward()
             optimizer.step()
     peft_modules = dict(theirs.named_modules())
+    # Adam moves each weight by about its group's lr whatever the gradient's size, so float32
+    # rounding (1e-10) in a near-zero gradient entry can show as ~1e-4 of B's lr (0.02-0.08) in
+    # single entries (measured: 1.8e-5 with peft 0.21.2, transformers 5.19). A wrong group would
+    # be off by (ratio - 1) * lr, about 1e-2, in every entry.
     for name, layer in iter_lora_layers(ours):
         twin = peft_modules[f"base_model.model.{name}"]
         for ab in ("lora_A", "lora_B"):
             mine_w = getattr(layer, ab).weight
-            assert torch.allclose(mine_w, getattr(twin, ab)["default"].weight, atol=1e-5, rtol=0)
+            assert torch.allclose(mine_w, getattr(twin, ab)["default"].weight, atol=1e-4, rtol=0)
         assert (layer.lora_B.weight - before[name]).abs().max() > 1e-3  # the steps did move B
     with torch.no_grad():
         assert torch.allclose(ours(TOKENS).logits, theirs(TOKENS).logits, atol=1e-5, rtol=0)
