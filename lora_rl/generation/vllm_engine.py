@@ -64,6 +64,7 @@ from lora_rl.generation.engine_group import EngineGroup, Request
 from lora_rl.generation.torch_generator import Generated, SamplingParams
 from lora_rl.generation.vllm_processes import (
     BIND_ENV,
+    OneLineWorkerFailures,
     WorkerWatch,
     attach_to_trainer,
     check_workers,
@@ -273,6 +274,8 @@ class VllmEngine:
             self._watch = WorkerWatch(worker_processes(self.llm))
             self.worker_pids = self.llm.collective_rpc(attach_to_trainer)
             self.llm.collective_rpc(quiet_logs, args=(_ExpectedReloadNoise(), _RELOAD_LOGGERS))
+            self.llm.collective_rpc(quiet_logs, args=(OneLineWorkerFailures(),
+                                                      (OneLineWorkerFailures.LOGGER,)))
             if self.pipeline_parallel_size > 1:
                 self.llm.collective_rpc(pipeline_receive_buffers)
         if not self.split:

@@ -179,6 +179,25 @@ def pipeline_receive_buffers(worker) -> bool:
     return True
 
 
+class OneLineWorkerFailures(logging.Filter):
+    """A worker's failed call ("WorkerProc hit an exception.") comes back to the training
+    process as that call's failure, which lora-rl reports naming the worker that died; when a
+    peer worker is killed, the survivors' pipeline/tensor-parallel transfers fail too (gloo:
+    "Connection reset by peer"). Their log keeps one line per failure, without vLLM's
+    traceback."""
+
+    LOGGER = "vllm.v1.executor.multiproc_executor"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            first = (str(exc).strip().splitlines() or [""])[0]
+            record.msg = f"{record.getMessage()} {type(exc).__name__}: {first}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def quiet_logs(worker, filter_: logging.Filter, names: tuple[str, ...]) -> None:
     """Runs in a worker: add `filter_` to the named loggers (its reload warnings are logged
     there, not in the training process)."""
