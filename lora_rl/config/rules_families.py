@@ -105,16 +105,13 @@ def _expert_parallel(cfg: RecipeConfig, ctx: RuleContext) -> Iterator[Finding]:
     lay = layout(cfg)
     # Experts are never split by tensor parallelism, so under sequence parallelism (each tp
     # rank routes its own tokens) the tp ranks of a replica can hold different experts too.
-    sp = mg.sequence_parallel and lay.tp > 1
-    ranks = lay.dp * lay.tp if sp else lay.dp
-    if lay.world % lay.model_parallel == 0 and ranks % ep:
-        what = (f"the {ranks} ranks of a pipeline stage (data-parallel {lay.dp} x "
-                f"tensor-parallel {lay.tp}, whose ranks route their own tokens under sequence "
-                "parallelism)") if sp else \
-            (f"the data-parallel size {lay.dp} (world {lay.world} / tp x pp "
-             f"{lay.model_parallel}): each expert-parallel group is made of data-parallel ranks")
-        yield Finding(key, f"expert_model_parallel_size {ep} does not divide {what}",
-                      "pick an expert_model_parallel_size that divides it")
+    tp = lay.tp if mg.sequence_parallel else 1
+    if lay.world % lay.model_parallel == 0 and (lay.dp * tp) % ep:
+        ranks = f"data-parallel {lay.dp}" + (f" x tensor-parallel {tp}" if tp > 1 else "")
+        yield Finding(key, f"expert_model_parallel_size {ep} does not divide the ranks that can "
+                      f"hold different experts ({ranks}; world {lay.world} / tp x pp "
+                      f"{lay.model_parallel} is the data-parallel size)",
+                      "pick an expert_model_parallel_size that divides them")
     arch = ctx.model.architecture if ctx.model is not None else None
     if arch is None:
         return

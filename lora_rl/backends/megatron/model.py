@@ -102,7 +102,7 @@ def build_stage(shape: LlamaShape, layout: Layout, dtype: torch.dtype,
                                     moe_grouped_gemm=False, normalization="RMSNorm",
                                     qk_layernorm=shape.qk_norm)
     model = GPTModel(
-        config, _with_norm(spec, RMSNorm, config),
+        config, _with_rms_norms(spec, config),
         vocab_size=padded_vocab_size(shape.vocab_size, layout.tp),
         max_sequence_length=shape.max_positions,
         pre_process=layout.first_stage, post_process=layout.last_stage,
@@ -122,7 +122,8 @@ class RMSNorm:
     builds), whose weight is marked `sequence_parallel` under sequence parallelism: each
     tensor-parallel rank then normalises its own slice of the sequence, so the weight's gradient
     is summed over those ranks (`optim.partial_over_tensor_parallel`). The local spec's class
-    refuses sequence parallelism for want of that mark."""
+    refuses sequence parallelism for want of that mark. A class, not a function: Megatron's
+    `build_module` calls classes but returns functions as they are."""
 
     def __new__(cls, config, hidden_size: int, eps: float = 1e-5, **_: object) -> torch.nn.Module:
         norm = torch.nn.RMSNorm(hidden_size, eps=eps)
@@ -130,8 +131,9 @@ class RMSNorm:
         return norm
 
 
-def _with_norm(spec, norm: type, config):
-    """The block spec of `spec`'s layers with every norm built by `norm`, the final one too."""
+def _with_rms_norms(spec, config):
+    """The block spec of `spec`'s layers with every norm built by `RMSNorm`, the final one
+    too."""
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
     from megatron.core.transformer.transformer_block import (
         TransformerBlockSubmodules,
@@ -140,7 +142,7 @@ def _with_norm(spec, norm: type, config):
 
     def swap(node):
         if node is WrappedTorchNorm:
-            return norm
+            return RMSNorm
         if dataclasses.is_dataclass(node) and not isinstance(node, type):
             return dataclasses.replace(node, **{f.name: swap(getattr(node, f.name))
                                                 for f in dataclasses.fields(node)
@@ -149,7 +151,7 @@ def _with_norm(spec, norm: type, config):
 
     layer = swap(spec)
     return TransformerBlockSubmodules(layer_specs=[layer] * get_num_layers_to_build(config),
-                                      layer_norm=norm)
+                                      layer_norm=RMSNorm)
 
 
 def global_name(model: torch.nn.Module, local: str) -> str:

@@ -120,14 +120,14 @@ def sum_gradients(names: list[str], params: list[torch.nn.Parameter],
     One flat buffer per group per step (gloo is latency-bound on many small tensors).
     - `partial_over_tp` (`partial_over_tensor_parallel`): summed over tensor-parallel ranks
       first. LoRA's A and B always see the whole sequence and every head they act on.
-    - Under expert parallelism or sequence parallelism an expert's gradient holds the tokens of
-      some ranks only (the token all-to-all's, or this rank's part of the sequence): it is
-      summed over every rank holding that expert (Megatron's expert data-parallel group)."""
-    experts_apart = layout.ep > 1 or layout.sp
+    - An expert's gradient holds the tokens that reached it on this rank only (after the
+      token all-to-all under expert parallelism; this rank's part of the sequence under
+      sequence parallelism): it is summed over every rank holding that expert, Megatron's
+      expert data-parallel group (the data-parallel group when tp = ep = 1)."""
     dense = [p.grad for n, p in zip(names, params, strict=True)
-             if p.grad is not None and not (experts_apart and is_expert_parameter(n))]
+             if p.grad is not None and not is_expert_parameter(n)]
     experts = [p.grad for n, p in zip(names, params, strict=True)
-               if p.grad is not None and experts_apart and is_expert_parameter(n)]
+               if p.grad is not None and is_expert_parameter(n)]
     if layout.tp > 1:
         _all_reduce_flat([p.grad for p, partial in zip(params, partial_over_tp, strict=True)
                           if partial and p.grad is not None], layout.tp_group)

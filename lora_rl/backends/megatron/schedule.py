@@ -16,14 +16,14 @@ from lora_rl.backends.base import LossFn, TokenBatch
 from lora_rl.backends.megatron.parallel import Layout, from_last_stage
 
 
-def model_inputs(batch: TokenBatch, layout: Layout | None = None
+def model_inputs(batch: TokenBatch, layout: Layout
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, position_ids, attention_mask). The mask is explicit (cpu_shim item 5):
     True where attention is blocked — future tokens and right padding. Under sequence
     parallelism the sequence is right-padded to a multiple of tp (each rank holds an equal
     part); callers drop the extra positions with `[:, :length - 1]`."""
     ids, attention = batch.input_ids, batch.attention_mask
-    extra = -ids.shape[1] % layout.tp if layout is not None and layout.sp else 0
+    extra = -ids.shape[1] % layout.tp if layout.sp else 0
     if extra:
         ids, attention = F.pad(ids, (0, extra)), F.pad(attention, (0, extra))
     size, length = ids.shape
